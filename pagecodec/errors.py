@@ -1,0 +1,55 @@
+"""One exception tree for everything pagecodec reports as bad input.
+
+Every error carries enough context (file, byte offset, round, block, page or plugin) for the user to
+find the fault without a traceback; the CLI prints ``str(error)`` on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PageCodecError",
+    "TraceError",
+    "WireError",
+    "DecodeError",
+    "PluginError",
+    "ConfigError",
+    "VerifyError",
+]
+
+
+class PageCodecError(Exception):
+    """Base of all errors pagecodec raises on purpose."""
+
+
+class TraceError(PageCodecError):
+    """A trace file is malformed, truncated or inconsistent (names the file and the row)."""
+
+
+class WireError(PageCodecError):
+    """A migration stream is malformed or truncated (names the byte offset)."""
+
+    def __init__(self, message: str, offset: int | None = None, source: str | None = None):
+        self.offset = offset
+        self.source = source
+        where = []
+        if source:
+            where.append(str(source))
+        if offset is not None:
+            where.append(f"offset {offset}")
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class DecodeError(WireError):
+    """A page record's payload cannot be decoded (e.g. a malformed XBZRLE record)."""
+
+
+class PluginError(PageCodecError):
+    """A plugin failed to load, registered something invalid, or raised while encoding/decoding."""
+
+
+class ConfigError(PageCodecError):
+    """A migration configuration (capabilities/parameters) is invalid or not supported."""
+
+
+class VerifyError(PageCodecError):
+    """The destination's memory differs from the trace (round, block and offset named)."""
