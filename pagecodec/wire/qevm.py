@@ -1,0 +1,185 @@
+"""The QEVM file container (savevm.c): header, configuration, sections with footers, EOF, vmdesc.
+
+A migration stream written with ``migrate "exec:cat > FILE"`` is one of these files. The writer emits
+what QEMU 7.2's ``-incoming`` needs to load RAM (header, configuration naming the machine type, the
+iterable "ram" section as START/PART.../END, EOF, the vmdesc trailer); the reader walks the same
+structure with bounds checks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .flags import QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, SectionType
+from .reader import StreamReader
+from .writer import WireWriter
+
+__all__ = [
+    "FileHeader",
+    "SectionHeader",
+    "write_file_header",
+    "write_section_header",
+    "write_section_footer",
+    "write_eof",
+    "write_vmdesc",
+    "read_file_header",
+    "read_section_header",
+    "read_section_footer",
+    "read_vmdesc",
+]
+
+KIND = "section"  # byte-count category of container framing
+
+
+@dataclass
+class FileHeader:
+    """What precedes the first section: QEVM magic/version and the configuration section."""
+
+    version: int
+    machine: str | None
+    target_page_bits: int | None = None
+    capabilities: list[str] = field(default_factory=list)
+    uuid: bytes | None = None
+
+
+@dataclass
+class SectionHeader:
+    """A section's header as QEMU writes it (save_section_header)."""
+
+    type: SectionType
+    section_id: int
+    idstr: str | None = None
+    instance_id: int | None = None
+    version_id: int | None = None
+    offset: int = 0  # where the type byte sits in the stream
+
+
+# --- writing -------------------------------------------------------------------------------------
+def write_file_header(w: WireWriter, machine: str) -> None:
+    """QEVM magic, version 3, then the configuration section (vmstate_configuration: be32 len, name)."""
+    name = machine.encode("ascii")
+    w.put_be32(QEMU_VM_FILE_MAGIC, KIND)
+    w.put_be32(QEMU_VM_FILE_VERSION, KIND)
+    w.put_byte(SectionType.CONFIGURATION, KIND)
+    w.put_be32(len(name), KIND)
+    w.put(name, KIND)
+
+
+def write_section_header(
+    w: WireWriter,
+    type_: SectionType,
+    section_id: int,
+    idstr: str | None = None,
+    instance_id: int = 0,
+    version_id: int = 0,
+) -> None:
+    """START/FULL carry idstr, instance and version; PART/END only the section id."""
+    w.put_byte(type_, KIND)
+    w.put_be32(section_id, KIND)
+    if type_ in (SectionType.SECTION_START, SectionType.SECTION_FULL):
+        assert idstr is not None
+        raw = idstr.encode("ascii")
+        w.put_byte(len(raw), KIND)
+        w.put(raw, KIND)
+        w.put_be32(instance_id, KIND)
+        w.put_be32(version_id, KIND)
+
+
+def write_section_footer(w: WireWriter, section_id: int) -> None:
+    w.put_byte(SectionType.SECTION_FOOTER, KIND)
+    w.put_be32(section_id, KIND)
+
+
+def write_eof(w: WireWriter) -> None:
+    w.put_byte(SectionType.EOF, KIND)
+
+
+def write_vmdesc(w: WireWriter, page_size: int, devices: list[dict] | None = None) -> None:
+    """The trailing VMDESCRIPTION JSON that QEMU appends after EOF (analyze-migration reads it)."""
+    body = json.dumps({"page_size": page_size, "devices": devices or []}).encode()
+    w.put_byte(SectionType.VMDESCRIPTION, "vmdesc")
+    w.put_be32(len(body), "vmdesc")
+    w.put(body, "vmdesc")
+
+
+# --- reading -------------------------------------------------------------------------------------
+_KNOWN_SUBSECTIONS = ("configuration/target-page-bits", "configuration/capabilities", "configuration/uuid")
+
+
+def read_file_header(r: StreamReader) -> FileHeader:
+    """Magic, version, and the configuration section with its known subsections."""
+    magic = r.get_be32("file magic")
+    if magic != QEMU_VM_FILE_MAGIC:
+        raise r.error(f"not a QEMU migration stream: magic {magic:#010x}, expected {QEMU_VM_FILE_MAGIC:#010x}", 0)
+    version = r.get_be32("file version")
+    if version == 2:
+        raise r.error("QEVM version 2 streams (QEMU before 1.3) are not supported", 4)
+    if version != QEMU_VM_FILE_VERSION:
+        raise r.error(f"unknown QEVM file version {version}", 4)
+    hdr = FileHeader(version=version, machine=None)
+    if r.peek_byte() != SectionType.CONFIGURATION:
+        return hdr  # QEMU without send-configuration (4.x with old machine types)
+    r.get_byte()
+    n = r.get_be32("configuration length")
+    if n > 256:
+        raise r.error(f"machine name of {n} bytes is implausible", r.pos - 4)
+    hdr.machine = bytes(r.get_bytes(n, "machine name")).decode("ascii", "replace")
+    while r.peek_byte() == SectionType.SUBSECTION:
+        at = r.pos
+        r.get_byte()
+        name = r.get_counted_string("subsection name")
+        r.get_be32("subsection version")
+        if name == "configuration/target-page-bits":
+            hdr.target_page_bits = r.get_be32("target-page-bits")
+        elif name == "configuration/capabilities":
+            count = r.get_be32("capability count")
+            hdr.capabilities = [r.get_counted_string("capability") for _ in range(count)]
+        elif name == "configuration/uuid":
+            hdr.uuid = bytes(r.get_bytes(16, "uuid"))
+        else:
+            raise r.error(f"unknown configuration subsection {name!r} (known: {', '.join(_KNOWN_SUBSECTIONS)})", at)
+    return hdr
+
+
+def read_section_header(r: StreamReader) -> SectionHeader:
+    """The next section's header; for EOF only ``type`` is set."""
+    at = r.pos
+    t = r.get_byte("section type")
+    try:
+        st = SectionType(t)
+    except ValueError:
+        raise r.error(f"unknown section type {t:#04x}", at) from None
+    if st in (SectionType.EOF, SectionType.VMDESCRIPTION):
+        return SectionHeader(st, -1, offset=at)
+    if st not in (SectionType.SECTION_START, SectionType.SECTION_FULL, SectionType.SECTION_PART, SectionType.SECTION_END):
+        raise r.error(f"unexpected section type {st.name} ({t:#04x})", at)
+    sid = r.get_be32("section id")
+    if st in (SectionType.SECTION_START, SectionType.SECTION_FULL):
+        idstr = r.get_counted_string("section idstr")
+        inst = r.get_be32("instance id")
+        ver = r.get_be32("version id")
+        return SectionHeader(st, sid, idstr, inst, ver, offset=at)
+    return SectionHeader(st, sid, offset=at)
+
+
+def read_section_footer(r: StreamReader, section_id: int) -> None:
+    """QEMU's check_section_footer: 0x7E then the same section id."""
+    at = r.pos
+    t = r.get_byte("section footer")
+    if t != SectionType.SECTION_FOOTER:
+        raise r.error(f"missing section footer for section {section_id}: got byte {t:#04x}", at)
+    sid = r.get_be32("footer section id")
+    if sid != section_id:
+        raise r.error(f"section footer names section {sid}, expected {section_id}", at)
+
+
+def read_vmdesc(r: StreamReader) -> dict:
+    """Body of a VMDESCRIPTION section (type byte already consumed)."""
+    n = r.get_be32("vmdesc length")
+    at = r.pos
+    raw = bytes(r.get_bytes(n, "vmdesc JSON"))
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise r.error(f"vmdesc is not valid JSON: {e}", at) from None

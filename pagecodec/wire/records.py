@@ -1,0 +1,232 @@
+"""RAM page records (ram.c): scalar builders and the batched assembler.
+
+A RAM record starts with ``be64 offset_in_block | flags``; without ``RAM_SAVE_FLAG_CONTINUE`` the
+header is followed by ``u8 len`` + the block's idstr (QEMU's ``save_page_header``). The payload
+depends on the flag: ZERO a fill byte, PAGE the page, XBZRLE ``u8 0x01, be16 len, bytes``,
+COMPRESS_PAGE ``be32 len, zlib stream``.
+
+The scalar builders document the layouts and serve the tests. :func:`assemble_segment` builds all
+records of a run of pages of one block in a single numpy pass: headers and prefixes are scattered with
+index arithmetic, raw pages are copied run by run through strided views, variable payloads with one
+gather. Its output is byte-identical to emitting the records one by one in page order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .flags import (
+    ENCODING_FLAG_XBZRLE,
+    RAM_SAVE_FLAG_CONTINUE,
+    RAM_SAVE_FLAG_EOS,
+    RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_PAGE,
+    RAM_SAVE_FLAG_XBZRLE,
+    RAM_SAVE_FLAG_ZERO,
+)
+
+__all__ = [
+    "page_header",
+    "zero_record",
+    "page_record",
+    "xbzrle_record",
+    "eos_record",
+    "mem_size_record",
+    "RecordSet",
+    "assemble_segment",
+]
+
+
+# --- scalar builders -----------------------------------------------------------------------------
+def page_header(offset: int, flags: int, idstr: str | None) -> bytes:
+    """``save_page_header``: be64 offset|flags, plus u8 len + idstr unless the block continues."""
+    if idstr is None:
+        return ((offset | flags | RAM_SAVE_FLAG_CONTINUE)).to_bytes(8, "big")
+    raw = idstr.encode("ascii")
+    if not 0 < len(raw) < 256:
+        raise ValueError(f"block idstr must be 1..255 bytes, got {len(raw)}")
+    return (offset | flags).to_bytes(8, "big") + bytes((len(raw),)) + raw
+
+
+def zero_record(offset: int, idstr: str | None, fill: int = 0) -> bytes:
+    """ZERO: header + u8 fill byte (QEMU always writes 0)."""
+    return page_header(offset, RAM_SAVE_FLAG_ZERO, idstr) + bytes((fill,))
+
+
+def page_record(offset: int, idstr: str | None, page: bytes) -> bytes:
+    """PAGE: header + the raw page."""
+    return page_header(offset, RAM_SAVE_FLAG_PAGE, idstr) + bytes(page)
+
+
+def xbzrle_record(offset: int, idstr: str | None, encoded: bytes) -> bytes:
+    """XBZRLE: header + u8 ENCODING_FLAG_XBZRLE + be16 len + encoded bytes."""
+    return (
+        page_header(offset, RAM_SAVE_FLAG_XBZRLE, idstr)
+        + bytes((ENCODING_FLAG_XBZRLE,))
+        + len(encoded).to_bytes(2, "big")
+        + bytes(encoded)
+    )
+
+
+def eos_record() -> bytes:
+    """End of a section's RAM data."""
+    return RAM_SAVE_FLAG_EOS.to_bytes(8, "big")
+
+
+def mem_size_record(blocks: list[tuple[str, int]]) -> bytes:
+    """Setup: be64 total|MEM_SIZE, then per block u8 len, idstr, be64 used_length."""
+    total = sum(length for _, length in blocks)
+    out = bytearray((total | RAM_SAVE_FLAG_MEM_SIZE).to_bytes(8, "big"))
+    for name, length in blocks:
+        raw = name.encode("ascii")
+        out += bytes((len(raw),)) + raw + length.to_bytes(8, "big")
+    return bytes(out)
+
+
+# --- batched assembly ----------------------------------------------------------------------------
+@dataclass
+class RecordSet:
+    """Records of one kind that a chain slot produced for some pages of a segment.
+
+    ``index`` are positions in the segment (ascending). The payload is either ``pages`` (k, w) rows
+    (raw pages; with ``rows``, record i's payload is ``pages[rows[i]]``, so a slot can point at the
+    segment's pages instead of copying them) or variable-length slices ``data[starts[i]:starts[i]+lengths[i]]``, or absent; an
+    optional fixed-width ``prefix`` (k, p) precedes it (ZERO's fill byte, XBZRLE's 0x01 + be16 len).
+    """
+
+    kind: str
+    flag: int
+    index: np.ndarray
+    prefix: np.ndarray | None = None
+    pages: np.ndarray | None = None
+    rows: np.ndarray | None = None  # payload of record i is pages[rows[i]] (default: pages[i])
+    data: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def prefix_len(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+    def payload_lengths(self) -> np.ndarray:
+        k = len(self.index)
+        if self.pages is not None:
+            return np.full(k, self.pages.shape[1], dtype=np.int64)
+        if self.lengths is not None:
+            return self.lengths.astype(np.int64, copy=False)
+        return np.zeros(k, dtype=np.int64)
+
+
+_B8 = np.arange(8, dtype=np.int64)
+
+
+def _scatter_rows(out: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> None:
+    """out[pos[i] : pos[i] + w] = rows[i] for narrow rows (headers, prefixes)."""
+    w = rows.shape[1]
+    if w == 0 or len(pos) == 0:
+        return
+    out[(pos[:, None] + np.arange(w, dtype=np.int64)).ravel()] = rows.ravel()
+
+
+def _copy_page_runs(out: np.ndarray, dpos: np.ndarray, pages: np.ndarray, rows: np.ndarray, stride: int) -> None:
+    """Copy pages[rows[i]] to out[dpos[i]:], one strided block copy per run of adjacent records.
+
+    Adjacent records of one set lie ``stride`` bytes apart (payload + header + prefix); a run breaks
+    where another kind of record sits between two of them or the source rows are not consecutive.
+    """
+    k = len(dpos)
+    w = pages.shape[1]
+    if k == 0:
+        return
+    breaks = np.flatnonzero((np.diff(dpos) != stride) | (np.diff(rows) != 1)) + 1
+    bounds = np.concatenate(([0], breaks, [k])).tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        r0 = int(rows[a])
+        if b - a == 1:
+            out[dpos[a] : dpos[a] + w] = pages[r0]
+            continue
+        view = np.lib.stride_tricks.as_strided(out[int(dpos[a]) :], shape=(b - a, w), strides=(stride, 1))
+        view[...] = pages[r0 : r0 + b - a]
+
+
+def _copy_segments(out: np.ndarray, dpos: np.ndarray, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """out[dpos[i] : dpos[i]+lengths[i]] = data[starts[i] : ...] for all i, in one gather."""
+    total = int(lengths.sum())
+    if total == 0:
+        return
+    lengths = lengths.astype(np.int64, copy=False)
+    first = np.cumsum(lengths) - lengths  # start of each piece in the flattened run
+    within = np.arange(total, dtype=np.int64) - np.repeat(first, lengths)
+    out[np.repeat(dpos, lengths) + within] = data[np.repeat(starts.astype(np.int64), lengths) + within]
+
+
+def assemble_segment(
+    offsets: np.ndarray, idstr: str | None, sets: list[RecordSet]
+) -> tuple[np.ndarray, dict[str, int], dict[str, int]]:
+    """Build the wire bytes of a segment's records, in page order.
+
+    ``offsets`` are the byte offsets in the block of the segment's pages; ``idstr`` is the block name
+    when the first record must carry it (block differs from the last one sent), else None. Returns the
+    bytes, bytes by kind and records by kind.
+    """
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        return np.empty(0, np.uint8), {}, {}
+    idx = np.concatenate([s.index for s in sets]).astype(np.int64, copy=False)
+    set_of = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)])
+    order = np.argsort(idx, kind="stable")
+    k = len(idx)
+    rank = np.empty(k, dtype=np.int64)  # position of each set member in record order
+    rank[order] = np.arange(k, dtype=np.int64)
+
+    extra = 0 if idstr is None else 1 + len(idstr.encode("ascii"))
+    prefix_lens = np.array([s.prefix_len for s in sets], dtype=np.int64)
+    payload = np.concatenate([s.payload_lengths() for s in sets])
+    rec_len = 8 + prefix_lens[set_of] + payload  # in set order
+    rec_len_ordered = rec_len[order]
+    rec_len_ordered[0] += extra
+    start_ordered = np.cumsum(rec_len_ordered) - rec_len_ordered
+    total = int(start_ordered[-1] + rec_len_ordered[-1])
+    out = np.empty(total, dtype=np.uint8)
+
+    # headers
+    flags = np.array([s.flag for s in sets], dtype=np.uint64)[set_of][order]
+    hdr = offsets[idx[order]].astype(np.uint64) | flags | np.uint64(RAM_SAVE_FLAG_CONTINUE)
+    if idstr is not None:
+        hdr[0] &= ~np.uint64(RAM_SAVE_FLAG_CONTINUE)
+        raw = idstr.encode("ascii")
+        out[8] = len(raw)
+        out[9 : 9 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    _scatter_rows(out, start_ordered, hdr.astype(">u8").view(np.uint8).reshape(k, 8))
+
+    # prefixes and payloads, set by set
+    body_start = start_ordered + 8
+    body_start[0] += extra
+    bytes_by_kind: dict[str, int] = {}
+    records_by_kind: dict[str, int] = {}
+    base = 0
+    for i, s in enumerate(sets):
+        n = len(s)
+        pos = body_start[rank[base : base + n]]
+        if s.prefix is not None:
+            pre = s.prefix if s.prefix.shape[0] == n else np.broadcast_to(s.prefix, (n, s.prefix.shape[1]))
+            _scatter_rows(out, pos, pre)
+        ppos = pos + s.prefix_len
+        if s.pages is not None:
+            rows = s.rows if s.rows is not None else np.arange(n, dtype=np.int64)
+            _copy_page_runs(out, ppos, s.pages, rows, 8 + s.prefix_len + s.pages.shape[1])
+        elif s.data is not None:
+            assert s.starts is not None and s.lengths is not None
+            _copy_segments(out, ppos, s.data, s.starts, s.lengths)
+        nbytes = int(rec_len[base : base + n].sum())
+        bytes_by_kind[s.kind] = bytes_by_kind.get(s.kind, 0) + nbytes
+        records_by_kind[s.kind] = records_by_kind.get(s.kind, 0) + n
+        base += n
+    if extra:
+        bytes_by_kind[sets[int(set_of[order[0]])].kind] += extra
+    return out, bytes_by_kind, records_by_kind
