@@ -1,0 +1,159 @@
+"""What a codec plugin provides: which chain slot it fills, how it encodes a batch, how it decodes.
+
+QEMU's ``ram_save_target_page`` offers each dirty page to a fixed sequence of stages; a stage either
+claims the page (and emits a record, or decides nothing needs sending) or lets it fall through. In
+pagecodec each stage is a *slot* and a codec plugin fills it. Encoders work on a :class:`Segment`: a
+run of dirty pages of one RAM block in QEMU's order, as numpy arrays. They claim pages with
+:meth:`Segment.claim`; the chain assembles the claimed records in page order and writes them.
+
+The batch is a performance device only: every encoder must give exactly the result that offering the
+pages one by one in QEMU's order would give (the tests check this).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..wire.records import RecordSet
+
+if TYPE_CHECKING:
+    from ..chain.config import MigrationConfig
+    from ..trace.format import RAMBlockInfo
+    from ..wire.reader import StreamReader
+
+__all__ = ["Slot", "SLOT_ORDER", "Stage", "Segment", "SlotEncoder", "RecordDecoder", "Codec", "CodecContext"]
+
+
+class Slot(str, Enum):
+    """The stages of ram_save_target_page, named after what fills them."""
+
+    CONTROL = "control"  # control_save_page (RDMA hook)
+    COMPRESS = "compress"  # save_compress_page (compress threads)
+    ZERO = "zero"  # save_zero_page
+    MULTIFD = "multifd"  # ram_save_multifd_page
+    DELTA = "delta"  # save_xbzrle_page inside ram_save_page
+    RAW = "raw"  # save_normal_page
+
+
+#: QEMU's order (migration/ram.c, ram_save_target_page).
+SLOT_ORDER: tuple[Slot, ...] = (Slot.CONTROL, Slot.COMPRESS, Slot.ZERO, Slot.MULTIFD, Slot.DELTA, Slot.RAW)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where the migration is when a round of pages is sent (RAMState's phase flags)."""
+
+    round: int
+    dirty_sync_count: int
+    bulk_stage: bool  # first pass over RAM (4.1's ram_bulk_stage; 6.0+: not xbzrle_enabled)
+    last_stage: bool  # ram_save_complete: guest stopped, final pages
+
+
+@dataclass
+class CodecContext:
+    """What an encoder or decoder is built with."""
+
+    config: "MigrationConfig"
+    page_size: int
+    blocks: tuple["RAMBlockInfo", ...]
+    block_addrs: tuple[int, ...]  # global RAM address (ram_addr_t) of each block's start
+
+
+UNCLAIMED = -1
+
+
+@dataclass
+class Segment:
+    """Dirty pages of one RAM block, in QEMU's order, offered to the chain's slots in turn."""
+
+    block_index: int
+    block_addr: int
+    offsets: np.ndarray  # int64 (n,) byte offsets in the block
+    pages: np.ndarray  # uint8 (n, page_size), read-only
+    claimed_by: np.ndarray = field(init=False)  # int8 (n,): index into SLOT_ORDER, or UNCLAIMED
+    records: list[RecordSet] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # slot-to-slot facts (e.g. which pages are zero)
+
+    def __post_init__(self) -> None:
+        self.claimed_by = np.full(len(self.offsets), UNCLAIMED, dtype=np.int8)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def addrs(self) -> np.ndarray:
+        """Global RAM addresses of the pages (block->offset + offset), as page_cache.c keys them."""
+        return self.offsets + self.block_addr
+
+    def pending(self) -> np.ndarray:
+        """Positions of pages no slot has claimed yet (ascending)."""
+        return np.flatnonzero(self.claimed_by == UNCLAIMED)
+
+    def claim(self, slot: Slot, index: np.ndarray, records: RecordSet | None = None) -> None:
+        """Mark ``index`` as handled by ``slot``; ``records`` (same positions) go on the wire.
+
+        A page claimed without a record is handled but sends nothing (XBZRLE's unchanged page).
+        """
+        if len(index) == 0:
+            return
+        if np.any(self.claimed_by[index] != UNCLAIMED):
+            raise RuntimeError(f"slot {slot.value} claimed pages another slot already claimed")
+        self.claimed_by[index] = SLOT_ORDER.index(slot)
+        if records is not None and len(records):
+            self.records.append(records)
+
+
+class SlotEncoder(ABC):
+    """The sending half of a codec in one slot, for one migration (owns its state, e.g. a cache)."""
+
+    @abstractmethod
+    def encode(self, seg: Segment, stage: Stage) -> None:
+        """Claim what this slot handles among ``seg.pending()``."""
+
+    def end_of_pass(self, stage: Stage) -> None:
+        """The dirty-page search wrapped around (QEMU flushes compress threads here)."""
+
+    def counters(self) -> dict[str, dict[str, int | float]]:
+        """Counter groups keyed as QEMU's query-migrate keys them (e.g. ``xbzrle-cache``)."""
+        return {}
+
+
+class RecordDecoder(ABC):
+    """The load half: applies one kind of record onto the destination's page."""
+
+    #: RAM_SAVE_FLAG_* this decoder handles (exactly one flag bit).
+    flag: ClassVar[int]
+    #: Fixed payload length after the header, or None when the payload describes its own length.
+    fixed_payload: ClassVar[int | None] = None
+
+    @abstractmethod
+    def load(self, r: "StreamReader", page: np.ndarray) -> None:
+        """Read the payload at the cursor and apply it to ``page`` (writable, page_size bytes)."""
+
+    def load_batch(self, payloads: np.ndarray, pages: np.ndarray, index: np.ndarray) -> None:
+        """Apply k fixed-size payloads (k, fixed_payload) onto ``pages[index]`` (a fast path)."""
+        raise NotImplementedError
+
+
+class Codec(ABC):
+    """A codec plugin's product: registered through the ``register_codecs`` hook."""
+
+    name: ClassVar[str]
+    #: Slots this codec can fill.
+    slots: ClassVar[tuple[Slot, ...]]
+    #: True when its records are QEMU's own wire format; False marks a pagecodec extension.
+    qemu_format: ClassVar[bool]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
+        """A fresh encoder for one migration."""
+
+    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
+        """Decoders for the records this codec writes (none if it writes none)."""
+        return []

@@ -1,0 +1,22 @@
+"""Built-in configuration presets, registered through the same hook a plugin would use."""
+
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+
+#: name -> (spec, description); specs use QEMU's capability and parameter names.
+BUILTIN_PRESETS: dict[str, tuple[str, str]] = {
+    "none": ("", "no page capability: zero pages and raw pages only (QEMU's default)"),
+    "xbzrle": ("xbzrle=on", "XBZRLE delta against the page cache (xbzrle-cache-size 64M)"),
+    "compress": ("compress=on", "zlib compress threads (compress-threads 8, compress-level 1)"),
+    "xbzrle+compress": ("xbzrle=on,compress=on", "compression in the bulk stage, XBZRLE afterwards"),
+    "multifd": ("multifd=on", "multifd channels without compression"),
+    "multifd-zlib": ("multifd=on,multifd-compression=zlib", "multifd channels with per-channel zlib"),
+    "multifd-zstd": ("multifd=on,multifd-compression=zstd", "multifd channels with per-channel zstd"),
+}
+
+
+@hookimpl
+def register_presets(register) -> None:  # type: ignore[no-untyped-def]
+    for name, (spec, description) in BUILTIN_PRESETS.items():
+        register(name, spec, description)
