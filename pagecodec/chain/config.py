@@ -1,0 +1,178 @@
+"""Migration configuration: QEMU's capabilities and parameters, by QEMU's names.
+
+``--config`` takes a SPEC: comma-separated items, each a preset name (``none``, ``xbzrle``, …), a
+capability (``xbzrle`` = ``xbzrle=on``) or ``key=value`` with a QEMU parameter name
+(``xbzrle-cache-size=32M``, ``compress-level=1``). Sizes take K/M/G suffixes. pagecodec's own keys are
+``qemu-version`` (which QEMU's rules to follow) and ``<slot>-codec=NAME`` (fill a chain slot with a
+plugin's codec instead of QEMU's); they are marked as extensions in every result.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..codecs.base import SLOT_ORDER, Slot
+from ..errors import ConfigError
+
+__all__ = ["MigrationConfig", "parse_spec", "parse_size", "CAPABILITIES", "PARAMETERS", "QEMU_VERSIONS"]
+
+#: Page-encoding capabilities pagecodec models (QEMU's MigrationCapability names).
+CAPABILITIES: dict[str, bool] = {"xbzrle": False, "compress": False, "multifd": False}
+
+#: Parameters (QEMU's MigrationParameter names) with QEMU 7.2's defaults.
+PARAMETERS: dict[str, Any] = {
+    "xbzrle-cache-size": 64 << 20,
+    "compress-level": 1,
+    "compress-threads": 8,
+    "compress-wait-thread": True,
+    "decompress-threads": 2,
+    "multifd-channels": 2,
+    "multifd-compression": "none",
+    "multifd-zlib-level": 1,
+    "multifd-zstd-level": 1,
+}
+
+_SIZE_PARAMS = {"xbzrle-cache-size"}
+_BOOL_PARAMS = {"compress-wait-thread"}
+_INT_RANGES = {
+    "compress-level": (0, 9),
+    "compress-threads": (1, 255),
+    "decompress-threads": (1, 255),
+    "multifd-channels": (1, 255),
+    "multifd-zlib-level": (0, 9),
+    "multifd-zstd-level": (0, 20),
+}
+_CHOICES = {"multifd-compression": ("none", "zlib", "zstd")}
+
+#: QEMU versions whose rules pagecodec reproduces.
+QEMU_VERSIONS = ("7.2", "4.1")
+
+_TRUE = {"on", "true", "yes", "1"}
+_FALSE = {"off", "false", "no", "0"}
+_SIZE_RE = re.compile(r"^(\d+)([kKmMgGtT]?)[bB]?$")
+
+
+def parse_size(text: str) -> int:
+    """'64M' -> 67108864. Plain numbers are bytes."""
+    m = _SIZE_RE.match(text.strip())
+    if not m:
+        raise ConfigError(f"bad size {text!r} (use a number with an optional K/M/G suffix)")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    t = text.strip().lower()
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise ConfigError(f"{key}={text!r}: expected on or off")
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    """Resolved capabilities and parameters of one migration."""
+
+    capabilities: Mapping[str, bool] = field(default_factory=lambda: dict(CAPABILITIES))
+    parameters: Mapping[str, Any] = field(default_factory=lambda: dict(PARAMETERS))
+    slot_codec_overrides: Mapping[str, str] = field(default_factory=dict)
+    qemu_version: str = "7.2"
+    label: str = "none"
+
+    def cap(self, name: str) -> bool:
+        return bool(self.capabilities.get(name, False))
+
+    def param(self, name: str) -> Any:
+        return self.parameters[name]
+
+    def slot_codecs(self) -> dict[Slot, str]:
+        """Which codec fills each active slot, as QEMU would with these capabilities."""
+        slots: dict[Slot, str] = {Slot.ZERO: "zero", Slot.RAW: "raw"}
+        if self.cap("compress"):
+            slots[Slot.COMPRESS] = "compress-threads"
+        if self.cap("multifd"):
+            slots[Slot.MULTIFD] = "multifd"
+        if self.cap("xbzrle"):
+            slots[Slot.DELTA] = "xbzrle"
+        for slot_name, codec in self.slot_codec_overrides.items():
+            slots[Slot(slot_name)] = codec
+        return {s: slots[s] for s in SLOT_ORDER if s in slots}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "qemu-version": self.qemu_version,
+            "capabilities": dict(self.capabilities),
+            "parameters": dict(self.parameters),
+            "slot-codecs": {s.value: c for s, c in self.slot_codecs().items()},
+            "extensions": {f"{k}-codec": v for k, v in self.slot_codec_overrides.items()},
+        }
+
+
+def parse_spec(spec: str, presets: Mapping[str, Any] | None = None, _depth: int = 0) -> MigrationConfig:
+    """Parse a ``--config`` SPEC into a :class:`MigrationConfig` (ConfigError on anything unknown).
+
+    ``presets`` maps a preset name to an object with a ``spec`` attribute (or to a spec string).
+    """
+    presets = presets or {}
+    caps = dict(CAPABILITIES)
+    params = dict(PARAMETERS)
+    overrides: dict[str, str] = {}
+    qemu_version = "7.2"
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        value = value.strip()
+        if not eq and key == "none":  # QEMU's defaults: nothing to change
+            continue
+        if not eq and key in presets and _depth < 4:
+            p = presets[key]
+            sub = parse_spec(getattr(p, "spec", p), presets, _depth + 1)
+            caps.update({k: v for k, v in sub.capabilities.items() if v})
+            params.update({k: v for k, v in sub.parameters.items() if v != PARAMETERS.get(k)})
+            overrides.update(sub.slot_codec_overrides)
+            if sub.qemu_version != "7.2":
+                qemu_version = sub.qemu_version
+            continue
+        if key in CAPABILITIES:
+            caps[key] = True if not eq else _parse_bool(key, value)
+        elif key in PARAMETERS:
+            if not eq:
+                raise ConfigError(f"parameter {key} needs a value ({key}=…)")
+            params[key] = _parse_param(key, value)
+        elif key == "qemu-version":
+            if value not in QEMU_VERSIONS:
+                raise ConfigError(f"qemu-version={value!r}: supported are {', '.join(QEMU_VERSIONS)}")
+            qemu_version = value
+        elif key.endswith("-codec") and key[: -len("-codec")] in {s.value for s in Slot}:
+            if not value:
+                raise ConfigError(f"{key} needs a codec name")
+            overrides[key[: -len("-codec")]] = value
+        else:
+            known = sorted(list(CAPABILITIES) + list(PARAMETERS) + list(presets) + ["qemu-version", "<slot>-codec"])
+            raise ConfigError(f"unknown config item {item!r} in {spec!r}; known: {', '.join(known)}")
+    if caps["multifd"] and caps["compress"]:
+        raise ConfigError("multifd and compress cannot be on together (QEMU refuses the pair)")
+    return MigrationConfig(caps, params, overrides, qemu_version, label=spec.strip() or "none")
+
+
+def _parse_param(key: str, value: str) -> Any:
+    if key in _SIZE_PARAMS:
+        return parse_size(value)
+    if key in _BOOL_PARAMS:
+        return _parse_bool(key, value)
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise ConfigError(f"{key}={value!r}: choose one of {', '.join(_CHOICES[key])}")
+        return value
+    try:
+        v = int(value, 0)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: expected an integer") from None
+    lo, hi = _INT_RANGES[key]
+    if not lo <= v <= hi:
+        raise ConfigError(f"{key}={v} out of range {lo}..{hi}")
+    return v

@@ -1,0 +1,234 @@
+"""The sending side: QEMU's ram_save_setup / ram_save_iterate / ram_save_complete over a trace.
+
+Each round of the trace is one pass over the dirty pages, preceded by a dirty-bitmap sync. Rounds
+0 … R-2 are sent as iteration sections (SECTION_PART, guest running); the last round is sent as
+``ram_save_complete`` (SECTION_END, last stage: guest stopped). Every section's RAM data ends with EOS.
+Within a round, pages go through the chain's slots in QEMU's order (control → compress → zero →
+multifd → delta → raw); the slots work on segments (runs of pages of one block) as numpy batches.
+
+Modelling choices (written down because QEMU decides them by timing): one section per round (QEMU
+splits a pass into several sections by rate limit and a 50 ms budget; that changes only section
+framing bytes), and each pass starts at the first block (QEMU resumes where its search stopped).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ..codecs.base import CodecContext, Segment, Slot, SlotEncoder, Stage
+from ..errors import PageCodecError, PluginError
+from ..harness.metrics import MigrationStats, RoundStats
+from ..plugins import PluginManager
+from ..trace.format import PageBatch, TraceMeta
+from ..wire import qevm
+from ..wire.flags import RAM_SECTION_ID_DEFAULT, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, SectionType
+from ..wire.records import assemble_segment, eos_record, mem_size_record
+from ..wire.writer import Sink, WireWriter
+from .config import MigrationConfig
+from .ramstate import RAMState, block_addresses
+
+__all__ = ["Sender", "DEFAULT_MACHINE", "build_encoders"]
+
+DEFAULT_MACHINE = "pc-i440fx-7.2"
+
+#: Record kinds that count as QEMU's ``normal`` / ``duplicate`` pages.
+_NORMAL_KINDS = ("page",)
+_DUPLICATE_KINDS = ("zero",)
+
+
+def build_encoders(
+    config: MigrationConfig, plugins: PluginManager, ctx: CodecContext
+) -> list[tuple[Slot, str, SlotEncoder]]:
+    """One encoder per active slot, in chain order; ConfigError-style PluginError if a slot is unfilled."""
+    out = []
+    for slot, codec_name in config.slot_codecs().items():
+        if codec_name not in plugins.codecs:
+            known = ", ".join(sorted(plugins.codecs)) or "none"
+            raise PluginError(
+                f"the {slot.value!r} slot needs codec {codec_name!r}, which no installed plugin provides "
+                f"(config {config.label!r}; installed codecs: {known})"
+            )
+        codec = plugins.codecs[codec_name]
+        if slot not in codec.slots:
+            raise PluginError(
+                f"codec {codec_name!r} (plugin {plugins.plugin_of(codec_name)!r}) cannot fill the {slot.value!r} slot; "
+                f"it fills {', '.join(s.value for s in codec.slots)}"
+            )
+        try:
+            enc = codec.encoder(slot, ctx)
+        except PageCodecError:
+            raise
+        except Exception as e:
+            raise PluginError(f"codec {codec_name!r} (plugin {plugins.plugin_of(codec_name)!r}) failed to start: {e}") from e
+        out.append((slot, codec_name, enc))
+    return out
+
+
+class Sender:
+    """Turns a trace's rounds into a QEVM stream through the decision chain."""
+
+    def __init__(
+        self,
+        meta: TraceMeta,
+        config: MigrationConfig,
+        plugins: PluginManager,
+        sink: Sink | None = None,
+        *,
+        machine: str = DEFAULT_MACHINE,
+        section_id: int = RAM_SECTION_ID_DEFAULT,
+    ) -> None:
+        self.meta = meta
+        self.config = config
+        self.plugins = plugins
+        self.writer = WireWriter(sink)
+        self.machine = machine
+        self.section_id = section_id
+        self.page_size = meta.page_size
+        self.ram = RAMState()
+        self.block_addrs = block_addresses([b.used_length for b in meta.blocks])
+        self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs)
+        self.encoders = build_encoders(config, plugins, self.ctx)
+        self.stats = MigrationStats(page_size=meta.page_size, total_ram=meta.ram_bytes)
+        self._idstr = [b.name for b in meta.blocks]
+        self._wall0: float | None = None
+
+    # -- the three phases -----------------------------------------------------------------------
+    def save_setup(self) -> None:
+        """Header, configuration, and the START section: MEM_SIZE block list + EOS (ram_save_setup)."""
+        self._wall0 = time.perf_counter()
+        w = self.writer
+        with self.stats.cpu.stage("wire"):
+            qevm.write_file_header(w, self.machine)
+            qevm.write_section_header(
+                w, SectionType.SECTION_START, self.section_id, RAM_SECTION_IDSTR, 0, RAM_SECTION_VERSION
+            )
+            w.put(mem_size_record([(b.name, b.used_length) for b in self.meta.blocks]), "mem_size")
+            w.put(eos_record(), "eos")
+            qevm.write_section_footer(w, self.section_id)
+
+    def save_round(self, round_no: int, batches: Iterable[PageBatch], last_stage: bool) -> RoundStats:
+        """One pass: sync, every dirty page through the chain, EOS. ``last_stage``: ram_save_complete."""
+        ram = self.ram
+        ram.migration_bitmap_sync()
+        stage = Stage(round_no, ram.dirty_sync_count, ram.bulk_stage, last_stage)
+        rs = RoundStats(round_no, "complete" if last_stage else ("bulk" if ram.bulk_stage else "iterate"))
+        w = self.writer
+        stype = SectionType.SECTION_END if last_stage else SectionType.SECTION_PART
+        with self.stats.cpu.stage("wire"):
+            qevm.write_section_header(w, stype, self.section_id)
+        for batch in batches:
+            if batch.round != round_no:
+                raise PageCodecError(f"batch of round {batch.round} offered while sending round {round_no}")
+            self._save_batch(batch, stage, rs)
+        if not last_stage:
+            for _slot, _name, enc in self.encoders:
+                enc.end_of_pass(stage)
+            ram.complete_round()
+        with self.stats.cpu.stage("wire"):
+            w.put(eos_record(), "eos")
+            if not last_stage:  # the iteration EOS counts in transferred (ram_save_iterate)
+                ram.counters.transferred += 8
+                ram.counters.precopy_bytes += 8
+                rs.transferred += 8
+            rs.wire["eos"] += 8
+            qevm.write_section_footer(w, self.section_id)
+        self.stats.rounds.append(rs)
+        return rs
+
+    def finish(self) -> MigrationStats:
+        """EOF and the vmdesc trailer; close the sink; collect the counters."""
+        w = self.writer
+        with self.stats.cpu.stage("wire"):
+            qevm.write_eof(w)
+            qevm.write_vmdesc(w, self.page_size)
+        w.close()
+        st = self.stats
+        st.ram = self.ram.counters
+        st.wire.update(w.bytes_by_kind)
+        st.records.update(w.records_by_kind)
+        for _slot, _name, enc in self.encoders:
+            for group, values in enc.counters().items():
+                st.groups.setdefault(group, {}).update(values)
+        st.wall_s = time.perf_counter() - (self._wall0 or time.perf_counter())
+        return st
+
+    def run(
+        self,
+        rounds: Iterable[tuple[int, Iterable[PageBatch]]],
+        num_rounds: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> MigrationStats:
+        """Send a whole trace: ``rounds`` yields (round number, batches) for rounds 0 … num_rounds-1."""
+        self.save_setup()
+        for r, batches in rounds:
+            self.save_round(r, _tap(batches, progress), last_stage=(r == num_rounds - 1))
+        return self.finish()
+
+    # -- the chain ------------------------------------------------------------------------------
+    def _save_batch(self, batch: PageBatch, stage: Stage, rs: RoundStats) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        self.stats.pages_offered += n
+        self.stats.page_bytes_offered += n * self.page_size
+        rs.dirty_pages += n
+        blocks = batch.block
+        cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+        bounds = [0, *cuts.tolist(), n]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            bi = int(blocks[a])
+            seg = Segment(bi, self.block_addrs[bi], batch.offset[a:b], batch.pages[a:b])
+            self._save_segment(seg, stage, rs)
+
+    def _save_segment(self, seg: Segment, stage: Stage, rs: RoundStats) -> None:
+        cpu = self.stats.cpu
+        for slot, name, enc in self.encoders:
+            if not (seg.claimed_by < 0).any():
+                break
+            t0 = time.thread_time_ns()
+            try:
+                enc.encode(seg, stage)
+            except PageCodecError:
+                raise
+            except Exception as e:
+                raise PluginError(
+                    f"codec {name!r} (plugin {self.plugins.plugin_of(name)!r}) raised in the {slot.value} slot "
+                    f"at round {stage.round}, block {self._idstr[seg.block_index]!r}, pages "
+                    f"{int(seg.offsets[0]):#x}..{int(seg.offsets[-1]):#x}: {type(e).__name__}: {e}"
+                ) from e
+            cpu.add(slot.value, time.thread_time_ns() - t0)
+        left = np.flatnonzero(seg.claimed_by < 0)
+        if len(left):
+            raise PluginError(
+                f"{len(left)} page(s) of block {self._idstr[seg.block_index]!r} left unclaimed by every slot "
+                f"(first at offset {int(seg.offsets[left[0]]):#x}); the raw slot must take what the others leave"
+            )
+        t0 = time.thread_time_ns()
+        need_idstr = seg.block_index != self.ram.last_sent_block
+        data, by_kind, recs = assemble_segment(seg.offsets, self._idstr[seg.block_index] if need_idstr else None, seg.records)
+        if data.nbytes:
+            self.ram.last_sent_block = seg.block_index
+            self.writer.put_counted(data, by_kind, recs)
+            c = self.ram.counters
+            c.transferred += data.nbytes
+            if stage.last_stage:
+                c.downtime_bytes += data.nbytes
+            else:
+                c.precopy_bytes += data.nbytes
+            c.normal += sum(recs.get(k, 0) for k in _NORMAL_KINDS)
+            c.duplicate += sum(recs.get(k, 0) for k in _DUPLICATE_KINDS)
+            rs.transferred += data.nbytes
+            rs.wire.update(by_kind)
+            rs.records.update(recs)
+        rs.skipped += len(seg) - sum(recs.values())
+        cpu.add("wire", time.thread_time_ns() - t0)
+
+
+def _tap(batches: Iterable[PageBatch], progress: Callable[[int], None] | None) -> Iterator[PageBatch]:
+    for b in batches:
+        yield b
+        if progress is not None:
+            progress(len(b))

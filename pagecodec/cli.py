@@ -1,0 +1,364 @@
+"""``pagecodec …``: the command line (click).
+
+Exit status: 0 ok, 1 a check failed (verify mismatch), 2 bad input or usage. Errors print one line on
+stderr; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+
+from . import __version__
+from .errors import PageCodecError
+
+CORPUS_ENV = "PAGECODEC_CORPORA"
+
+
+class Ctx:
+    def __init__(self, plugin_modules: Sequence[str], debug: bool, progress: bool) -> None:
+        self.plugin_modules = tuple(plugin_modules)
+        self.debug = debug
+        self.progress = progress
+        self._pm = None
+
+    @property
+    def pm(self):  # type: ignore[no-untyped-def]
+        if self._pm is None:
+            from .plugins import PluginManager
+
+            self._pm = PluginManager(self.plugin_modules)
+        return self._pm
+
+    def config(self, spec: str):  # type: ignore[no-untyped-def]
+        from .chain.config import parse_spec
+
+        return parse_spec(spec, self.pm.presets)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pagecodec")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module (repeatable).")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool, progress: bool | None) -> None:
+    """Replay QEMU's live-migration page encoders offline: real wire bytes, verified, benchmarked."""
+    ctx.obj = Ctx(plugins, debug, sys.stderr.isatty() if progress is None else progress)
+
+
+# --- progress ------------------------------------------------------------------------------------
+@contextmanager
+def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("pages"), TimeRemainingColumn(),
+        transient=True,
+    ) as prog:
+        task = prog.add_task(label, total=total)
+        yield lambda n: prog.advance(task, n)
+
+
+# --- corpus --------------------------------------------------------------------------------------
+def corpus_dir() -> Path:
+    """$PAGECODEC_CORPORA, else ./corpora, else the corpora/ beside the package (a source checkout)."""
+    env = os.environ.get(CORPUS_ENV)
+    if env:
+        return Path(env)
+    here = Path("corpora")
+    if (here / "MANIFEST.json").exists():
+        return here
+    return Path(__file__).resolve().parents[1] / "corpora"
+
+
+def default_traces() -> list[str]:
+    d = corpus_dir()
+    manifest = d / "MANIFEST.json"
+    if not manifest.exists():
+        raise PageCodecError(f"no trace given and no corpus manifest at {manifest} (set {CORPUS_ENV})")
+    entries = json.loads(manifest.read_text())
+    entries = entries.get("traces", entries) if isinstance(entries, dict) else entries
+    return [str(d / e["file"]) for e in entries]
+
+
+# --- commands ------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("traces", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--config", "configs", multiple=True, metavar="SPEC", help="Preset and/or key=value list (repeatable).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2", help="Multiply configs by parameter values.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results JSON (atomically).")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the summary table as CSV.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel runs (processes).")
+@click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
+@click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
+@pass_ctx
+def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], json_out: str | None,
+          csv_out: str | None, jobs: int, resume: bool, fmt: str) -> None:
+    """Replay traces × configurations and compare wire size and CPU.
+
+    With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
+    codecs are installed.
+    """
+    from .harness.atomic import atomic_write_bytes, atomic_write_json
+    from .harness.matrix import expand_sweeps, plan_runs, run_matrix
+    from .report.table import HEADERS, format_table, summary_rows
+
+    trace_list = list(traces) or default_traces()
+    specs = list(configs) or runnable_presets(c)
+    specs = expand_sweeps(specs, sweeps)
+    for s in specs:
+        c.config(s)  # refuse bad specs before any run
+    done: list[dict[str, Any]] = []
+    if resume:
+        if not json_out:
+            raise click.UsageError("--resume needs --json FILE")
+        if Path(json_out).exists():
+            done = _load_results(json_out)
+    runs = plan_runs(trace_list, specs)
+    collected = list(done)
+
+    def on_result(res: dict[str, Any]) -> None:
+        collected.append(res)
+        if json_out:  # after every run, so an interrupted sweep can --resume
+            atomic_write_json(json_out, collected)
+
+    with progress_bar(c.progress, len(runs), "runs") as tick:
+        run_matrix(runs, jobs=jobs, plugin_modules=c.plugin_modules, done=done,
+                   on_result=lambda r: (on_result(r), tick(1) if tick else None))
+    click.echo(format_table(collected, fmt))
+    if json_out:
+        atomic_write_json(json_out, collected)
+    if csv_out:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(HEADERS)
+        w.writerows(summary_rows(collected))
+        atomic_write_bytes(csv_out, buf.getvalue().encode())
+
+
+def runnable_presets(c: Ctx) -> list[str]:
+    """Presets whose slots installed plugins can fill (bench's default)."""
+    from .errors import ConfigError
+
+    out = []
+    for name in c.pm.presets:
+        try:
+            cfg = c.config(name)
+        except ConfigError:
+            continue
+        if all(codec in c.pm.codecs for codec in cfg.slot_codecs().values()):
+            out.append(name)
+    return out
+
+
+def _load_results(path: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise PageCodecError(f"{path}: cannot read results: {e}") from e
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "trace" in r and "config" in r for r in data):
+        raise PageCodecError(f"{path}: not a pagecodec results file (expected a list of runs)")
+    return data
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--config", "spec", default="none", show_default=True, metavar="SPEC")
+@click.option("--machine", default="pc-i440fx-7.2", show_default=True, help="Machine type in the stream's configuration.")
+@pass_ctx
+def verify(c: Ctx, trace: str, spec: str, machine: str) -> None:
+    """Replay TRACE, decode the stream, and compare every page of every round with the trace."""
+    from .harness.replay import verify as do_verify
+    from .trace.format import TraceReader
+
+    reader = TraceReader(trace)
+    cfg = c.config(spec)
+    with progress_bar(c.progress, reader.num_pages, "verify") as tick:
+        res = do_verify(reader, cfg, c.pm, machine=machine, progress=tick)
+    if res.mismatch is not None:
+        click.echo(f"verify: FAILED: {trace} with config {cfg.label!r}: {res.mismatch}", err=True)
+        sys.exit(1)
+    click.echo(
+        f"verify: OK: {trace} with config {cfg.label!r}: {res.rounds} rounds, {res.pages} pages, "
+        f"{res.stream_bytes} stream bytes; every page of every round arrived intact"
+    )
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--config", "spec", required=True, metavar="SPEC")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the run's results JSON.")
+@click.option("--qemu-stream", type=click.Path(dir_okay=False), help="Write the stream as a QEVM file.")
+@click.option("--machine", default="pc-i440fx-7.2", show_default=True)
+@click.option("--format", "fmt", default="github", show_default=True)
+@pass_ctx
+def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str | None, machine: str, fmt: str) -> None:
+    """Replay TRACE with one configuration."""
+    from .harness.atomic import atomic_write_json
+    from .harness.replay import replay as do_replay
+    from .report.table import format_table
+    from .trace.format import TraceReader
+
+    reader = TraceReader(trace)
+    cfg = c.config(spec)
+    with progress_bar(c.progress, reader.num_pages, "replay") as tick:
+        res = do_replay(reader, cfg, c.pm, qemu_stream=qemu_stream, machine=machine, progress=tick)
+    click.echo(format_table([res], fmt))
+    if json_out:
+        atomic_write_json(json_out, res)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def plugins(c: Ctx, as_json: bool) -> None:
+    """List plugins, their versions, codecs, chain slots and wire format (QEMU's or extension)."""
+    rows = c.pm.describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    from tabulate import tabulate
+
+    table = []
+    for p in rows:
+        for cd in p["codecs"] or [{"name": "-", "slots": [], "format": "-", "description": ""}]:
+            table.append([p["plugin"], p["version"], p["source"], cd["name"], ",".join(cd["slots"]), cd["format"], cd["description"]])
+        if p["presets"]:
+            table.append([p["plugin"], p["version"], p["source"], "presets: " + ", ".join(p["presets"]), "", "", ""])
+    click.echo(tabulate(table, headers=["plugin", "version", "source", "codec", "slots", "format", "description"]))
+
+
+@cli.command()
+@click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", default="github", show_default=True,
+              type=click.Choice(["github", "pipe", "rst", "latex", "html", "plain", "simple"]))
+@click.option("--plots", type=click.Path(file_okay=False), help="Write plots (PNG) into this directory.")
+def report(results: str, fmt: str, plots: str | None) -> None:
+    """Tables (and plots) from a results JSON written by bench or replay."""
+    from .report.table import format_table
+
+    data = _load_results(results) if results else []
+    click.echo(format_table(data, fmt))
+    if plots:
+        from .report.plots import write_plots
+
+        for p in write_plots(data, plots):
+            click.echo(f"wrote {p}", err=True)
+
+
+# --- trace ---------------------------------------------------------------------------------------
+@cli.group()
+def trace() -> None:
+    """Inspect and make traces."""
+
+
+@trace.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def trace_info(path: str, as_json: bool) -> None:
+    """Blocks, rounds, pages per round, zero fraction, bytes."""
+    from .trace.format import TraceReader
+    from .trace.info import format_info, trace_info as info
+
+    d = info(TraceReader(path))
+    click.echo(json.dumps(d, indent=1, default=str) if as_json else format_info(d))
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from .chain.config import parse_size
+    from .errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _blocks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[tuple[str, int]] | None:
+    out = []
+    for v in value:
+        name, eq, size = v.partition("=")
+        if not eq or not name:
+            raise click.BadParameter(f"{v!r}: expected NAME=SIZE")
+        out.append((name, _size(ctx, param, size)))
+    return out or None
+
+
+@trace.command("synth")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--ram-size", default="64M", show_default=True, callback=_size, help="Size of block pc.ram.")
+@click.option("--block", "blocks", multiple=True, callback=_blocks, metavar="NAME=SIZE",
+              help="RAM blocks instead of a single pc.ram (repeatable).")
+@click.option("--rounds", default=8, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--dirty-fraction", default="0.05", show_default=True,
+              help="Fraction of pages dirtied per round (one value, or one per round, comma-separated).")
+@click.option("--pattern", "patterns", default="sparse=4,rewrite=1,toggle=1,text=2,random=1", show_default=True,
+              help="Write patterns with weights: sparse, rewrite, toggle, text, random.")
+@click.option("--zero-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--unchanged-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+              help="Dirty pages whose content stays the same.")
+@click.option("--page-size", default=4096, show_default=True, type=int)
+@click.option("--seed", default=1, show_default=True, type=int)
+def trace_synth(output: str, ram_size: int, blocks: list[tuple[str, int]] | None, rounds: int, dirty_fraction: str,
+                patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int) -> None:
+    """Generate a synthetic trace (deterministic for a seed)."""
+    from .trace.synth import parse_patterns, synthesize
+
+    try:
+        fr = [float(x) for x in dirty_fraction.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{dirty_fraction!r}: expected numbers", param_hint="--dirty-fraction") from None
+    try:
+        pats = parse_patterns(patterns)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--pattern") from None
+    command = "pagecodec trace synth " + " ".join(sys.argv[3:]) if len(sys.argv) > 2 else ""
+    synthesize(
+        output, ram_size=ram_size, rounds=rounds, dirty_fraction=fr if len(fr) > 1 else fr[0], patterns=pats,
+        zero_fraction=zero_fraction, seed=seed, page_size=page_size, blocks=blocks,
+        unchanged_fraction=unchanged_fraction, command=command,
+    )
+    click.echo(f"wrote {output}")
+
+
+# --- entry point ---------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="pagecodec", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("pagecodec: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except PageCodecError as e:
+        if debug:
+            raise
+        click.echo(f"pagecodec: error: {e}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

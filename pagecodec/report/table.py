@@ -1,0 +1,58 @@
+"""Comparison tables of replay results (tabulate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+__all__ = ["summary_rows", "format_table", "HEADERS"]
+
+HEADERS = [
+    "trace",
+    "config",
+    "rounds",
+    "pages",
+    "wire MiB",
+    "wire/page bytes",
+    "duplicate",
+    "normal",
+    "xbzrle pages",
+    "CPU s/GiB",
+    "pages/s",
+    "wall s",
+]
+
+
+def _cpu_total(r: dict[str, Any]) -> float:
+    """CPU of the migration's own work: chain slots and wire assembly (not trace decoding)."""
+    return sum(v for k, v in r.get("cpu_s_per_gib", {}).items() if k != "trace")
+
+
+def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    rows = []
+    for r in results:
+        ram = r["ram"]
+        page_bytes = r.get("page_bytes") or 1
+        rows.append(
+            [
+                Path(r["trace"]["path"]).name,
+                r["config"]["label"],
+                r["trace"]["rounds"],
+                r.get("pages", 0),
+                r["wire"]["total"] / (1 << 20),
+                ram["transferred"] / page_bytes,
+                ram["duplicate"],
+                ram["normal"],
+                r.get("xbzrle-cache", {}).get("pages", "-"),
+                _cpu_total(r),
+                ram["pages-per-second"],
+                r["wall_s"],
+            ]
+        )
+    return rows
+
+
+def format_table(results: Sequence[dict[str, Any]], fmt: str = "github") -> str:
+    return tabulate(summary_rows(results), headers=HEADERS, tablefmt=fmt, floatfmt=".3f", intfmt=",")
