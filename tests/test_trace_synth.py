@@ -167,8 +167,8 @@ def test_same_seed_same_bytes_different_seed_different_pages(tmp_path):
 def test_metadata_and_provenance(tmp_path):
     meta = synthesize(
         tmp_path / "t.trace.parquet",
-        ram_size=64 * PS,
-        blocks=[("pc.bios", 16 * PS), ("vga.vram", 8 * PS)],
+        ram_size=1 << 30,  # ignored: blocks give the whole layout
+        blocks=[("pc.ram", 64 * PS), ("pc.bios", 16 * PS), ("vga.vram", 8 * PS)],
         rounds=3,
         dirty_fraction=0.1,
         patterns="sparse=1",
@@ -179,17 +179,18 @@ def test_metadata_and_provenance(tmp_path):
     assert meta.ram_bytes == 88 * PS
     assert meta.provenance.source == "synthetic" and meta.provenance.date == SYNTH_DATE
     assert meta.provenance.command == (
-        "python -m pagecodec.trace.synth --ram-size 256K --block pc.bios=64K --block vga.vram=32K --rounds 3 "
+        "python -m pagecodec.trace.synth --block pc.ram=256K --block pc.bios=64K --block vga.vram=32K --rounds 3 "
         "--dirty 0.1 --patterns sparse=1 --zero-fraction 0.5 --unchanged-fraction 0.05 --page-size 4096 --seed 9"
     )
     with open_trace(tmp_path / "t.trace.parquet") as r:
         assert r.meta == meta
-    # Only extra blocks, and a custom provenance command.
+    # Just ram_size: one block pc.ram; and a custom provenance command.
     meta2 = synthesize(
-        tmp_path / "u.trace.parquet", ram_size=0, blocks=[("mem0", 4 * PS)], rounds=1, dirty_fraction=0.0,
+        tmp_path / "u.trace.parquet", ram_size=4 * PS, rounds=1, dirty_fraction=0.0,
         patterns="text", zero_fraction=0.0, seed=1, command="my command",
     )
-    assert [b.name for b in meta2.blocks] == ["mem0"] and meta2.provenance.command == "my command"
+    assert [(b.name, b.used_length) for b in meta2.blocks] == [("pc.ram", 4 * PS)]
+    assert meta2.provenance.command == "my command"
 
 
 @pytest.mark.parametrize("zf", [0.0, 0.3, 0.5, 1.0])
@@ -337,7 +338,8 @@ def test_structured_kind_is_sparse_words(tmp_path):
 def test_small_parameters_give_valid_traces(tmp_path_factory, page_size, pages, extra, rounds, dirty, weights,
                                             zero_fraction, unchanged, seed):
     path = tmp_path_factory.mktemp("hyp") / "t.trace.parquet"
-    blocks = [(f"extra{i}", n * page_size) for i, n in enumerate(extra)]
+    blocks = [("pc.ram", pages * page_size)] + [(f"extra{i}", n * page_size) for i, n in enumerate(extra)]
+    blocks = blocks if extra else None
     meta = synthesize(path, ram_size=pages * page_size, blocks=blocks, rounds=rounds, dirty_fraction=dirty,
                       patterns=weights, zero_fraction=zero_fraction, seed=seed, page_size=page_size,
                       unchanged_fraction=unchanged)
@@ -358,13 +360,15 @@ def test_small_parameters_give_valid_traces(tmp_path_factory, page_size, pages, 
 
 def test_main_matches_synthesize(tmp_path, capsys):
     out = tmp_path / "m.trace.parquet"
-    rc = main(["--ram-size", "2M", "--block", "pc.bios=64K", "--rounds", "3", "--dirty", "0.1,0.2",
+    rc = main(["--block", "pc.ram=2M", "--block", "pc.bios=64K", "--rounds", "3", "--dirty", "0.1,0.2",
                "--patterns", "sparse=4,text=1", "--zero-fraction", "0.4", "--seed", "5", "-o", str(out)])
     assert rc == 0 and str(out) in capsys.readouterr().out
     ref = tmp_path / "r.trace.parquet"
-    synthesize(ref, ram_size=2 << 20, blocks=[("pc.bios", 64 << 10)], rounds=3, dirty_fraction=[0.1, 0.2],
+    synthesize(ref, ram_size=0, blocks=[("pc.ram", 2 << 20), ("pc.bios", 64 << 10)], rounds=3, dirty_fraction=[0.1, 0.2],
                patterns={"sparse": 4, "text": 1}, zero_fraction=0.4, seed=5)
     assert sha(out) == sha(ref)
+    assert main(["--rounds", "2", "--dirty", "0.1", "--seed", "1", "-o", str(tmp_path / "y.trace.parquet")]) == 2
+    assert "no RAM" in capsys.readouterr().err
     assert main(["--ram-size", "1M", "--rounds", "2", "--dirty", "0.1", "--zero-fraction", "2", "--seed", "1",
                  "-o", str(tmp_path / "x.trace.parquet")]) == 2
     assert "zero_fraction" in capsys.readouterr().err
@@ -373,13 +377,14 @@ def test_main_matches_synthesize(tmp_path, capsys):
 
 def test_synth_command_round_trips_through_main(tmp_path):
     kw = dict(ram_size=1 << 20, rounds=2, dirty_fraction=0.1, patterns={"toggle": 1.5, "sparse": 2},
-              zero_fraction=0.25, seed=7, blocks=[("pc.bios", 8192)], unchanged_fraction=0.1, page_size=4096)
-    cmd = synth_command(**kw)
-    argv = shlex.split(cmd)[3:] + ["-o", str(tmp_path / "a.trace.parquet")]
-    assert main(argv) == 0
-    meta = synthesize(tmp_path / "b.trace.parquet", **kw)
-    assert meta.provenance.command == cmd
-    assert sha(tmp_path / "a.trace.parquet") == sha(tmp_path / "b.trace.parquet")
+              zero_fraction=0.25, seed=7, unchanged_fraction=0.1, page_size=4096)
+    for blocks in (None, [("pc.ram", 1 << 20), ("pc.bios", 8192)]):
+        cmd = synth_command(**kw, blocks=blocks)
+        argv = shlex.split(cmd)[3:] + ["-o", str(tmp_path / "a.trace.parquet")]
+        assert main(argv) == 0
+        meta = synthesize(tmp_path / "b.trace.parquet", **kw, blocks=blocks)
+        assert meta.provenance.command == cmd
+        assert sha(tmp_path / "a.trace.parquet") == sha(tmp_path / "b.trace.parquet")
 
 
 def manifest() -> list[dict]:

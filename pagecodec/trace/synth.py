@@ -178,8 +178,11 @@ def synth_command(
     pats = ",".join(f"{n}={_fmt_float(patterns[n])}" for n in PATTERNS if n in patterns)
     parts = [
         "python -m pagecodec.trace.synth",
-        f"--ram-size {format_size(ram_size)}",
-        *(f"--block {name}={format_size(size)}" for name, size in (blocks or ())),
+        *(
+            [f"--block {name}={format_size(size)}" for name, size in blocks]
+            if blocks
+            else [f"--ram-size {format_size(ram_size)}"]
+        ),
         f"--rounds {rounds}",
         f"--dirty {dirty}",
         f"--patterns {pats}",
@@ -404,9 +407,10 @@ def synthesize(
 ) -> TraceMeta:
     """Write a synthetic trace to ``path`` and return its metadata.
 
-    ``ram_size`` is the size of the main block ``pc.ram`` (0: no such block); ``blocks`` lists further
-    blocks ``(name, size)`` that follow it in migration order (QEMU migrates the biggest block first,
-    e.g. ``[("pc.bios", 256 * 1024)]``).  ``rounds`` counts round 0, so ``rounds=6`` gives the full image
+    RAM layout: one block ``pc.ram`` of ``ram_size`` bytes, or, when ``blocks`` is given, exactly those
+    blocks ``(name, size)`` in migration order (QEMU migrates the biggest first, e.g.
+    ``[("pc.ram", 32 << 20), ("pc.bios", 256 << 10)]``) — then ``ram_size`` is ignored, so that a front
+    end can keep a ``--ram-size`` default beside ``--block`` options.  ``rounds`` counts round 0, so ``rounds=6`` gives the full image
     plus 5 dirty rounds; ``dirty_fraction`` is one fraction for every dirty round or one per dirty round
     (``rounds - 1`` values).  ``patterns`` maps names from :data:`PATTERNS` to weights (or is a spec
     string for :func:`parse_patterns`).  ``command`` overrides the provenance command (default: the
@@ -415,11 +419,11 @@ def synthesize(
     pats = parse_patterns(patterns)
     if not isinstance(page_size, int) or page_size < 64 or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a power of two >= 64, got {page_size!r}")
-    layout: list[tuple[str, int]] = []
-    if ram_size:
-        layout.append(("pc.ram", int(ram_size)))
-    layout.extend((str(n), int(s)) for n, s in (blocks or ()))
-    if not layout:
+    if blocks:
+        layout = [(str(n), int(s)) for n, s in blocks]
+    elif ram_size:
+        layout = [("pc.ram", int(ram_size))]
+    else:
         raise ValueError("no RAM: ram_size is 0 and no blocks given")
     for name, size in layout:
         if size <= 0 or size % page_size:
@@ -448,7 +452,7 @@ def synthesize(
             "synthetic",
             command
             or synth_command(
-                ram_size=int(ram_size),
+                ram_size=int(ram_size or 0),
                 rounds=rounds,
                 dirty_fraction=dirty_fraction if not isinstance(dirty_fraction, (int, float)) else float(dirty_fraction),
                 patterns=pats,
@@ -576,8 +580,9 @@ def _dirty_arg(text: str) -> float | list[float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line front end; the parameters map one to one onto :func:`synthesize`."""
     ap = argparse.ArgumentParser(prog="python -m pagecodec.trace.synth", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ram-size", type=parse_size, required=True, help="size of block pc.ram (K/M/G suffixes)")
-    ap.add_argument("--block", type=_block_arg, action="append", default=[], metavar="NAME=SIZE", help="extra RAM block after pc.ram (repeatable)")
+    ap.add_argument("--ram-size", type=parse_size, default=0, help="size of the single block pc.ram (K/M/G suffixes)")
+    ap.add_argument("--block", type=_block_arg, action="append", default=[], metavar="NAME=SIZE",
+                    help="RAM blocks in migration order, instead of a single pc.ram (repeatable)")
     ap.add_argument("--rounds", type=int, required=True, help="rounds including round 0 (the full image)")
     ap.add_argument("--dirty", type=_dirty_arg, required=True, help="dirty fraction per round, or one per dirty round, comma-separated")
     ap.add_argument("--patterns", type=parse_patterns, default="sparse=1", help=f"weights, e.g. sparse=4,text=1 (patterns: {', '.join(PATTERNS)})")
