@@ -329,11 +329,10 @@ def trace_synth(output: str, ram_size: int, blocks: list[tuple[str, int]] | None
         pats = parse_patterns(patterns)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--pattern") from None
-    command = "pagecodec trace synth " + " ".join(sys.argv[3:]) if len(sys.argv) > 2 else ""
     synthesize(
         output, ram_size=ram_size, rounds=rounds, dirty_fraction=fr if len(fr) > 1 else fr[0], patterns=pats,
         zero_fraction=zero_fraction, seed=seed, page_size=page_size, blocks=blocks,
-        unchanged_fraction=unchanged_fraction, command=command,
+        unchanged_fraction=unchanged_fraction,  # provenance: the canonical command, so bytes reproduce
     )
     click.echo(f"wrote {output}")
 

@@ -654,3 +654,35 @@ def test_trace_info_counts_zero_pages_per_round(tmp_path):
     for word in ("pc.ram", "pc.bios", "pytest", "75.0%", info["sha256"], "pagecodec-trace v1"):
         assert word in text
     assert len([ln for ln in text.splitlines() if re.match(r"\s*[012]\s+\d+\s", ln)]) == 3
+
+
+def test_empty_rounds_are_kept(tmp_path):
+    """A round in which the guest dirtied nothing is a real round (a paused guest's passes)."""
+    meta = make_meta()
+    path = tmp_path / "empty.trace.parquet"
+    rows = good_rows(meta)
+    with TraceWriter(path, meta) as w:
+        for r, b, o, p in rows:
+            if r == 0:
+                w.write(0, b, np.array([o]), np.frombuffer(p, np.uint8).reshape(1, -1))
+        w.write(1, 0, np.zeros(0, np.int64), np.zeros((0, meta.page_size), np.uint8))
+        w.write(2, 0, np.array([0]), np.zeros((1, meta.page_size), np.uint8))
+        w.write(3, 0, np.zeros(0, np.int64), np.zeros((0, meta.page_size), np.uint8))
+    r = TraceReader(path)
+    assert r.num_rounds == 4 and r.pages_per_round == [meta.total_pages, 0, 1, 0]
+    got = [(k, sum(len(b) for b in bs)) for k, bs in r.rounds()]
+    assert got == [(0, meta.total_pages), (1, 0), (2, 1), (3, 0)]
+
+
+def test_empty_round_zero_or_gap_rejected(tmp_path):
+    meta = make_meta()
+    with pytest.raises(TraceError, match="round 0 cannot be empty"):
+        with TraceWriter(tmp_path / "a.parquet", meta) as w:
+            w.write(0, 0, np.zeros(0, np.int64), np.zeros((0, meta.page_size), np.uint8))
+    with pytest.raises(TraceError, match="gap"):
+        with TraceWriter(tmp_path / "b.parquet", meta) as w:
+            for r, b, o, p in good_rows(meta):
+                if r == 0:
+                    w.write(0, b, np.array([o]), np.frombuffer(p, np.uint8).reshape(1, -1))
+            w.write(2, 0, np.zeros(0, np.int64), np.zeros((0, meta.page_size), np.uint8))
+    assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "b.parquet").exists()

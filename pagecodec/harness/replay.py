@@ -37,25 +37,8 @@ def versions() -> dict[str, str]:
 
 
 def rounds_of(reader: TraceReader, max_pages: int = 4096) -> Iterator[tuple[int, Iterator[PageBatch]]]:
-    """Group the trace's batches by round, lazily (each round's batches must be consumed in turn)."""
-    it = reader.batches(max_pages=max_pages)
-    pending: list[PageBatch] = []
-    for r in range(reader.num_rounds):
-
-        def gen(r: int = r) -> Iterator[PageBatch]:
-            while True:
-                if pending:
-                    b = pending.pop()
-                else:
-                    b = next(it, None)
-                    if b is None:
-                        return
-                if b.round != r:
-                    pending.append(b)
-                    return
-                yield b
-
-        yield r, gen()
+    """(round, batches) for every round, empty rounds included (TraceReader.rounds)."""
+    return reader.rounds(max_pages=max_pages)
 
 
 def replay(

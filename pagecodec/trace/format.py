@@ -247,9 +247,11 @@ class _RowValidator:
     leaves the writer as it was.
     """
 
-    def __init__(self, meta: TraceMeta, path: Any) -> None:
+    def __init__(self, meta: TraceMeta, path: Any, empty_rounds: frozenset[int] = frozenset()) -> None:
         self.meta = meta
         self.path = path
+        #: rounds declared to hold no pages (a guest that dirtied nothing): rows may skip over them
+        self.empty_rounds = empty_rounds
         self.rows = 0
         self.last_round = -1
         self.last_g = -1
@@ -278,6 +280,9 @@ class _RowValidator:
         prev_r[1:] = r[:-1]
         bad_round_order = r < prev_r
         bad_round_gap = r > prev_r + 1
+        for i in np.flatnonzero(bad_round_gap).tolist():  # one check per round change, not per row
+            if prev_r[i] >= 0 and all(k in self.empty_rounds for k in range(int(prev_r[i]) + 1, int(r[i]))):
+                bad_round_gap[i] = False
         unknown = (b < 0) | (b >= nb)
         bc = np.where(unknown, 0, b)
         misaligned = (o % ps) != 0
@@ -345,6 +350,26 @@ class _RowValidator:
         self.last_round = int(r[-1])
         self.last_g = int(g[-1])
         self.rows += n
+
+    def declare_empty_round(self, r: int) -> None:
+        """Round ``r`` exists and holds no pages (the writer's ``write`` with no rows)."""
+        if r == self.last_round and r >= 1:
+            return  # writing nothing into the current round changes nothing
+        if r != self.last_round + 1 or r == 0:
+            what = "round 0 cannot be empty (it is the full RAM image)" if r == 0 else (
+                f"round {r} declared after round {self.last_round}: rounds out of order or with a gap")
+            raise _fail(self.path, what, self.rows)
+        if self.last_round == 0 and self.round0_count != self.meta.total_pages:
+            raise _fail(
+                self.path,
+                f"round {r} starts but round 0 is incomplete: {self.round0_count} of {self.meta.total_pages} pages",
+                self.rows,
+            )
+        while len(self.pages_per_round) <= r:
+            self.pages_per_round.append(0)
+        self.empty_rounds = self.empty_rounds | {r}
+        self.last_round = r
+        self.last_g = -1
 
     def _first_missing0(self, g: np.ndarray, is0: np.ndarray, upto: int) -> int:
         """First global page index absent from round 0, given the accepted rows plus ``g[:upto]``.
@@ -531,6 +556,7 @@ class TraceWriter:
         if not 0 <= int(round) < 2**31:
             raise _fail(self.path, f"round {round} out of range", row)
         if n == 0:
+            self._check.declare_empty_round(int(round))
             return
         self._check.feed(np.full(n, int(round), np.int64), blk.astype(np.int64, copy=False), off.astype(np.int64))
 
@@ -740,9 +766,19 @@ class TraceReader:
         self._offset = _int_column(small.column("offset"), np.int64)
         self._block = self._block_indices(small.column("block"))
 
-        check = _RowValidator(self.meta, self.path)
+        declared = info.get("pages_per_round")
+        empty = frozenset(i for i, c in enumerate(declared) if c == 0) if isinstance(declared, list) else frozenset()
+        check = _RowValidator(self.meta, self.path, empty)
         check.feed(self._round, self._block, self._offset)
         check.finish()
+        n_declared = info.get("rounds")
+        if (
+            isinstance(n_declared, int)
+            and n_declared > len(check.pages_per_round)
+            and all(k in empty for k in range(len(check.pages_per_round), n_declared))
+        ):
+            # trailing rounds in which nothing was dirtied, declared empty in pages_per_round
+            check.pages_per_round.extend([0] * (n_declared - len(check.pages_per_round)))
         self._round = self._round.astype(np.int32)
         self.num_rounds: int = len(check.pages_per_round)
         self.pages_per_round: list[int] = list(check.pages_per_round)
@@ -874,9 +910,23 @@ class TraceReader:
     def rounds(self, max_pages: int = DEFAULT_ROW_GROUP_PAGES) -> Iterator[tuple[int, Iterator[PageBatch]]]:
         """Group :meth:`batches` by round: yields ``(round, batches of that round)`` in order.
 
-        Consume each round's iterator before advancing (it is one shared stream, like ``groupby``)."""
-        for r, group in itertools.groupby(self.batches(max_pages), key=lambda b: b.round):
-            yield r, group
+        Every round 0 … num_rounds-1 is yielded, empty ones (nothing dirtied) included. Consume each
+        round's iterator before advancing (it is one shared stream, like ``groupby``)."""
+        it = self.batches(max_pages)
+        held: list[PageBatch] = []
+
+        def of_round(r: int) -> Iterator[PageBatch]:
+            while True:
+                b = held.pop() if held else next(it, None)
+                if b is None:
+                    return
+                if b.round != r:
+                    held.append(b)
+                    return
+                yield b
+
+        for r in range(self.num_rounds):
+            yield r, of_round(r)
 
     def check_pages(self) -> None:
         """Decode every page once (lengths, checksums, decompression) so damage surfaces before use."""

@@ -177,15 +177,15 @@ def synth_command(
     )
     pats = ",".join(f"{n}={_fmt_float(patterns[n])}" for n in PATTERNS if n in patterns)
     parts = [
-        "python -m pagecodec.trace.synth",
+        "pagecodec trace synth",
         *(
             [f"--block {name}={format_size(size)}" for name, size in blocks]
             if blocks
             else [f"--ram-size {format_size(ram_size)}"]
         ),
         f"--rounds {rounds}",
-        f"--dirty {dirty}",
-        f"--patterns {pats}",
+        f"--dirty-fraction {dirty}",
+        f"--pattern {pats}",
         f"--zero-fraction {_fmt_float(zero_fraction)}",
         f"--unchanged-fraction {_fmt_float(unchanged_fraction)}",
         f"--page-size {page_size}",
@@ -584,8 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--block", type=_block_arg, action="append", default=[], metavar="NAME=SIZE",
                     help="RAM blocks in migration order, instead of a single pc.ram (repeatable)")
     ap.add_argument("--rounds", type=int, required=True, help="rounds including round 0 (the full image)")
-    ap.add_argument("--dirty", type=_dirty_arg, required=True, help="dirty fraction per round, or one per dirty round, comma-separated")
-    ap.add_argument("--patterns", type=parse_patterns, default="sparse=1", help=f"weights, e.g. sparse=4,text=1 (patterns: {', '.join(PATTERNS)})")
+    ap.add_argument("--dirty-fraction", "--dirty", dest="dirty", type=_dirty_arg, required=True, help="dirty fraction per round, or one per dirty round, comma-separated")
+    ap.add_argument("--pattern", "--patterns", dest="patterns", type=parse_patterns, default="sparse=1", help=f"weights, e.g. sparse=4,text=1 (patterns: {', '.join(PATTERNS)})")
     ap.add_argument("--zero-fraction", type=float, default=0.5)
     ap.add_argument("--unchanged-fraction", type=float, default=0.05)
     ap.add_argument("--page-size", type=int, default=4096)

@@ -36,6 +36,7 @@ __all__ = [
     "mem_size_record",
     "RecordSet",
     "assemble_segment",
+    "Scratch",
 ]
 
 
@@ -133,27 +134,6 @@ def _scatter_rows(out: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> None:
     out[(pos[:, None] + np.arange(w, dtype=np.int64)).ravel()] = rows.ravel()
 
 
-def _copy_page_runs(out: np.ndarray, dpos: np.ndarray, pages: np.ndarray, rows: np.ndarray, stride: int) -> None:
-    """Copy pages[rows[i]] to out[dpos[i]:], one strided block copy per run of adjacent records.
-
-    Adjacent records of one set lie ``stride`` bytes apart (payload + header + prefix); a run breaks
-    where another kind of record sits between two of them or the source rows are not consecutive.
-    """
-    k = len(dpos)
-    w = pages.shape[1]
-    if k == 0:
-        return
-    breaks = np.flatnonzero((np.diff(dpos) != stride) | (np.diff(rows) != 1)) + 1
-    bounds = np.concatenate(([0], breaks, [k])).tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        r0 = int(rows[a])
-        if b - a == 1:
-            out[dpos[a] : dpos[a] + w] = pages[r0]
-            continue
-        view = np.lib.stride_tricks.as_strided(out[int(dpos[a]) :], shape=(b - a, w), strides=(stride, 1))
-        view[...] = pages[r0 : r0 + b - a]
-
-
 def _copy_segments(out: np.ndarray, dpos: np.ndarray, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
     """out[dpos[i] : dpos[i]+lengths[i]] = data[starts[i] : ...] for all i, in one gather."""
     total = int(lengths.sum())
@@ -165,14 +145,91 @@ def _copy_segments(out: np.ndarray, dpos: np.ndarray, data: np.ndarray, starts: 
     out[np.repeat(dpos, lengths) + within] = data[np.repeat(starts.astype(np.int64), lengths) + within]
 
 
+def _prefix_rows(s: RecordSet, lo: int, hi: int) -> np.ndarray:
+    assert s.prefix is not None
+    return s.prefix[lo:hi] if s.prefix.shape[0] == len(s) else np.broadcast_to(s.prefix, (hi - lo, s.prefix.shape[1]))
+
+
+def _write_named_record(out: np.ndarray, hdr: np.ndarray, idstr: str, s: RecordSet, i: int) -> None:
+    """Record ``i`` of ``s`` at the start of ``out``, with its header naming the block."""
+    raw = idstr.encode("ascii")
+    h = hdr.copy()
+    h[7] &= 0xFF ^ RAM_SAVE_FLAG_CONTINUE  # the flag bits live in the last byte of the be64
+    out[:8] = h
+    out[8] = len(raw)
+    pos = 9 + len(raw)
+    out[9:pos] = np.frombuffer(raw, dtype=np.uint8)
+    if s.prefix is not None:
+        out[pos : pos + s.prefix_len] = _prefix_rows(s, i, i + 1)[0]
+        pos += s.prefix_len
+    if s.pages is not None:
+        row = int(s.rows[i]) if s.rows is not None else i
+        out[pos : pos + s.pages.shape[1]] = s.pages[row]
+    elif s.data is not None:
+        assert s.starts is not None and s.lengths is not None
+        st, ln = int(s.starts[i]), int(s.lengths[i])
+        out[pos : pos + ln] = s.data[st : st + ln]
+
+
+def _write_fixed_runs(out: np.ndarray, s: RecordSet, hdr: np.ndarray, ranks: np.ndarray, starts: np.ndarray, skip: int) -> None:
+    """Fixed-width records (raw pages, zero pages): one 2-D strided view per run of adjacent records,
+    written header, prefix and payload at once; a run breaks where another kind of record intervenes
+    or the source pages are not consecutive."""
+    n = len(ranks)
+    if n <= skip:
+        return
+    p = s.prefix_len
+    w = s.pages.shape[1] if s.pages is not None else 0
+    width = 8 + p + w
+    rows = (s.rows if s.rows is not None else np.arange(n, dtype=np.int64)) if s.pages is not None else None
+    brk = np.diff(ranks[skip:]) != 1
+    if rows is not None:
+        brk |= np.diff(rows[skip:]) != 1
+    bounds = [skip, *(np.flatnonzero(brk) + 1 + skip).tolist(), n]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        view = np.ndarray((b - a, width), np.uint8, buffer=out, offset=int(starts[a]), strides=(width, 1))
+        view[:, :8] = hdr[a:b]
+        if p:  # a (1, p) prefix broadcasts by itself
+            view[:, 8 : 8 + p] = s.prefix if s.prefix.shape[0] == 1 else s.prefix[a:b]  # type: ignore[union-attr]
+        if rows is not None:
+            r0 = int(rows[a])
+            view[:, 8 + p :] = s.pages[r0 : r0 + b - a]  # type: ignore[index]
+
+
+def _write_variable(out: np.ndarray, s: RecordSet, hdr: np.ndarray, starts: np.ndarray, skip: int) -> None:
+    """Variable-length records (XBZRLE, compressed pages): headers and prefixes scattered, payloads
+    gathered in one pass."""
+    assert s.data is not None and s.starts is not None and s.lengths is not None
+    pos = starts[skip:]
+    _scatter_rows(out, pos, hdr[skip:])
+    body = pos + 8
+    if s.prefix is not None:
+        _scatter_rows(out, body, _prefix_rows(s, skip, len(s)))
+    _copy_segments(out, body + s.prefix_len, s.data, s.starts[skip:], s.lengths[skip:])
+
+
+class Scratch:
+    """A reusable output buffer: a fresh multi-MiB array per segment would pay page faults (the kernel
+    zeroing new memory) on every batch, which costs as much as the copy itself."""
+
+    def __init__(self) -> None:
+        self._buf = np.empty(0, dtype=np.uint8)
+
+    def get(self, n: int) -> np.ndarray:
+        if self._buf.shape[0] < n:
+            self._buf = np.empty(max(n, 2 * self._buf.shape[0]), dtype=np.uint8)
+        return self._buf[:n]
+
+
 def assemble_segment(
-    offsets: np.ndarray, idstr: str | None, sets: list[RecordSet]
+    offsets: np.ndarray, idstr: str | None, sets: list[RecordSet], scratch: Scratch | None = None
 ) -> tuple[np.ndarray, dict[str, int], dict[str, int]]:
     """Build the wire bytes of a segment's records, in page order.
 
     ``offsets`` are the byte offsets in the block of the segment's pages; ``idstr`` is the block name
     when the first record must carry it (block differs from the last one sent), else None. Returns the
-    bytes, bytes by kind and records by kind.
+    bytes, bytes by kind and records by kind. With ``scratch`` the bytes are a view on its buffer,
+    valid until the next call.
     """
     sets = [s for s in sets if len(s)]
     if not sets:
@@ -192,37 +249,25 @@ def assemble_segment(
     rec_len_ordered[0] += extra
     start_ordered = np.cumsum(rec_len_ordered) - rec_len_ordered
     total = int(start_ordered[-1] + rec_len_ordered[-1])
-    out = np.empty(total, dtype=np.uint8)
+    out = scratch.get(total) if scratch is not None else np.empty(total, dtype=np.uint8)
 
-    # headers
-    flags = np.array([s.flag for s in sets], dtype=np.uint64)[set_of][order]
-    hdr = offsets[idx[order]].astype(np.uint64) | flags | np.uint64(RAM_SAVE_FLAG_CONTINUE)
-    if idstr is not None:
-        hdr[0] &= ~np.uint64(RAM_SAVE_FLAG_CONTINUE)
-        raw = idstr.encode("ascii")
-        out[8] = len(raw)
-        out[9 : 9 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
-    _scatter_rows(out, start_ordered, hdr.astype(">u8").view(np.uint8).reshape(k, 8))
-
-    # prefixes and payloads, set by set
-    body_start = start_ordered + 8
-    body_start[0] += extra
+    cont = np.uint64(RAM_SAVE_FLAG_CONTINUE)
     bytes_by_kind: dict[str, int] = {}
     records_by_kind: dict[str, int] = {}
     base = 0
     for i, s in enumerate(sets):
         n = len(s)
-        pos = body_start[rank[base : base + n]]
-        if s.prefix is not None:
-            pre = s.prefix if s.prefix.shape[0] == n else np.broadcast_to(s.prefix, (n, s.prefix.shape[1]))
-            _scatter_rows(out, pos, pre)
-        ppos = pos + s.prefix_len
-        if s.pages is not None:
-            rows = s.rows if s.rows is not None else np.arange(n, dtype=np.int64)
-            _copy_page_runs(out, ppos, s.pages, rows, 8 + s.prefix_len + s.pages.shape[1])
-        elif s.data is not None:
-            assert s.starts is not None and s.lengths is not None
-            _copy_segments(out, ppos, s.data, s.starts, s.lengths)
+        ranks = rank[base : base + n]
+        starts = start_ordered[ranks]
+        hdr = (offsets[s.index].astype(np.uint64) | np.uint64(s.flag) | cont).astype(">u8").view(np.uint8).reshape(n, 8)
+        skip = 0
+        if extra and ranks[0] == 0:  # the record that names its block: written on its own
+            _write_named_record(out, hdr[0], idstr, s, 0)  # type: ignore[arg-type]
+            skip = 1
+        if s.pages is not None or s.data is None:
+            _write_fixed_runs(out, s, hdr, ranks, starts, skip)
+        else:
+            _write_variable(out, s, hdr, starts, skip)
         nbytes = int(rec_len[base : base + n].sum())
         bytes_by_kind[s.kind] = bytes_by_kind.get(s.kind, 0) + nbytes
         records_by_kind[s.kind] = records_by_kind.get(s.kind, 0) + n

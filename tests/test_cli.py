@@ -1,0 +1,109 @@
+"""The command line: exit codes, one-line errors, results JSON written atomically."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, write_trace
+
+PS = 4096
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pagecodec.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    ram = np.zeros((32, PS), np.uint8)
+    ram[::3] = rng.integers(0, 256, (11, PS), dtype=np.uint8)
+    r1 = np.array([1, 3, 9])
+    ram2 = ram.copy()
+    ram2[r1, :4] = 9
+    p = tmp_path_factory.mktemp("t") / "t.parquet"
+    write_trace(p, [("pc.ram", 32 * PS)], [{0: (np.arange(32) * PS, ram)}, {0: (r1 * PS, ram2[r1])}])
+    return p
+
+
+def test_plugins_lists_builtins():
+    p = run("plugins", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    codecs = {c["name"]: c for r in rows for c in r["codecs"]}
+    assert codecs["zero"]["slots"] == ["zero"] and codecs["zero"]["format"] == "qemu"
+    assert codecs["raw"]["slots"] == ["raw"]
+    assert all(r["version"] for r in rows)
+    text = run("plugins").stdout
+    assert "pagecodec.codecs.zero" in text and "presets:" in text
+
+
+def test_verify_ok(trace):
+    p = run("verify", str(trace))
+    assert p.returncode == 0, p.stderr
+    assert "verify: OK" in p.stdout and "2 rounds" in p.stdout
+
+
+def test_replay_json_and_stream(trace, tmp_path):
+    out, mig = tmp_path / "r.json", tmp_path / "o.mig"
+    p = run("replay", str(trace), "--config", "none", "--json", str(out), "--qemu-stream", str(mig))
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert res["ram"]["duplicate"] + res["ram"]["normal"] == 35
+    assert res["wire"]["total"] == mig.stat().st_size
+    assert res["trace"]["sha256"] and res["config"]["capabilities"]["xbzrle"] is False
+    assert "transferred" in res["rounds"][0] and res["versions"]["pagecodec"]
+
+
+def test_bench_table_json_csv_and_resume(trace, tmp_path):
+    js, cs = tmp_path / "b.json", tmp_path / "b.csv"
+    p = run("bench", str(trace), "--config", "none", "--json", str(js), "--csv", str(cs))
+    assert p.returncode == 0, p.stderr
+    assert "| trace" in p.stdout and "t.parquet" in p.stdout
+    assert len(json.loads(js.read_text())) == 1
+    assert cs.read_text().startswith("trace,config")
+    p = run("bench", str(trace), "--config", "none", "--json", str(js), "--resume")
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(js.read_text())) == 1  # nothing re-run
+    p = run("report", str(js), "--format", "rst", "--plots", str(tmp_path / "plots"))
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "plots" / "wire.png").stat().st_size > 1000
+
+
+def test_bad_config_is_one_line_exit_2(trace):
+    p = run("verify", str(trace), "--config", "xbzrle-cache-size=banana")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "bad size 'banana'" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_unfilled_slot_exit_2(trace):
+    p = run("replay", str(trace), "--config", "xbzrle")
+    assert p.returncode == 2 and "'delta' slot needs codec 'xbzrle'" in p.stderr
+
+
+def test_missing_trace_exit_2(tmp_path):
+    p = run("verify", str(tmp_path / "nope.parquet"))
+    assert p.returncode == 2 and "nope.parquet" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_garbage_trace_exit_2(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all" * 10)
+    p = run("trace", "info", str(bad))
+    assert p.returncode == 2 and "bad.parquet" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_plugin_module_that_fails_to_import(trace):
+    p = run("--plugin", "no_such_plugin_module", "plugins")
+    assert p.returncode == 2 and "no_such_plugin_module" in p.stderr
+
+
+def test_debug_shows_traceback(trace):
+    p = run("--debug", "verify", str(trace), "--config", "xbzrle-cache-size=banana")
+    assert p.returncode != 0 and "Traceback" in p.stderr
