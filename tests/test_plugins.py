@@ -1,0 +1,98 @@
+"""Plugin loading: built-ins, entry points, --plugin modules, and plugins that misbehave."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib import metadata
+
+import pytest
+
+from conftest import ROOT
+from pagecodec.codecs.base import Slot
+from pagecodec.errors import PluginError
+from pagecodec.hookspecs import hookimpl
+from pagecodec.plugins import DEFAULT_PLUGINS, PluginManager
+
+EXAMPLE = ROOT / "plugins" / "pagecodec-fillpage"
+
+
+@pytest.fixture
+def example_on_path():
+    sys.path.insert(0, str(EXAMPLE))
+    yield
+    sys.path.remove(str(EXAMPLE))
+    sys.modules.pop("pagecodec_fillpage", None)
+
+
+def test_builtins_register_through_the_hooks():
+    pm = PluginManager(entry_points=False)
+    assert set(DEFAULT_PLUGINS) <= set(pm.infos)
+    assert pm.codec("zero").slots == (Slot.ZERO,) and pm.codec("raw").slots == (Slot.RAW,)
+    assert pm.plugin_of("zero") == "pagecodec.codecs.zero"
+    assert {"none", "xbzrle", "compress", "xbzrle+compress", "multifd", "multifd-zlib", "multifd-zstd"} <= set(pm.presets)
+    rows = {r["plugin"]: r for r in pm.describe()}
+    assert rows["pagecodec.codecs.raw"]["codecs"][0]["format"] == "qemu"
+
+
+def test_entry_point_plugin_is_loaded(monkeypatch, example_on_path):
+    ep = metadata.EntryPoint(name="fillpage", value="pagecodec_fillpage", group="pagecodec")
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [ep] if group == "pagecodec" else [])
+    pm = PluginManager()
+    assert pm.plugin_of("fillpage") == "fillpage"
+    assert pm.infos["fillpage"].source == "entry point"
+
+
+def test_broken_entry_point_is_named(monkeypatch):
+    ep = metadata.EntryPoint(name="broken", value="no_such_module_xyz", group="pagecodec")
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [ep])
+    with pytest.raises(PluginError, match="entry point 'broken'.*failed to load"):
+        PluginManager()
+
+
+def test_plugin_module_option(example_on_path):
+    pm = PluginManager(["pagecodec_fillpage"], entry_points=False)
+    assert pm.infos["pagecodec_fillpage"].version == "0.1.0"
+    assert pm.codec("fillpage").slots == (Slot.ZERO,)
+
+
+def _module(name: str, **hooks) -> types.ModuleType:
+    m = types.ModuleType(name)
+    for k, v in hooks.items():
+        setattr(m, k, hookimpl(v))
+    sys.modules[name] = m
+    return m
+
+
+def test_plugin_raising_in_registration_is_named():
+    def register_codecs(register):
+        raise RuntimeError("nope")
+
+    _module("pc_test_raiser", register_codecs=register_codecs)
+    with pytest.raises(PluginError, match="plugin 'pc_test_raiser' raised while registering: RuntimeError: nope"):
+        PluginManager(["pc_test_raiser"], entry_points=False)
+
+
+def test_duplicate_codec_name_is_refused():
+    from pagecodec.codecs.raw import RawPageCodec
+
+    def register_codecs(register):
+        register(RawPageCodec())
+
+    _module("pc_test_dup", register_codecs=register_codecs)
+    with pytest.raises(PluginError, match="registers codec 'raw', already registered by 'pagecodec.codecs.raw'"):
+        PluginManager(["pc_test_dup"], entry_points=False)
+
+
+def test_registering_a_non_codec_is_refused():
+    def register_codecs(register):
+        register(object())
+
+    _module("pc_test_obj", register_codecs=register_codecs)
+    with pytest.raises(PluginError, match="not a pagecodec Codec"):
+        PluginManager(["pc_test_obj"], entry_points=False)
+
+
+def test_unknown_codec_lookup_lists_installed():
+    with pytest.raises(PluginError, match="no plugin provides codec 'zz'.*raw"):
+        PluginManager(entry_points=False).codec("zz")
