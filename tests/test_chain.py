@@ -136,8 +136,10 @@ def test_batch_size_does_not_change_the_stream(small_trace, pm):
 
 
 def test_unfilled_slot_is_refused(small_trace, pm):
-    with pytest.raises(PluginError, match="'delta' slot needs codec 'xbzrle'"):
-        replay(TraceReader(small_trace), parse_spec("xbzrle"), pm)
+    with pytest.raises(PluginError, match="'compress' slot needs codec 'compress-threads'"):
+        replay(TraceReader(small_trace), parse_spec("compress"), pm)
+    with pytest.raises(PluginError, match="'delta' slot needs codec 'nosuch'"):
+        replay(TraceReader(small_trace), parse_spec("delta-codec=nosuch"), pm)
 
 
 def test_codec_in_wrong_slot_is_refused(small_trace, pm):

@@ -83,8 +83,8 @@ def test_bad_config_is_one_line_exit_2(trace):
 
 
 def test_unfilled_slot_exit_2(trace):
-    p = run("replay", str(trace), "--config", "xbzrle")
-    assert p.returncode == 2 and "'delta' slot needs codec 'xbzrle'" in p.stderr
+    p = run("replay", str(trace), "--config", "delta-codec=nosuch")
+    assert p.returncode == 2 and "'delta' slot needs codec 'nosuch'" in p.stderr
 
 
 def test_missing_trace_exit_2(tmp_path):

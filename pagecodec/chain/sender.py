@@ -156,7 +156,7 @@ class Sender:
         st.wire.update(w.bytes_by_kind)
         st.records.update(w.records_by_kind)
         for _slot, _name, enc in self.encoders:
-            for group, values in enc.counters().items():
+            for group, values in enc.counters(w.bytes_by_kind, w.records_by_kind).items():
                 st.groups.setdefault(group, {}).update(values)
         st.wall_s = time.perf_counter() - (self._wall0 or time.perf_counter())
         return st
@@ -194,8 +194,8 @@ class Sender:
     def _save_segment(self, seg: Segment, stage: Stage, rs: RoundStats) -> None:
         cpu = self.stats.cpu
         for slot, name, enc in self.encoders:
-            if not (seg.claimed_by < 0).any():
-                break
+            # every slot sees every segment, even when no page is left pending: a later slot may act on
+            # pages an earlier one claimed (XBZRLE's cache learns the zero pages)
             t0 = time.thread_time_ns()
             try:
                 enc.encode(seg, stage)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -118,8 +118,11 @@ class SlotEncoder(ABC):
     def end_of_pass(self, stage: Stage) -> None:
         """The dirty-page search wrapped around (QEMU flushes compress threads here)."""
 
-    def counters(self) -> dict[str, dict[str, int | float]]:
-        """Counter groups keyed as QEMU's query-migrate keys them (e.g. ``xbzrle-cache``)."""
+    def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """Counter groups keyed as QEMU's query-migrate keys them (e.g. ``xbzrle-cache``).
+
+        ``wire_bytes``/``wire_records`` are the stream's totals by record kind, so counters that QEMU
+        derives from bytes written need not be tracked twice."""
         return {}
 
 
