@@ -1,0 +1,259 @@
+"""Real QEMU 7.2 (marker ``qemu``): our tiny guest, captures over QMP, and streams in both directions.
+
+1. the boot-sector guest runs and dirties memory as told (pmemsave);
+2. capture → import → the trace's final image equals pc.ram of a QEMU destination that loaded the same
+   stream (``-incoming``), without and with xbzrle; the trace has ≥ 3 rounds;
+3. pagecodec-written streams (``replay --qemu-stream``) load into QEMU ``-incoming``, and the
+   destination's pc.ram equals the trace's final image: for an imported trace and for a synthetic
+   trace with QEMU's own block layout, with configs ``none`` and ``xbzrle``.
+
+Destinations back pc.ram with a file (``memory-backend-file`` with id ``pc.ram``: same block name and
+size, so the streams are unchanged) and read the whole block from it; pmemsave reaches
+0xa0000…0xfffff only through the chipset's windows. Outside CI the QEMU tests skip when QEMU or
+binutils is missing; under CI=true that is a failure (.ci/run installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagecodec.qemu import QemuError
+from pagecodec.qemu.find import in_ci, missing_tools, require_for_tests
+from pagecodec.qemu.guest import PASS_COUNTER, SIGNATURE, SIGNATURE_ADDR, GuestPattern, assembly, build_disk
+from pagecodec.qemu.machine import VM, parse_ramblocks, wait_until
+from pagecodec.qemu.migrate import MigrationSettings, load_from_file, migrate_to_file
+from pagecodec.qemu.qmp import QMP, QMPCommandError
+
+PS = 4096
+MIB = 1 << 20
+MEM_MIB = 64
+
+#: Sparse counter updates on 32 pages plus 2 whole-page rewrites; one pass per timer tick (~55 ms,
+#: the vCPU sleeps in between): at 1 MiB/s a pass over ~34 dirty pages takes longer than that, so QEMU
+#: keeps iterating until the limits are raised.
+SLOW_GUEST = GuestPattern(first=0x10000, end=0x30000, fill_pages=2, fill_first=0x40000, wait_ticks=1)
+#: With xbzrle a pass costs a few hundred bytes; a guest that waits for timer ticks would let QEMU find
+#: nothing dirty and complete early, so this one busy-waits (~3 ms between passes) and changes more.
+BUSY_GUEST = GuestPattern(first=0x10000, end=0x50000, stride=2 * PS, offset=0x123, fill_pages=3,
+                          fill_first=0x60000, wait_ticks=0, spin=64)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def final_images(path) -> dict[str, np.ndarray]:
+    """Each block's content after applying every round of the trace."""
+    from pagecodec.trace.format import TraceReader
+
+    with TraceReader(path) as r:
+        ps = r.meta.page_size
+        imgs = [np.zeros((b.used_length // ps, ps), np.uint8) for b in r.meta.blocks]
+        for batch in r.batches():
+            for bi in np.unique(batch.block):
+                sel = batch.block == bi
+                imgs[bi][batch.offset[sel] // ps] = batch.pages[sel]
+        return {b.name: imgs[i].reshape(-1) for i, b in enumerate(r.meta.blocks)}
+
+
+def diff_pages(a: np.ndarray, b: np.ndarray) -> list[int]:
+    a = np.frombuffer(a, np.uint8) if isinstance(a, bytes) else a
+    b = np.frombuffer(b, np.uint8) if isinstance(b, bytes) else b
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return [int(p) * PS for p in np.nonzero((a.reshape(-1, PS) != b.reshape(-1, PS)).any(axis=1))[0]]
+
+
+def counter(vm: VM) -> int:
+    return int.from_bytes(vm.pmemsave(PASS_COUNTER, 4), "little")
+
+
+def has_codec(name: str) -> bool:
+    from pagecodec.plugins import PluginManager
+
+    return name in PluginManager().codecs
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qemu_info():
+    return require_for_tests()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, qemu_info) -> Path:
+    return tmp_path_factory.mktemp("qemu")
+
+
+class VMs:
+    """Starts VMs and stops every one of them at teardown (even when a test fails)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[VM] = []
+        self.n = 0
+
+    def start(self, **kw) -> VM:
+        self.n += 1
+        kw.setdefault("name", f"vm{self.n}")
+        vm = VM(self.workdir, memory_mib=MEM_MIB, **kw)
+        self.started.append(vm)
+        return vm.start()
+
+    def destination(self, disk: Path) -> VM:
+        self.n += 1
+        return self.start(disk=disk, incoming=True, name=f"dst{self.n}", ram_file=self.workdir / f"dst{self.n}.ram")
+
+    def stop_all(self) -> None:
+        for vm in self.started:
+            vm.stop()
+        self.started.clear()
+
+
+@pytest.fixture(scope="module")
+def vms(workdir):
+    v = VMs(workdir)
+    yield v
+    v.stop_all()
+
+
+@pytest.fixture(scope="module")
+def slow_disk(workdir) -> Path:
+    return build_disk(workdir, SLOW_GUEST)
+
+
+# --- no QEMU needed --------------------------------------------------------------------------------
+def test_guest_pattern_validation():
+    with pytest.raises(QemuError, match="page aligned"):
+        GuestPattern(first=0x10001)
+    with pytest.raises(QemuError, match="page aligned"):
+        GuestPattern(end=0xA0000)
+    with pytest.raises(QemuError, match="stride"):
+        GuestPattern(stride=0x800)
+    with pytest.raises(QemuError, match="no counter pages"):
+        GuestPattern(first=0x20000, end=0x20000)
+    src = assembly(BUSY_GUEST)
+    assert "invlpg  %es:0x123" in src and "$0x1000" in src and ".word   0xaa55" in src
+
+
+def test_parse_ramblocks():
+    text = """\
+              Block Name    PSize              Offset               Used              Total
+                  pc.ram    4 KiB  0x0000000000000000 0x0000000004000000 0x0000000004000000
+    /rom@etc/acpi/tables    4 KiB  0x0000000004080000 0x0000000000020000 0x0000000000200000
+"""
+    b = parse_ramblocks(text)
+    assert [(x.name, x.used, x.total, x.page_size) for x in b] == [
+        ("pc.ram", 64 * MIB, 64 * MIB, 4096), ("/rom@etc/acpi/tables", 0x20000, 0x200000, 4096)]
+
+
+def test_qmp_connect_errors_are_clear(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(QemuError, match=r"cannot connect within 0.3 s: the socket never appeared"):
+        QMP(tmp_path / "nothing.qmp", connect_timeout=0.3)
+    assert time.monotonic() - t0 < 5
+
+
+def test_require_for_tests_fails_under_ci(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("PAGECODEC_QEMU", raising=False)
+    monkeypatch.setattr("pagecodec.qemu.find._FALLBACK_DIRS", ())
+    assert "not found" in missing_tools()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI='true' but qemu-system-x86_64 not found"):
+        require_for_tests()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not found"):
+        require_for_tests()
+
+
+# --- (1) the guest ---------------------------------------------------------------------------------
+@pytest.mark.qemu
+def test_guest_runs_and_dirties_its_pages(vms, slow_disk, qemu_info):
+    assert qemu_info.version[:2] == (7, 2), qemu_info.banner
+    vm = vms.start(disk=slow_disk, name="run")
+    c0 = wait_until(lambda: counter(vm) or None, 10, "the guest's first pass")
+    time.sleep(0.4)
+    assert vm.pmemsave(SIGNATURE_ADDR, 4) == SIGNATURE
+    vm.qmp.execute("stop")
+    assert vm.status() == "paused"
+    c = counter(vm)
+    assert c - c0 >= 3, f"only {c - c0} passes in 0.4 s"  # one per timer tick (18.2 Hz)
+    ram = np.frombuffer(vm.pmemsave(0, 1 * MIB), np.uint8)
+    bumped = ram[np.array(SLOW_GUEST.counter_pages)]  # byte 0 of each counter page
+    # stopped somewhere in pass c: the first pages hold c, the rest still c - 1
+    assert set((int(x) - c) % 256 for x in bumped) <= {0, 255}
+    assert np.all(np.diff((bumped.astype(int) - c) % 256) <= 0)
+    fill = ram[SLOW_GUEST.fill_first:SLOW_GUEST.fill_first + SLOW_GUEST.fill_pages * PS].reshape(-1, PS)
+    assert all(len(set(page.tolist())) == 1 and (int(page[0]) - c) % 256 in (0, 255) for page in fill)
+    assert not ram[SLOW_GUEST.end:SLOW_GUEST.fill_first].any()  # untouched pages stay zero
+    with pytest.raises(QMPCommandError, match="'no-such-command' failed: CommandNotFound"):
+        vm.qmp.execute("no-such-command")
+    vm.qmp.execute("cont")
+    wait_until(lambda: counter(vm) > c, 5, "the guest to run again")
+    vm.stop()
+    assert vm.proc.poll() is not None
+
+
+@pytest.mark.qemu
+def test_destination_reports_qemu_errors(vms, slow_disk, workdir):
+    bogus = workdir / "bogus.mig"
+    bogus.write_bytes(b"QEVM\x00\x00\x00\x03" + b"\x07\x00\x00\x00\x0dpc-q35-7.2xxx" + b"\x00")
+    dst = vms.destination(slow_disk)
+    with pytest.raises(QemuError, match=r"exited with status 1: .*(Machine type|load of migration failed)"):
+        load_from_file(dst, bogus, timeout=20)
+
+
+# --- (3) pagecodec-written streams load into QEMU -----------------------------------------------------
+def replay_and_load(vms: VMs, disk: Path, trace: Path, config: str) -> tuple[dict, np.ndarray]:
+    from pagecodec.chain.config import parse_spec
+    from pagecodec.harness.replay import replay
+    from pagecodec.plugins import PluginManager
+    from pagecodec.trace.format import TraceReader
+
+    pm = PluginManager()
+    out = trace.with_name(f"{trace.stem}-{config}.mig")
+    with TraceReader(trace) as reader:
+        res = replay(reader, parse_spec(config, pm.presets), pm, qemu_stream=out, machine="pc-i440fx-7.2")
+    assert res["wire"]["total"] == out.stat().st_size
+    dst = vms.destination(disk)
+    load_from_file(dst, out)
+    assert dst.status() == "paused"
+    ram = np.frombuffer(dst.pc_ram(), np.uint8)
+    dst.stop()
+    return res, ram
+
+
+def need_codec(config: str) -> None:
+    if config != "none" and not has_codec(config):
+        if in_ci():
+            pytest.fail(f"{config} codec plugin not installed (pagecodec plugins)")
+        pytest.skip(f"{config} codec plugin not installed")
+
+
+@pytest.fixture(scope="module")
+def qemu_layout_trace(vms, slow_disk, workdir) -> Path:
+    """A synthetic trace with exactly the RAM blocks QEMU 7.2's pc-i440fx-7.2 -m 64 has (info ramblock)."""
+    from pagecodec.trace.synth import synthesize
+
+    vm = vms.start(disk=slow_disk, name="layout", paused=True)
+    blocks = [(b.name, b.used) for b in vm.ram_blocks()]
+    vm.stop()
+    assert blocks[0] == ("pc.ram", MEM_MIB * MIB)
+    path = workdir / "layout.parquet"
+    synthesize(path, ram_size=0, blocks=blocks, rounds=5, dirty_fraction=0.01,
+               patterns="sparse=4,rewrite=1,toggle=1,text=2,random=1", zero_fraction=0.7, seed=11)
+    return path
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("config", ["none", "xbzrle"])
+def test_synthetic_stream_loads_into_qemu(qemu_layout_trace, vms, slow_disk, config):
+    need_codec(config)
+    res, ram = replay_and_load(vms, slow_disk, qemu_layout_trace, config)
+    if config == "xbzrle":
+        assert res["xbzrle-cache"]["pages"] > 0
+    assert diff_pages(final_images(qemu_layout_trace)["pc.ram"], ram) == []
