@@ -23,6 +23,7 @@ __all__ = ["DEFAULT_PLUGINS", "PluginManager", "PluginInfo", "Preset"]
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "pagecodec.codecs.zero",
     "pagecodec.codecs.raw",
+    "pagecodec.codecs.xbzrle",
     "pagecodec.presets",
 )
 
