@@ -337,6 +337,57 @@ def trace_synth(output: str, ram_size: int, blocks: list[tuple[str, int]] | None
     click.echo(f"wrote {output}")
 
 
+# --- capture -------------------------------------------------------------------------------------
+@cli.group()
+def capture() -> None:
+    """Record traces from live sources."""
+
+
+@capture.command("qemu")
+@click.option("--qmp", "qmp_socket", required=True, type=click.Path(), metavar="SOCKET",
+              help="QMP UNIX socket of the running QEMU (-qmp unix:SOCKET,server=on,wait=off).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
+@click.option("--max-bandwidth", default="1M", show_default=True, callback=_size,
+              help="max-bandwidth while iterating (bytes/s; K/M/G).")
+@click.option("--downtime-limit", default=1, show_default=True, type=click.IntRange(1, 2_000_000),
+              help="downtime-limit (ms) while iterating.")
+@click.option("--passes", default=5, show_default=True, type=click.IntRange(0, 100000),
+              help="Raise the limits after this many dirty syncs so the migration completes (0: never).")
+@click.option("--capability", "capabilities", multiple=True, type=click.Choice(["xbzrle", "compress"]),
+              help="Page capability to switch on (default: all off).")
+@click.option("--xbzrle-cache-size", default=None, callback=_size, help="xbzrle-cache-size (with --capability xbzrle).")
+@click.option("--cont", is_flag=True, help="Resume the guest afterwards (it is left paused otherwise).")
+@click.option("--stream", "keep_stream", type=click.Path(dir_okay=False), help="Also keep the raw migration stream.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1), help="Seconds before giving up.")
+@pass_ctx
+def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downtime_limit: int, passes: int,
+                 capabilities: tuple[str, ...], xbzrle_cache_size: int | None, cont: bool, keep_stream: str | None,
+                 timeout: float) -> None:
+    """Migrate a running QEMU guest to a stream over QMP and import it as a trace."""
+    from .trace.format import TraceReader
+    from .trace.qemu_capture import capture_qemu as do_capture
+
+    def run(progress: Callable[[Any], None] | None) -> Any:
+        return do_capture(qmp_socket, output, max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
+                          passes=passes or None, capabilities=capabilities, xbzrle_cache_size=xbzrle_cache_size,
+                          cont=cont, keep_stream=keep_stream, timeout=timeout, progress=progress)
+
+    if c.progress:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as prog:
+            task = prog.add_task("migrating")
+            res = run(lambda p: prog.update(task, description=f"{p.status}: pass {p.passes}, {p.mb:.1f} MB sent"))
+    else:
+        res = run(None)
+    m = res.migration
+    with TraceReader(output) as r:
+        rounds, pages = r.num_rounds, r.num_pages
+    click.echo(f"captured: {m.passes} passes, {m.transferred / 1e6:.1f} MB sent in {m.elapsed:.1f} s "
+               f"(stream {m.size} bytes) -> {output}: {rounds} rounds, {pages} pages"
+               + ("; guest resumed" if res.resumed else "; guest left paused"))
+
+
 # --- entry point ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])

@@ -9,8 +9,9 @@ binary``) and padded to a raw disk image for ``-drive file=…,format=raw,if=ide
 2. **counter pages** — for every page from ``first`` to ``end`` (exclusive) in steps of ``stride``,
    bumps the byte at ``offset`` in the page (``incb``), then ``invlpg`` on it: under TCG, a page's
    repeated writes show as dirty again only after the guest drops its TLB entry;
-3. **fill pages** — rewrites ``fill_pages`` whole pages from ``fill_first`` with ``rep stosb`` of the
-   pass counter's low byte (whole-page rewrites, for XBZRLE overflows and raw pages);
+3. **fill pages** — rewrites the first ``fill_bytes`` bytes (default: all 4096) of ``fill_pages``
+   pages from ``fill_first`` with ``rep stosb`` of the pass counter's low byte: whole-page rewrites
+   (XBZRLE overflows, raw pages) or big partial ones (large XBZRLE records);
 4. waits: ``wait_ticks`` timer interrupts (``sti; hlt``, the BIOS's PIT at 18.2 Hz: ~55 ms each, the
    vCPU sleeps meanwhile) and then ``spin`` × 65536 iterations of a busy loop.
 
@@ -90,7 +91,7 @@ fill:
     movw    %bx, %es
     xorw    %di, %di
     movw    %si, %ax
-    movw    $0x1000, %cx
+    movw    ${fill_bytes:#x}, %cx
     rep stosb
     invlpg  %es:0
     addw    $0x100, %bx
@@ -130,6 +131,7 @@ class GuestPattern:
     offset: int = 0
     fill_pages: int = 0
     fill_first: int = 0x90000
+    fill_bytes: int = PAGE
     wait_ticks: int = 1
     spin: int = 0
 
@@ -147,6 +149,8 @@ class GuestPattern:
         if not 0 <= self.offset < PAGE:
             raise QemuError(f"guest pattern: offset {self.offset:#x} must be inside a page")
         page_range("fill pages", self.fill_first, self.fill_first + self.fill_pages * PAGE)
+        if not 1 <= self.fill_bytes <= PAGE:
+            raise QemuError(f"guest pattern: fill_bytes {self.fill_bytes} must be 1…{PAGE}")
         for name in ("fill_pages", "wait_ticks", "spin"):
             v = getattr(self, name)
             if not 0 <= v <= 0xFFFF:
@@ -168,6 +172,7 @@ class GuestPattern:
             "offset": self.offset,
             "fill_pages": self.fill_pages,
             "fill_seg": self.fill_first >> 4,
+            "fill_bytes": self.fill_bytes,
             "wait_ticks": self.wait_ticks,
             "spin": self.spin,
         }

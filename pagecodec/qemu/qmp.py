@@ -105,7 +105,12 @@ class QMP:
                     last = e
             if time.monotonic() >= deadline:
                 self._loop.close()
-                detail = f"{type(last).__name__}: {last}" if last else "the socket never appeared"
+                if last is None:
+                    detail = "the socket never appeared"
+                elif isinstance(last, asyncio.TimeoutError):
+                    detail = "no QMP greeting (is another client connected? a QMP socket serves one at a time)"
+                else:
+                    detail = f"{type(last).__name__}: {last}"
                 raise QemuError(f"QMP {self.path}: cannot connect within {timeout:g} s: {detail}")
             time.sleep(0.05)
         g = self._client.greeting

@@ -1,0 +1,115 @@
+"""``pagecodec capture qemu``: a trace from a running QEMU, over QMP.
+
+Migrates the guest to a temporary file with every page capability off (or the chosen ones) at a low
+``max-bandwidth`` and a tiny ``downtime-limit`` so that QEMU makes several passes over RAM, raises the
+limits after ``passes`` dirty-bitmap syncs so the migration completes, and imports the stream into a
+trace with :func:`pagecodec.trace.qemu_import.import_qemu_stream`. The guest is left paused
+(``postmigrate``) unless ``cont`` is asked for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..qemu import QemuError
+from ..qemu.migrate import MigrationResult, MigrationSettings, Progress, migrate_to_file
+from ..qemu.qmp import QMP
+
+__all__ = ["CaptureResult", "capture_qemu", "import_stream", "capture_command"]
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    trace: Path
+    migration: MigrationResult
+    stream: Path | None      # kept stream file, if asked for
+    imported: Any            # what import_qemu_stream returned
+    resumed: bool
+
+
+def import_stream(stream: str | os.PathLike[str], trace: str | os.PathLike[str], command: str | None = None) -> Any:
+    """Import a QEMU migration stream file into a trace (the QEMU importer, issue #4); ``command`` is
+    the provenance to record, if the importer takes one."""
+    try:
+        from .qemu_import import import_qemu_stream
+    except ImportError as e:  # pragma: no cover - until the importer lands
+        raise QemuError(f"cannot import QEMU streams: pagecodec.trace.qemu_import is not available ({e})") from None
+    if command is not None and "command" in inspect.signature(import_qemu_stream).parameters:
+        return import_qemu_stream(stream, trace, command=command)
+    return import_qemu_stream(stream, trace)
+
+
+def capture_command(qmp_socket: Any, output: Any, settings: MigrationSettings) -> str:
+    """The ``pagecodec capture qemu`` command line equivalent to a capture (trace provenance)."""
+    args = ["pagecodec", "capture", "qemu", "--qmp", str(qmp_socket or "SOCKET"), "-o", str(output),
+            "--max-bandwidth", str(settings.max_bandwidth), "--downtime-limit", str(settings.downtime_limit),
+            "--passes", str(settings.finish_after_passes or 0)]
+    for c in settings.capabilities:
+        args += ["--capability", c]
+    if settings.xbzrle_cache_size is not None:
+        args += ["--xbzrle-cache-size", str(settings.xbzrle_cache_size)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def capture_qemu(
+    qmp_socket: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str],
+    *,
+    max_bandwidth: int = 1 << 20,
+    downtime_limit: int = 1,
+    passes: int | None = 5,
+    capabilities: Sequence[str] = (),
+    xbzrle_cache_size: int | None = None,
+    cont: bool = False,
+    keep_stream: str | os.PathLike[str] | None = None,
+    timeout: float = 300.0,
+    progress: Callable[[Progress], None] | None = None,
+    qmp: QMP | None = None,
+    connect_timeout: float = 5.0,
+) -> CaptureResult:
+    """Migrate the VM behind ``qmp_socket`` into a temporary stream and import it as ``output``.
+
+    ``passes``: raise the limits (so the migration completes) once QEMU has made this many dirty-bitmap
+    syncs; None leaves them as set. ``keep_stream``: also keep the raw migration stream there.
+    ``qmp``: an open session to use instead of connecting to ``qmp_socket``.
+    """
+    output = Path(output)
+    settings = MigrationSettings(
+        capabilities=tuple(capabilities), max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
+        xbzrle_cache_size=xbzrle_cache_size, finish_after_passes=passes,
+    )
+    own = qmp is None
+    if qmp is None:
+        if qmp_socket is None:
+            raise QemuError("capture_qemu: give a QMP socket or an open session")
+        session = QMP(qmp_socket, connect_timeout=connect_timeout)
+    else:
+        session = qmp
+    tmpdir = Path(tempfile.mkdtemp(prefix=".pagecodec-capture-", dir=output.resolve().parent))
+    try:
+        stream = tmpdir / "stream.mig"
+        mig = migrate_to_file(session, stream, settings, progress=progress, timeout=timeout)
+        resumed = False
+        try:
+            imported = import_stream(stream, output, capture_command(qmp_socket, output, settings))
+        finally:
+            if cont:  # resume the guest even if the import failed: the migration itself is over
+                session.execute("cont")
+                resumed = True
+        kept = None
+        if keep_stream is not None:
+            kept = Path(keep_stream)
+            shutil.move(str(stream), kept)
+        return CaptureResult(output, mig, kept, imported, resumed)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        if own:
+            session.close()
