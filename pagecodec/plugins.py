@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from importlib import metadata
-from types import ModuleType
 from typing import Any, Iterable
 
 import pluggy
@@ -156,7 +155,3 @@ class PluginManager:
             )
         return rows
 
-
-def load_module(module: ModuleType | str) -> ModuleType:
-    """Import a plugin module by name (for callers that want the module object)."""
-    return importlib.import_module(module) if isinstance(module, str) else module

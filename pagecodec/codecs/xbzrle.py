@@ -48,7 +48,7 @@ class XbzrleEncoder(SlotEncoder):
         self.hits = 0
         self.cache_miss = 0
         self.overflow = 0
-        self.active_pages = 0  # pages offered while xbzrle was active (cache-miss-rate denominator)
+        self.active_sent = 0  # pages sent while xbzrle was active: QEMU's target_page_count, the miss-rate denominator
 
     def encode(self, seg: Segment, stage: Stage) -> None:
         if stage.bulk_stage:
@@ -64,13 +64,13 @@ class XbzrleEncoder(SlotEncoder):
         ev = np.flatnonzero(by_zero | pending)
         if len(ev) == 0:
             return
-        self.active_pages += int(len(ev))
         pages = seg.pages if len(ev) == len(seg) else seg.pages[ev]
         res = xbzrle_process(self.cache, seg.addrs[ev], pages, by_zero[ev], stage.dirty_sync_count, stage.last_stage)
         out = res.outcome
         skip = ev[out == Outcome.SKIP]
         enc_ev = np.flatnonzero(out == Outcome.ENCODED)
         seg.claim(Slot.DELTA, skip)
+        self.active_sent += int(len(ev) - len(skip))  # skipped pages send nothing and count no page
         if len(enc_ev):
             lens = res.lengths[enc_ev].astype(np.int64)
             prefix = np.empty((len(enc_ev), 3), np.uint8)
@@ -107,7 +107,7 @@ class XbzrleEncoder(SlotEncoder):
                 "bytes": nbytes,
                 "pages": pages,
                 "cache-miss": self.cache_miss,
-                "cache-miss-rate": self.cache_miss / self.active_pages if self.active_pages else 0.0,
+                "cache-miss-rate": self.cache_miss / self.active_sent if self.active_sent else 0.0,
                 "encoding-rate": rate,
                 "overflow": self.overflow,
             }
