@@ -279,6 +279,58 @@ def trace_info(path: str, as_json: bool) -> None:
     click.echo(json.dumps(d, indent=1, default=str) if as_json else format_info(d))
 
 
+@trace.command("import-qemu")
+@click.argument("stream", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
+@click.option("--no-vmdesc", is_flag=True, help="Accept a stream without the VMDESCRIPTION trailer (suppress-vmdesc).")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+@pass_ctx
+def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json: bool) -> None:
+    """Import a QEMU migration stream (migrate "exec:cat > FILE") as a trace: one round per pass."""
+    import shlex
+
+    from .trace.qemu_import import import_qemu_stream
+
+    command = f"pagecodec trace import-qemu {shlex.quote(stream)} -o {shlex.quote(output)}"
+    command += " --no-vmdesc" if no_vmdesc else ""
+    total = max(1, -(-os.path.getsize(stream) // 4096)) if os.path.isfile(stream) else 1
+    done = [0]
+
+    with progress_bar(c.progress, total, "import") as tick:
+        def progress(n: int) -> None:  # stream bytes -> 4 KiB stream pages
+            if tick is not None:
+                before, done[0] = done[0], done[0] + n
+                tick(done[0] // 4096 - before // 4096)
+
+        rep = import_qemu_stream(stream, output, progress=progress, command=command, require_vmdesc=not no_vmdesc)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=1))
+        return
+    recs = ", ".join(f"{k} {v}" for k, v in rep.records.items() if v)
+    click.echo(
+        f"imported {stream} (machine {rep.machine or '?'}, {rep.ram_sections} RAM sections; {recs}) -> {output}: "
+        f"{len(rep.blocks)} blocks, {rep.rounds} rounds, pages per round {rep.pages_per_round}"
+        + (f"; ignored shared blocks: {', '.join(rep.ignored_blocks)}" if rep.ignored_blocks else "")
+    )
+
+
+@trace.command("image")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--block", "block_name", required=True, metavar="NAME", help="RAM block (idstr) to extract.")
+@click.option("--round", "round_no", type=click.IntRange(0), default=None, help="Content as of this round (default: last).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="File to write the block to.")
+def trace_image(path: str, block_name: str, round_no: int | None, output: str) -> None:
+    """Write a RAM block's content as of a round (like analyze-migration's -x)."""
+    from .trace.format import TraceReader
+    from .trace.image import write_block_image
+
+    with TraceReader(path) as reader:
+        n, digest = write_block_image(reader, block_name, output, round_no)
+        last = reader.num_rounds - 1
+    click.echo(f"wrote {output}: block {block_name!r} as of round {last if round_no is None else round_no}, "
+               f"{n} bytes, sha256 {digest}")
+
+
 def _size(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     from .chain.config import parse_size
     from .errors import ConfigError

@@ -1,0 +1,64 @@
+"""A RAM block's content as of a round: ``pagecodec trace image`` (like analyze-migration's ``-x``).
+
+Round 0 of a trace is the full RAM image; each later round overwrites the pages it holds. The image
+as of round N is therefore round 0 with rounds 1 … N applied in order. Pages stream from the trace
+row group by row group; only the block's array is held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TraceError
+from ..harness.atomic import atomic_write_bytes
+from .format import TraceReader
+
+__all__ = ["block_image", "write_block_image"]
+
+
+def block_image(reader: TraceReader, block_name: str, round: int | None = None) -> np.ndarray:
+    """Content of block ``block_name`` after round ``round`` (default: the last round), as a new
+    writable uint8 array of the block's used_length. TraceError for an unknown block or round."""
+    meta = reader.meta
+    try:
+        bi = meta.block_index(block_name)
+    except TraceError as e:
+        raise TraceError(f"{reader.path}: {e}") from None
+    last = reader.num_rounds - 1
+    if round is None:
+        round = last
+    if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or not 0 <= round <= last:
+        raise TraceError(f"{reader.path}: no round {round!r} (the trace has rounds 0 … {last})")
+    ps = meta.page_size
+    img = np.zeros(meta.blocks[bi].used_length, dtype=np.uint8)
+    pages = img.reshape(-1, ps)
+    if reader.num_pages == 0:
+        return img
+    for batch in reader.batches():
+        if batch.round > round:
+            break
+        sel = np.flatnonzero(batch.block == bi)
+        if len(sel):
+            pages[batch.offset[sel] // ps] = batch.pages[sel]
+    return img
+
+
+def write_block_image(
+    reader: TraceReader, block_name: str, output: str | os.PathLike[str], round: int | None = None
+) -> tuple[int, str]:
+    """Write :func:`block_image` to ``output`` atomically (temporary file + rename).
+
+    Returns (bytes written, sha256 hex digest)."""
+    img = block_image(reader, block_name, round)
+    out = Path(output)
+    if out.is_dir():
+        raise TraceError(f"{out}: is a directory")
+    try:
+        atomic_write_bytes(out, memoryview(img))
+    except OSError as e:
+        raise TraceError(f"{out}: cannot write image: {e.strerror or e}") from None
+    return img.nbytes, hashlib.sha256(memoryview(img)).hexdigest()
