@@ -129,7 +129,7 @@ class VM:
         self._stderr = open(self.stderr_path, "wb")
         try:
             self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                         stderr=self._stderr, start_new_session=True)
+                                         stderr=self._stderr, start_new_session=True, preexec_fn=_die_with_parent)
         except OSError as e:
             self._stderr.close()
             raise QemuError(f"VM {self.name}: cannot run {self.qemu}: {e}") from None
@@ -253,6 +253,17 @@ class VM:
         if size > 0xE0000000:
             raise QemuError("pc_ram via pmemsave supports pc.ram below the PCI hole only")
         return self.pmemsave(0, size)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Linux: SIGKILL the VM if the process that started it dies without stopping it (e.g. a test run
+    killed by a timeout), so no guest is left spinning. Elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def wait_until(cond: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
