@@ -14,6 +14,13 @@ QEMU's stderr goes to ``<workdir>/<name>.stderr`` and is quoted in every error.
 the RAM block keeps its name and size, so migration streams are unchanged, and the whole block can be
 read from the file — including 0xa0000…0xfffff, which ``pmemsave`` (guest-physical addresses) shows
 only through the chipset's PAM/VGA windows.
+
+Other RAM blocks of pc-i440fx-7.2 (``info ramblock``: pc.ram, /rom@etc/acpi/tables, pc.bios, pc.rom,
+/rom@etc/table-loader, /rom@etc/acpi/rsdp): ``pc.bios`` is always mapped read-only just below 4 GiB
+(``pmemsave(0xfffc0000, 0x40000)``); ``pc.rom`` shows at 0xc0000… only while the chipset's PAM
+registers route that window to it (not after SeaBIOS has shadowed it into RAM, and not on a
+destination that loaded no device state); the ``/rom@etc/…`` blocks are fw_cfg blobs with no
+guest-physical address, so pmemsave cannot reach them.
 """
 
 from __future__ import annotations
