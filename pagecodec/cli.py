@@ -440,6 +440,64 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
                + ("; guest resumed" if res.resumed else "; guest left paused"))
 
 
+@capture.command("process", context_settings={"allow_interspersed_args": False})
+@click.option("--pid", type=click.IntRange(1), default=None, help="Attach to this running process (needs ptrace access).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds between rounds.")
+@click.option("--rounds", type=click.IntRange(1, 100000), default=None, help="Rounds to record [default: 8].")
+@click.option("--duration", type=click.FloatRange(0), default=None, help="Record for this many seconds instead.")
+@click.option("--max-mib", default=64.0, show_default=True, type=click.FloatRange(0),
+              help="Cap on the bytes recorded (largest mappings trimmed first; 0: no cap).")
+@click.option("--include", "include", multiple=True, metavar="GLOB|0xADDR",
+              help="Only mappings whose block name or path match, or holding this address (repeatable).")
+@click.option("--freeze/--no-freeze", default=True, show_default=True,
+              help="SIGSTOP the process while a round is read (consistent snapshots).")
+@click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "soft-dirty", "diff"]),
+              help="Dirty detection: kernel soft-dirty bits, or diffing successive reads.")
+@click.option("--warmup", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds to let a launched command run before round 0.")
+@click.option("--unreadable", default="zero", show_default=True, type=click.Choice(["zero", "error"]),
+              help="Pages the kernel refuses to read at round 0: zero-fill with a note, or fail.")
+@click.option("--json", "as_json", is_flag=True, help="Print the capture report as JSON.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def capture_process(c: Ctx, pid: int | None, output: str, interval: float, rounds: int | None, duration: float | None,
+                    max_mib: float, include: tuple[str, ...], freeze: bool, method: str, warmup: float,
+                    unreadable: str, as_json: bool, command: tuple[str, ...]) -> None:
+    """Record a live process's writable memory every --interval seconds: --pid PID, or -- CMD … (launched,
+    recorded after --warmup, then terminated)."""
+    from .trace.process import capture_process as do_capture
+
+    if (pid is None) == (not command):
+        raise click.UsageError("give either --pid PID or -- CMD … (the command to launch)")
+    if rounds is not None and duration is not None:
+        raise click.UsageError("give --rounds or --duration, not both")
+    max_bytes = int(max_mib * (1 << 20)) if max_mib else None
+    target: Any = pid if pid is not None else list(command)
+    total = rounds if rounds is not None else (int(duration / interval + 1e-9) + 1 if duration is not None else 8)
+
+    with progress_bar(c.progress, total, "rounds") as tick:
+        rep = do_capture(target, output, interval=interval, rounds=rounds, duration=duration, include=include,
+                         max_bytes=max_bytes, freeze=freeze, method=method, warmup=warmup, unreadable=unreadable,
+                         progress=(lambda r, n, p: tick(1)) if tick else None)
+    if as_json:
+        click.echo(json.dumps(rep.to_json(), indent=1))
+        return
+    for w in rep.warnings + rep.notes:
+        click.echo(f"pagecodec: warning: {w}", err=True)
+    import shlex
+
+    shown = shlex.join(rep.target).replace("\n", " ") or "?"
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    click.echo(
+        f"captured process {rep.pid} ({shown}) -> {output}: {len(rep.blocks)} blocks, "
+        f"{rep.ram_bytes / (1 << 20):.1f} MiB, {rep.rounds} rounds, pages per round {rep.pages_per_round}; "
+        f"dirty detection: {rep.method} ({rep.method_reason}); "
+        f"{'frozen (SIGSTOP) while reading' if rep.frozen else 'not frozen'}; kernel {rep.kernel}"
+    )
+
+
 # --- entry point ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
