@@ -450,6 +450,10 @@ def test_cap_trims_the_largest_mappings_first():
     assert [b.size // PS for b in blocks] == [336, 1, 16, 336, 335]
     assert sum(b.size for b in blocks) == 4 << 20 and not skipped
     assert "over the cap" in warnings[0] and sum(w.startswith("block ") for w in warnings) == 3
+    # a trimmed mapping's window starts at its first resident page (a stack keeps its top end)
+    top = {ms[0].start: (ms[0].end - 3 * PS, ms[0].end), ms[3].start: (ms[3].start + 5 * PS, ms[3].start + 9 * PS)}
+    placed = select_blocks(ms, max_bytes=4 << 20, resident=lambda m: top.get(m.start))[0]
+    assert [b.start - m.start for b, m in zip(placed, ms)] == [(8 << 20) - 336 * PS, 0, 0, 5 * PS, 0]
     tiny, skipped, _ = select_blocks(ms, max_bytes=3 * PS)
     assert [(b.start, b.size) for b in tiny] == [(ms[0].start, PS), (ms[1].start, PS), (ms[2].start, PS)]
     assert [s[1] for s in skipped] == [f"over the {3 * PS} byte cap"] * 2

@@ -12,8 +12,11 @@ smaps' ``KernelPageSize``. ``[vvar]``, ``[vvar_vclock]``, ``[vsyscall]``, ``[vds
 writable-but-unreadable mappings are skipped (listed in the report). ``include`` filters narrow the set
 (a glob on the block name or the mapping's path, or ``0xADDR``: the mapping containing that address).
 ``max_bytes`` caps the total: mappings are kept whole smallest first and the largest are trimmed to a
-common size (water-filling: each mapping gets ``min(size, cap)`` with the largest ``cap`` that fits),
-keeping each trimmed mapping's first bytes; every trim and skip is a warning in the report.
+common size (water-filling: each mapping gets ``min(size, cap)`` with the largest ``cap`` that fits).
+A trimmed mapping keeps the window that starts at its first resident page (pagemap's present/swapped
+bits, so a thread stack keeps its used top end and an allocator arena its used start), or its first
+bytes when nothing is resident or pagemap is unreadable; every trim and skip is a warning in the
+report, and the report gives each block's start address.
 
 **Blocks are fixed at round 0**, as QEMU's are: mappings created later (mmap, brk growth, thread
 stacks) are not recorded; pages of a block whose address range is no longer mapped stop being read
@@ -271,8 +274,13 @@ def select_blocks(
     include: Sequence[str] | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     page_size: int = PAGE_SIZE,
+    resident: Callable[[Mapping], tuple[int, int] | None] | None = None,
 ) -> tuple[list[Block], list[tuple[str, str]], list[str]]:
-    """Choose the RAM blocks among ``mappings``: ``(blocks, skipped [(mapping, reason)], warnings)``."""
+    """Choose the RAM blocks among ``mappings``: ``(blocks, skipped [(mapping, reason)], warnings)``.
+
+    ``resident(mapping)`` -> ``(first, end)`` addresses of its resident (or swapped) pages, or None:
+    where a trimmed mapping's window is placed (at the first resident page, kept inside the mapping;
+    without it, or when nothing is resident, the mapping's first bytes)."""
     skipped: list[tuple[str, str]] = []
     cands: list[tuple[Mapping, str]] = []
     for m in mappings:
@@ -314,7 +322,7 @@ def select_blocks(
         kept = sum(caps.values())
         warnings.append(
             f"writable mappings total {total} bytes, over the cap of {max_bytes}: {trimmed} largest trimmed to "
-            f"their first {cap}-{cap + page_size} bytes" + (f", {dropped} skipped" if dropped else "")
+            f"{cap}-{cap + page_size} bytes" + (f", {dropped} skipped" if dropped else "")
             + f"; recording {kept} bytes"
         )
     blocks: list[Block] = []
@@ -323,6 +331,12 @@ def select_blocks(
         size = caps[id(m)]
         if size <= 0:
             continue
+        start = m.start
+        if size < m.size and resident is not None:
+            span = resident(m)
+            if span is not None:
+                unit = max(page_size, m.kernel_page_size)
+                start = min(max(span[0] // unit * unit, m.start), m.end - size)
         nm = _fit(name)
         if nm in seen:
             nm = _fit(name, f"@{m.start:x}")
@@ -331,9 +345,10 @@ def select_blocks(
             nm = _fit(name, f"@{m.start:x}#{k}")
             k += 1
         seen.add(nm)
-        blocks.append(Block(nm, m.start, size, m, m.kernel_page_size))
+        blocks.append(Block(nm, start, size, m, m.kernel_page_size))
         if size < m.size:
-            warnings.append(f"block {nm!r}: trimmed to {size} of {m.size} bytes ({m.describe()})")
+            warnings.append(f"block {nm!r}: trimmed to {size} of {m.size} bytes, {start:#x}-{start + size:#x} "
+                            f"({m.describe()})")
     return blocks, skipped, warnings
 
 
@@ -604,6 +619,7 @@ class BlockReport:
     name: str
     start: int
     size: int
+    mapping_start: int
     mapping_size: int
     host_page_size: int
     perms: str
@@ -882,7 +898,16 @@ def _capture(
             mappings = proc.maps(smaps=True)
         except _Gone:
             raise gone("reading smaps") from None
-        blocks, skipped, warnings = select_blocks(mappings, include=include, max_bytes=max_bytes, page_size=ps)
+        def resident(m: Mapping) -> tuple[int, int] | None:
+            try:
+                pm = proc.pagemap(m.start, m.size // ps)
+            except (OSError, _Gone):
+                return None
+            used = np.flatnonzero((pm & (PM_PRESENT | PM_SWAPPED)) != 0)
+            return (m.start + int(used[0]) * ps, m.start + (int(used[-1]) + 1) * ps) if len(used) else None
+
+        blocks, skipped, warnings = select_blocks(mappings, include=include, max_bytes=max_bytes, page_size=ps,
+                                                  resident=resident)
         if not blocks:
             why = f" matching {include}" if include else ""
             raise CaptureError(f"process {pid} ({comm}) has no readable writable mappings{why} to record")
@@ -981,7 +1006,7 @@ def _capture(
             trace=output, pid=pid, target=target_cmd, command=full, method=method_used, method_reason=reason,
             kernel=kernel, frozen=do_freeze, rounds=rounds, pages_per_round=pages_per_round, page_size=ps,
             ram_bytes=meta.ram_bytes,
-            blocks=[BlockReport(b.name, b.start, b.size, b.mapping.size, b.host_page_size, b.mapping.perms,
+            blocks=[BlockReport(b.name, b.start, b.size, b.mapping.start, b.mapping.size, b.host_page_size, b.mapping.perms,
                                 b.mapping.path) for b in blocks],
             skipped=skipped, warnings=warnings, notes=notes_extra + notes.lines(), round_times=round_times,
             elapsed=round(time.monotonic() - t_start, 3), launched=launched is not None,
