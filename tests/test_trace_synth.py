@@ -426,6 +426,8 @@ def test_default_corpus_is_what_the_brief_asked_for():
 
 def test_manifest_commands_regenerate_the_files(tmp_path):
     for e in manifest():
+        if e["source"] != "synthetic":
+            continue  # captures of live processes/guests are not reproducible byte for byte
         argv = shlex.split(e["command"])
         assert argv[:3] == ["pagecodec", "trace", "synth"]
         i = argv.index("-o")
