@@ -615,3 +615,30 @@ def test_second_pass_with_a_block_missing_from_the_first_is_refused(tmp_path):
     data = crafted(bulk(blocks[:1]), zero(0, "pc.ram") + zero(1, "shm"), blocks=blocks, extra=[be64(0), be64(1 << 32)],
                    caps=["x-ignore-shared"])
     fails(tmp_path, data, "did not send", TraceError)
+
+
+# --- rounds that end inside a run of records ----------------------------------------------------------
+def test_run_repeating_pages_of_the_previous_round(tmp_path):
+    """A run of CONTINUE records (loaded in one vectorised step) that sends pages of the round before
+    again: the new round starts at the run, and the old round keeps the contents it had."""
+    r1 = page(2, fill(0x12), "pc.ram") + page(3, fill(0x13)) + page(4, fill(0x14))
+    r2 = page(3, fill(0x23)) + page(4, fill(0x24)) + page(5, fill(0x25))  # CONTINUE: one block, one run
+    rep, rd = do_import(tmp_path, crafted(bulk(), r1 + r2))
+    assert rep.pages_per_round == [10, 3, 3]
+    rounds = rounds_of(rd)
+    assert rounds[1] == {(0, i * PS): fill(0x10 + i) for i in (2, 3, 4)}
+    assert rounds[2] == {(0, i * PS): fill(0x20 + i) for i in (3, 4, 5)}
+
+
+def test_compress_threads_repeat_inside_a_zero_run(tmp_path):
+    """Compress-thread order: a page sent again inside a run of ZERO records ends the round there; the
+    pages of the run before it belong to the old round, with the contents they had then."""
+    order = [0, 3, 1, 2, 6, 4, 7, 5]
+    bulk_c = b"".join(comp(i, fill(i + 1), "pc.ram" if k == 0 else None) for k, i in enumerate(order))
+    bulk_c += zero(0, "pc.bios") + comp(1, fill(0x42))
+    r1 = comp(5, fill(0x55), "pc.ram") + zero(2, "pc.ram") + zero(3) + zero(5) + zero(6)
+    rep, rd = do_import(tmp_path, crafted(bulk_c, r1))
+    assert rep.record_order == "compress-threads" and rep.pages_per_round == [10, 3, 2]
+    rounds = rounds_of(rd)
+    assert rounds[1] == {(0, 5 * PS): fill(0x55), (0, 2 * PS): bytes(PS), (0, 3 * PS): bytes(PS)}
+    assert rounds[2] == {(0, 5 * PS): bytes(PS), (0, 6 * PS): bytes(PS)}

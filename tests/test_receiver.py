@@ -147,3 +147,134 @@ def test_shared_streams_ram_matches_expected(shared, pm):
     for name, b in exp["blocks"].items():
         assert rc.memory[name].shape[0] == b["used_length"]
         assert hashlib.sha256(rc.memory[name]).hexdigest() == b["sha256"], name
+
+
+# --- what QEMU's streams carry besides pagecodec's own records ---------------------------------------
+def test_load_stream_stops_at_device_state_and_finds_vmdesc(shared, pm):
+    """A whole QEMU stream: the load stops cleanly at the first device section after RAM END (the
+    cursor is left on it) and takes the VMDESCRIPTION trailer from the end of the file."""
+    exp = json.loads((shared / "streams" / "expected.json").read_text())["qemu72-paused-64m.mig"]
+    r = StreamReader.open(shared / "streams" / "qemu72-paused-64m.mig")
+    rc = Receiver(PS, pm, source="paused")
+    rc.load_stream(r)
+    assert rc.ram_ended and not rc.finished and rc.device_state_at == r.pos
+    assert r.view_np()[r.pos] in (SectionType.SECTION_START, SectionType.SECTION_FULL)
+    assert rc.vmdesc["page_size"] == PS and rc.vmdesc["devices"] and rc.vmdesc_offset > r.pos
+    for name, b in exp["blocks"].items():
+        assert hashlib.sha256(rc.memory[name]).hexdigest() == b["sha256"], name
+
+
+def test_observers_see_every_page_record_in_stream_order(shared, pm):
+    """before_pages/on_pages: one call per record or vectorised run, pages ascending, each record's
+    offset; before sees the old content, after the new one."""
+    calls = []
+
+    def before(bi, idx, kind, at):
+        calls.append(["before", bi, idx.copy(), kind, at.copy(), rc.block_pages[bi][idx].copy()])
+
+    def after(bi, idx, kind, at):
+        calls.append(["after", bi, idx.copy(), kind, at.copy(), rc.block_pages[bi][idx].copy()])
+
+    path = shared / "streams" / "qemu72-xbzrle-64m.mig"
+    r = StreamReader.open(path)
+    rc = Receiver(PS, pm, source=str(path), before_pages=before, on_pages=after)
+    rc.load_stream(r)
+    assert [c[0] for c in calls] == ["before", "after"] * (len(calls) // 2)
+    done: dict[str, int] = {}
+    data = r.view_np()
+    last_at = -1
+    for b, a in zip(calls[::2], calls[1::2]):
+        assert b[1] == a[1] and b[3] == a[3] and np.array_equal(b[2], a[2]) and np.array_equal(b[4], a[4])
+        bi, idx, kind, at = a[1:5]
+        assert len(idx) == len(at) >= 1 and (np.diff(idx) > 0).all() and (np.diff(at) > 0).all() and at[0] > last_at
+        last_at = int(at[-1])
+        flag = {"zero": 0x02, "page": 0x08, "xbzrle": 0x40}[kind]
+        for i, o in zip(idx.tolist(), at.tolist()):
+            word = int.from_bytes(data[o : o + 8].tobytes(), "big")
+            assert word & 0xFFF & ~0x20 == flag and word >> 12 == i
+        if kind == "zero":
+            assert not a[5].any()
+        done[kind] = done.get(kind, 0) + len(idx)
+    assert done == rc.stats.records and max(len(c[2]) for c in calls) > 1
+    assert any(not np.array_equal(b[5], a[5]) for b, a in zip(calls[::2], calls[1::2]) if b[3] == "xbzrle")
+
+
+def _with_fill(fill: int, run: bool) -> bytes:
+    """Page 5 of pc.ram holds 0x01, then a ZERO record with ``fill`` for it: inside a run of CONTINUE
+    records (the vectorised path) or alone."""
+    if run:
+        body = zero_record(0, "pc.ram") + b"".join(zero_record(i * PS, None, fill if i == 5 else 0) for i in range(1, 9))
+    else:
+        body = zero_record(0, "pc.ram") + zero_record(5 * PS, "pc.ram", fill)
+    return stream(page_record(5 * PS, "pc.ram", b"\x01" * PS) + eos_record(), body + eos_record())
+
+
+@pytest.mark.parametrize("run", [False, True])
+def test_zero_fill_byte_policy(pm, run):
+    """QEMU 7.2 fills the page with a ZERO record's byte; newer QEMU (zero_fill="reject") refuses it."""
+    rc = load(_with_fill(7, run), pm)
+    assert (rc.memory["pc.ram"].reshape(-1, PS)[5] == 7).all()
+    data = _with_fill(7, run)
+    with pytest.raises(WireError, match="fill byte 0x07") as ei:
+        Receiver(PS, pm, source="s.mig", zero_fill="reject").load_stream(StreamReader(data, "s.mig"))
+    assert data[ei.value.offset] == 7
+    rc = Receiver(PS, pm, zero_fill="reject")
+    rc.load_stream(StreamReader(_with_fill(0, run)))
+    assert not rc.memory["pc.ram"].any()
+
+
+def test_compressed_pages_with_an_extra_decoder(pm):
+    """COMPRESS_PAGE: no codec plugin decodes it; CompressedPageDecoder given as an extra decoder does."""
+    import zlib
+
+    from pagecodec.chain.receiver import CompressedPageDecoder
+    from pagecodec.errors import DecodeError
+
+    z = zlib.compress(b"\x09" * PS)
+    rec = (3 * PS | 0x100).to_bytes(8, "big") + b"\x06pc.ram" + len(z).to_bytes(4, "big") + z
+    data = stream(rec + eos_record())
+    err(data, pm, "unknown combination of migration flags 0x100")
+    rc = Receiver(PS, pm, extra_decoders=[CompressedPageDecoder()])
+    rc.load_stream(StreamReader(data))
+    assert (rc.memory["pc.ram"].reshape(-1, PS)[3] == 9).all() and rc.stats.records == {"compress": 1}
+    bad = stream(rec[:-4] + b"\x00\x00\x00\x00" + eos_record())
+    with pytest.raises(DecodeError, match="compressed page"):
+        Receiver(PS, pm, extra_decoders=[CompressedPageDecoder()]).load_stream(StreamReader(bad))
+
+
+def test_commands_multifd_flush_and_eos_address(pm):
+    w = WireWriter()
+    qevm.write_file_header(w, "pc-i440fx-7.2")
+    w.put(b"\x08\x00\x01\x00\x00" + b"\x08\x00\x02\x00\x04\x00\x00\x00\x01", "x")  # OPEN_RETURN_PATH, PING
+    qevm.write_section_header(w, SectionType.SECTION_START, 2, "ram", 0, 4)
+    w.put(mem_size_record(BLOCKS) + (0x200).to_bytes(8, "big") + zero_record(0, "pc.ram") + eos_record(), "x")
+    qevm.write_section_footer(w, 2)
+    qevm.write_eof(w)
+    data = w.sink.getvalue()
+    rc = load(data, pm)
+    assert rc.commands == {"OPEN_RETURN_PATH": 1, "PING": 1} and rc.stats.multifd_flush == 1 and rc.finished
+    err(data.replace(b"\x08\x00\x02\x00\x04", b"\x08\x00\x04\x00\x04"), pm, "POSTCOPY_LISTEN")
+    at = data.rindex(eos_record())
+    err(data[:at] + (PS | 0x10).to_bytes(8, "big") + data[at + 8 :], pm, "EOS record with a non-zero address")
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_mem_size_with_x_ignore_shared_addresses(pm, declared):
+    """x-ignore-shared: a be64 guest address follows each block's length (declared in the
+    configuration's capabilities, or found by trying both layouts)."""
+    w = WireWriter()
+    qevm.write_file_header(w, "pc-i440fx-7.2")
+    if declared:
+        name = b"configuration/capabilities"
+        w.put(b"\x05" + bytes([len(name)]) + name + (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x0fx-ignore-shared", "x")
+    qevm.write_section_header(w, SectionType.SECTION_START, 2, "ram", 0, 4)
+    ms = bytearray(mem_size_record(BLOCKS))
+    i = ms.index(b"pc.bios") - 1
+    ms[i:i] = (0x1000_0000).to_bytes(8, "big")
+    ms += (0xFFFE_0000).to_bytes(8, "big")
+    w.put(bytes(ms) + zero_record(PS, "pc.bios", 0) + eos_record(), "x")
+    qevm.write_section_footer(w, 2)
+    qevm.write_eof(w)
+    rc = load(w.sink.getvalue(), pm)
+    assert rc.ignore_shared and rc.shared_addr == {"pc.ram": 0x1000_0000, "pc.bios": 0xFFFE_0000}
+    assert [b.name for b in rc.blocks] == ["pc.ram", "pc.bios"] and rc.stats.records == {"zero": 1}

@@ -1,83 +1,215 @@
-"""The load side (QEMU's ram_load_precopy): parse the stream, rebuild each RAM block in memory.
+"""The load side (QEMU's ram_load_precopy and the QEVM container around it): parse the stream, rebuild
+each RAM block in memory.
 
 Each RAM block lives in a numpy array. Records are dispatched on their flag to the decoder a codec
-plugin registered for it; runs of fixed-size records (raw pages, zero pages) of one block are parsed
-and applied as one batch. Everything malformed raises :class:`WireError` with the byte offset:
-unknown flags, a CONTINUE with no previous block, an unknown block, an offset outside its block, a
-MEM_SIZE list that disagrees with the expected blocks, a truncated record, a missing footer.
+plugin registered for it (or one given as ``extra_decoders``, e.g. :class:`CompressedPageDecoder`);
+runs of fixed-size records (raw pages, zero pages) of one block are parsed and applied as one batch.
+
+Besides what pagecodec's own sender writes, the receiver reads what QEMU 4.1 … 10.x writes in a
+precopy stream: QEMU_VM_COMMAND sections (return path, pings, the postcopy *advice*, 10.0's
+SWITCHOVER_START; postcopy, COLO and packaged data are refused), the MEM_SIZE block list's extra
+per-block fields (be64 page size with postcopy-ram for blocks whose page size differs from the
+source's host page size; be64 guest address with x-ignore-shared, declared in the configuration's
+capabilities by the QEMU versions that have them, otherwise both layouts are tried), MULTIFD_FLUSH
+(8.1+), streams without section footers (old machine types), and device sections: they are not
+length-prefixed, so the load stops cleanly at the first one after the RAM END section and the
+VMDESCRIPTION trailer is located from the end of the stream instead (:meth:`Receiver.locate_vmdesc`).
+A ZERO record's fill byte is applied as QEMU 7.2 does (the page is filled with it); newer QEMU
+rejects anything but 0 (``zero_fill="reject"``).
+
+Observers (``before_pages``/``on_pages``) see every page record in stream order, a vectorised run as
+one call. Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
+byte offset: unknown flags, a CONTINUE with no previous block, an unknown block, an offset outside its
+block, a MEM_SIZE list that disagrees with the expected blocks, a truncated record, a missing footer.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
 from ..codecs.base import CodecContext, RecordDecoder
-from ..errors import PageCodecError, PluginError
+from ..codecs.raw import RawPageDecoder
+from ..codecs.xbzrle import XbzrleDecoder
+from ..codecs.zero import ZeroPageDecoder
+from ..errors import DecodeError, PageCodecError, PluginError
 from ..plugins import PluginManager
 from ..trace.format import RAMBlockInfo
 from ..wire import qevm
 from ..wire.flags import (
+    ENCODING_FLAG_XBZRLE,
     PAGE_RECORD_FLAGS,
+    RAM_SAVE_FLAG_COMPRESS_PAGE,
     RAM_SAVE_FLAG_CONTINUE,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_HOOK,
     RAM_SAVE_FLAG_MEM_SIZE,
+    RAM_SAVE_FLAG_MULTIFD_FLUSH,
+    RAM_SAVE_FLAG_ZERO,
     RAM_SECTION_IDSTR,
+    RAM_SECTION_VERSION,
     SectionType,
+    compress_bound,
 )
 from ..wire.reader import StreamReader
 from .config import MigrationConfig
 from .ramstate import block_addresses
 
-__all__ = ["Receiver", "LoadStats"]
+__all__ = ["Receiver", "LoadStats", "PageObserver", "CompressedPageDecoder", "QemuXbzrleDecoder", "qemu_decoders"]
 
 #: Longest run of fixed-size records parsed in one vectorised step.
 _RUN = 4096
 
+#: ``observer(block_index, page_indexes, kind, record_offsets)``: pages (int64 indexes into the block,
+#: strictly ascending: a run never holds a page twice) of one record or one vectorised run of records,
+#: ``kind`` as in :attr:`LoadStats.records`, and the stream offset of each page's record.
+PageObserver = Callable[[int, np.ndarray, str, np.ndarray], None]
 
-@dataclass
-class LoadStats:
-    records: dict[str, int] = field(default_factory=dict)
-    sections: int = 0
-    eos: int = 0
-
-
+#: Commands a precopy stream may carry: return-path set-up and pings, the postcopy *advice* (sent
+#: whenever postcopy-ram is on, whether or not the migration ever switches to postcopy), and 10.0's
+#: switchover notification (sent just before the RAM END section).
+_HARMLESS_COMMANDS = {
+    qevm.MIG_CMD_OPEN_RETURN_PATH, qevm.MIG_CMD_PING, qevm.MIG_CMD_POSTCOPY_ADVISE, qevm.MIG_CMD_SWITCHOVER_START,
+}
+#: Flags that are not page records but may start a record.
+_CONTROL_FLAGS = (
+    RAM_SAVE_FLAG_MEM_SIZE | RAM_SAVE_FLAG_EOS | RAM_SAVE_FLAG_CONTINUE | RAM_SAVE_FLAG_HOOK | RAM_SAVE_FLAG_MULTIFD_FLUSH
+)
 _KIND_OF_FLAG = {0x02: "zero", 0x08: "page", 0x40: "xbzrle", 0x100: "compress"}
 
 
+@dataclass
+class LoadStats:
+    records: dict[str, int] = field(default_factory=dict)  # page records by kind
+    sections: int = 0  # RAM sections
+    eos: int = 0
+    mem_size: int = 0
+    multifd_flush: int = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# decoders for QEMU's records that no built-in codec plugin writes, or checks as QEMU's loader does
+# --------------------------------------------------------------------------------------------------
+class CompressedPageDecoder(RecordDecoder):
+    """COMPRESS_PAGE (compress threads, QEMU ≤ 9.0): be32 len ≤ compressBound(page), then one zlib
+    stream that inflates to exactly one page (``decompress_data_with_multi_threads``)."""
+
+    flag = RAM_SAVE_FLAG_COMPRESS_PAGE
+
+    def load(self, r: StreamReader, page: np.ndarray) -> None:
+        ps = page.shape[0]
+        lat = r.pos
+        n = r.get_be32("compressed length")
+        bound = compress_bound(ps)
+        if n > bound:
+            raise DecodeError(f"compressed page of {n} bytes, more than compressBound({ps}) = {bound}", r.base + lat, r.source)
+        dat = r.base + r.pos
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(bytes(r.get_bytes(n, "compressed page")), ps + 1)
+        except zlib.error as e:
+            raise DecodeError(f"compressed page is not a valid zlib stream: {e}", dat, r.source) from None
+        if not d.eof:
+            raise DecodeError(f"compressed page: zlib stream incomplete after {len(out)} bytes of output", dat, r.source)
+        if len(out) != ps or d.unused_data:
+            what = f"{len(out)} bytes of output" if len(out) != ps else f"{len(d.unused_data)} bytes after the zlib stream"
+            raise DecodeError(f"compressed page: {what}, expected exactly one page of {ps} bytes", dat, r.source)
+        page[:] = np.frombuffer(out, np.uint8)
+
+
+class QemuXbzrleDecoder(XbzrleDecoder):
+    """The xbzrle codec's decoder with ``load_xbzrle``'s header checks raised as :class:`DecodeError`
+    (encoding byte 0x01, length ≤ page size); counts the encoded bytes (``data_bytes``)."""
+
+    def __init__(self) -> None:
+        self.data_bytes = 0
+
+    def load(self, r: StreamReader, page: np.ndarray) -> None:
+        at = r.pos
+        r.need(3, "XBZRLE record header")
+        enc, hi, lo = r.view_np()[at : at + 3].tolist()
+        n = hi << 8 | lo
+        if enc != ENCODING_FLAG_XBZRLE:
+            msg = f"XBZRLE record with encoding flag {enc:#04x}, expected {ENCODING_FLAG_XBZRLE:#04x}"
+            raise DecodeError(msg, r.base + at, r.source)
+        if n > page.shape[0]:
+            raise DecodeError(f"XBZRLE record of {n} bytes, more than a page ({page.shape[0]})", r.base + at + 1, r.source)
+        super().load(r, page)
+        self.data_bytes += n
+
+
+def qemu_decoders(page_size: int) -> list[RecordDecoder]:
+    """Every page record QEMU writes, checked as its loader checks them, without codec plugins."""
+    return [ZeroPageDecoder(), RawPageDecoder(page_size), QemuXbzrleDecoder(), CompressedPageDecoder()]
+
+
+# --------------------------------------------------------------------------------------------------
+# the receiver
+# --------------------------------------------------------------------------------------------------
 class Receiver:
-    """Destination RAM plus the state ram_load keeps between records (the last block seen)."""
+    """Destination RAM plus the state ram_load keeps between records (the last block seen).
+
+    ``plugins`` supplies decoders (None: only ``extra_decoders``); ``extra_decoders`` serve the flags no
+    plugin decodes. ``zero_fill``: "fill" applies a ZERO record's fill byte (QEMU 7.2), "reject"
+    refuses a non-zero one (newer QEMU). ``before_pages``/``on_pages`` (:data:`PageObserver`) are
+    called for every page record or vectorised run, in stream order, once its header is checked and
+    just before its pages are written, and once they are written.
+    """
 
     def __init__(
         self,
         page_size: int,
-        plugins: PluginManager,
+        plugins: PluginManager | None,
         config: MigrationConfig | None = None,
         expected_blocks: Iterable[RAMBlockInfo] | None = None,
         source: str | None = None,
+        *,
+        extra_decoders: Iterable[RecordDecoder] = (),
+        zero_fill: str = "fill",
+        before_pages: PageObserver | None = None,
+        on_pages: PageObserver | None = None,
     ) -> None:
+        if zero_fill not in ("fill", "reject"):
+            raise ValueError(f"zero_fill must be 'fill' or 'reject', not {zero_fill!r}")
         self.page_size = page_size
         self.expected = {b.name: b for b in expected_blocks} if expected_blocks is not None else None
         self.memory: dict[str, np.ndarray] = {}
         self.block_order: list[str] = []
-        self.last_block: str | None = None
+        self.blocks: list[RAMBlockInfo] = []  # MEM_SIZE order; page_size: the announced host page size
+        self.block_pages: list[np.ndarray] = []  # each block as (pages, page_size), MEM_SIZE order
+        self.shared_addr: dict[str, int] = {}  # x-ignore-shared: each block's guest address
+        self._index: dict[str, int] = {}
+        self._last: int | None = None
         self.source = source
+        self.zero_fill = zero_fill
+        self.before_pages = before_pages
+        self.on_pages = on_pages
         self.stats = LoadStats()
         self.header: qevm.FileHeader | None = None
+        self.ignore_shared: bool | None = None  # None: not declared, both MEM_SIZE layouts are tried
+        self.postcopy_advised = False
+        self.pagesize_summary = 0
+        self.commands: dict[str, int] = {}
         self.ram_section_id: int | None = None
-        self.finished = False
+        self.ram_ended = False
+        self.footers: bool | None = None  # decided by the first section (send-section-footer)
+        self.finished = False  # EOF read
+        self.device_state_at: int | None = None  # where the load stopped at device state
+        self.vmdesc: dict | None = None
+        self.vmdesc_offset: int | None = None
         blocks = tuple(self.expected.values()) if self.expected else ()
         ctx = CodecContext(config or MigrationConfig(), page_size, blocks, block_addresses([b.used_length for b in blocks]))
         self.decoders: dict[int, RecordDecoder] = {}
         self._decoder_codec: dict[int, str] = {}
-        for name, codec in plugins.codecs.items():
+        for name, codec in (plugins.codecs if plugins is not None else {}).items():
             try:
                 decs = codec.decoders(ctx)
             except Exception as e:
-                raise PluginError(f"codec {name!r} (plugin {plugins.plugin_of(name)!r}) failed to build its decoder: {e}") from e
+                owner = plugins.plugin_of(name) if plugins is not None else None
+                raise PluginError(f"codec {name!r} (plugin {owner!r}) failed to build its decoder: {e}") from e
             for d in decs:
                 if d.flag in self.decoders:
                     raise PluginError(
@@ -85,44 +217,134 @@ class Receiver:
                     )
                 self.decoders[d.flag] = d
                 self._decoder_codec[d.flag] = name
+        for d in extra_decoders:
+            if d.flag not in self.decoders:
+                self.decoders[d.flag] = d
+                self._decoder_codec[d.flag] = type(d).__name__
 
     # -- stream level ---------------------------------------------------------------------------
-    def load_stream(self, r: StreamReader, on_section: Callable[[qevm.SectionHeader], None] | None = None) -> None:
-        """A whole QEVM stream: header, then sections until EOF (RAM sections only)."""
+    def load_stream(
+        self,
+        r: StreamReader,
+        on_section: Callable[[qevm.SectionHeader], None] | None = None,
+        *,
+        until_ram_end: bool = False,
+    ) -> None:
+        """A whole QEVM stream: header, then sections until EOF, or until the first device section
+        after the RAM END section (the cursor is left on it, see :attr:`device_state_at`; the
+        VMDESCRIPTION trailer is then located from the end). ``until_ram_end``: stop right after the
+        RAM END section, leaving what follows unread; an EOF before it is an error."""
         self.load_header(r)
-        while not self.finished:
+        while not (self.finished or self.device_state_at is not None or (until_ram_end and self.ram_ended)):
             hdr = self.load_section(r)
-            if on_section is not None and hdr.type != SectionType.EOF:
+            if hdr.type == SectionType.EOF:
+                if until_ram_end:
+                    raise r.error("EOF before the RAM END section (the RAM data is incomplete)", hdr.offset)
+            elif on_section is not None:
                 on_section(hdr)
+        if self.device_state_at is not None:
+            self.locate_vmdesc(r)
 
     def load_header(self, r: StreamReader) -> None:
-        self.header = qevm.read_file_header(r)
+        hdr = self.header = qevm.read_file_header(r)
+        caps = hdr.capabilities
+        if "mapped-ram" in caps or "fixed-ram" in caps:
+            raise r.error("mapped-ram streams (file: URI with fixed page offsets) are not supported", 0)
+        if hdr.target_page_bits is not None and 1 << hdr.target_page_bits != self.page_size:
+            raise r.error(f"target-page-bits {hdr.target_page_bits}, but the page size here is {self.page_size}", 0)
+        self.ignore_shared = ("x-ignore-shared" in caps) if caps else None
 
     def load_section(self, r: StreamReader) -> qevm.SectionHeader:
-        """One section (START/PART/END of "ram", or EOF); returns its header."""
+        """One section (a command; START/PART/END of "ram"; EOF); returns its header. A device
+        section after the RAM END section is left unread (see :meth:`load_stream`)."""
+        at = r.pos
+        t = r.peek_byte()
+        if t is None:
+            raise r.error(f"truncated stream: it ends before {'the EOF' if self.ram_ended else 'the RAM END'} section")
+        if t == SectionType.COMMAND:
+            self._load_command(r)
+            return qevm.SectionHeader(SectionType.COMMAND, -1, offset=at)
         hdr = qevm.read_section_header(r)
-        if hdr.type == SectionType.EOF:
+        st, sid = hdr.type, hdr.section_id
+        if st == SectionType.EOF:
             self.finished = True
             if r.peek_byte() == SectionType.VMDESCRIPTION:
                 r.get_byte()
-                qevm.read_vmdesc(r)
+                self.vmdesc_offset = r.base + r.pos - 1
+                self.vmdesc = qevm.read_vmdesc(r)
             return hdr
-        if hdr.type == SectionType.VMDESCRIPTION:
-            raise r.error("vmdesc before EOF", hdr.offset)
-        if hdr.type in (SectionType.SECTION_START, SectionType.SECTION_FULL):
-            if hdr.idstr != RAM_SECTION_IDSTR:
-                raise r.error(f"section {hdr.idstr!r} is not RAM; device state is not loaded here", hdr.offset)
-            if hdr.type == SectionType.SECTION_FULL:
-                raise r.error("RAM sent as a FULL section is not supported", hdr.offset)
-            if hdr.version_id != 4:
-                raise r.error(f"RAM section version {hdr.version_id} (expected 4)", hdr.offset)
-            self.ram_section_id = hdr.section_id
-        elif hdr.section_id != self.ram_section_id:
-            raise r.error(f"section id {hdr.section_id} is unknown (RAM is {self.ram_section_id})", hdr.offset)
+        if st == SectionType.VMDESCRIPTION:
+            raise r.error("VMDESCRIPTION section before EOF", at)
+        full = st in (SectionType.SECTION_START, SectionType.SECTION_FULL)
+        if not (hdr.idstr == RAM_SECTION_IDSTR if full else sid == self.ram_section_id):
+            if self.ram_ended:  # device state: not length-prefixed, not loaded here
+                r.pos = at
+                self.device_state_at = r.base + at
+                return hdr
+            if full:
+                raise r.error(
+                    f"section {hdr.idstr!r} (id {sid}, {st.name}) before the RAM END section: only the RAM "
+                    f"section can be parsed while RAM is in flight (other sections are not length-prefixed)", at)
+            raise r.error(
+                f"{st.name} of section id {sid}, which is not RAM (RAM is "
+                f"{'not started' if self.ram_section_id is None else self.ram_section_id}): another iterable "
+                f"device's data is interleaved with RAM and cannot be skipped", at)
+        if full:
+            if st == SectionType.SECTION_FULL:
+                raise r.error("RAM sent as a FULL section (a snapshot, not a migration stream) is not supported", at)
+            if self.ram_section_id is not None:
+                raise r.error("a second RAM START section", at)
+            if hdr.version_id != RAM_SECTION_VERSION:
+                raise r.error(f"RAM section version {hdr.version_id}, expected {RAM_SECTION_VERSION}", at)
+            self.ram_section_id = sid
         self.load_ram(r)
-        qevm.read_section_footer(r, hdr.section_id)
+        if self.footers is None:
+            self.footers = r.peek_byte() == SectionType.SECTION_FOOTER
+        if self.footers:
+            qevm.read_section_footer(r, sid)
         self.stats.sections += 1
+        if st == SectionType.SECTION_END:
+            self.ram_ended = True
         return hdr
+
+    def _load_command(self, r: StreamReader) -> None:
+        at = r.pos
+        cmd, data = qevm.read_command(r)
+        name = qevm.MIG_CMD_NAMES.get(cmd, f"#{cmd}")
+        n = len(data)
+        if cmd not in _HARMLESS_COMMANDS:
+            raise r.error(
+                f"QEMU_VM_COMMAND {name}: streams that switch to postcopy (or carry COLO or packaged "
+                f"data) are not supported, only precopy streams", at)
+        if cmd == qevm.MIG_CMD_POSTCOPY_ADVISE:
+            if self.ram_section_id is not None:
+                raise r.error("POSTCOPY_ADVISE after the RAM section started", at)
+            if n == 16:  # postcopy-ram: be64 page-size summary, be64 target page size
+                self.postcopy_advised = True
+                self.pagesize_summary = int.from_bytes(data[:8], "big")
+                tps = int.from_bytes(data[8:], "big")
+                if tps != self.page_size:
+                    raise r.error(f"POSTCOPY_ADVISE names target page size {tps}, the stream uses {self.page_size}", at)
+            elif n != 0:  # 0: postcopy of dirty bitmaps only
+                raise r.error(f"POSTCOPY_ADVISE with {n} bytes of data (expected 0 or 16)", at)
+        elif cmd == qevm.MIG_CMD_PING and n != 4:
+            raise r.error(f"PING with {n} bytes of data (expected 4)", at)
+        elif cmd in (qevm.MIG_CMD_OPEN_RETURN_PATH, qevm.MIG_CMD_SWITCHOVER_START) and n != 0:
+            raise r.error(f"{name} with {n} bytes of data (expected 0)", at)
+        self.commands[name] = self.commands.get(name, 0) + 1
+
+    def locate_vmdesc(self, r: StreamReader, found: tuple[int, dict] | None = None) -> dict | None:
+        """The VMDESCRIPTION trailer at the end of the stream (:func:`qevm.find_vmdesc`; ``found``: its
+        result from earlier, to save the search), which must lie after what was loaded. None if absent."""
+        if found is None:
+            found = qevm.find_vmdesc(r.view_np())
+        if found is None:
+            return None
+        at, desc = found
+        if at < r.pos:
+            raise r.error("VMDESCRIPTION trailer overlaps the RAM data", at)
+        self.vmdesc_offset, self.vmdesc = r.base + at, desc
+        return desc
 
     # -- ram_load_precopy -----------------------------------------------------------------------
     def load_ram(self, r: StreamReader) -> None:
@@ -130,47 +352,63 @@ class Receiver:
         ps = self.page_size
         mask = ps - 1
         count = self.stats.records
+        observed = self.before_pages is not None or self.on_pages is not None
         while True:
             at = r.pos
             word = r.get_be64("RAM record header")
             flags = word & mask
             addr = word & ~mask
             if flags & PAGE_RECORD_FLAGS:
-                name = self._block_from_stream(r, flags, at)
-                mem = self.memory[name]
-                if addr + ps > mem.shape[0]:
-                    raise r.error(f"page offset {addr:#x} outside block {name!r} of {mem.shape[0]:#x} bytes", at)
+                bi = self._block_from_stream(r, flags, at)
+                pages = self.block_pages[bi]
+                if addr + ps > pages.nbytes:
+                    raise r.error(f"page offset {addr:#x} outside block {self.block_order[bi]!r} of {pages.nbytes:#x} bytes", at)
             kind = flags & ~RAM_SAVE_FLAG_CONTINUE
             if kind == RAM_SAVE_FLAG_EOS:
+                if addr:
+                    raise r.error(f"EOS record with a non-zero address {addr:#x}", at)
                 self.stats.eos += 1
                 return
             if kind == RAM_SAVE_FLAG_MEM_SIZE:
                 self._load_mem_size(r, addr, at)
+                continue
+            if kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:  # 8.1+: multifd channels sync; nothing to load here
+                self.stats.multifd_flush += 1
                 continue
             dec = self.decoders.get(kind)
             if dec is None:
                 if kind & RAM_SAVE_FLAG_HOOK:
                     raise r.error("RAM control hook records (RDMA) are not supported", at)
                 raise r.error(f"unknown combination of migration flags {flags:#x}", at)
+            name = _KIND_OF_FLAG.get(kind) or hex(kind)
             if dec.fixed_payload is not None and flags & RAM_SAVE_FLAG_CONTINUE:
-                n = self._load_run(r, word, dec, name)
+                n = self._load_run(r, word, dec, bi, name)
                 if n:
-                    count[_KIND_OF_FLAG.get(kind, hex(kind))] = count.get(_KIND_OF_FLAG.get(kind, hex(kind)), 0) + n
+                    count[name] = count.get(name, 0) + n
                     continue
+            if kind == RAM_SAVE_FLAG_ZERO and self.zero_fill == "reject" and r.peek_byte():
+                raise r.error(f"zero page record with fill byte {r.peek_byte():#04x} (QEMU only sends 0)")
+            i = addr // ps
+            if observed:
+                idx, ats = np.array([i], np.int64), np.array([r.base + at], np.int64)
+                if self.before_pages is not None:
+                    self.before_pages(bi, idx, name, ats)
             try:
-                dec.load(r, mem[addr : addr + ps])
+                dec.load(r, pages[i])
             except PageCodecError:
                 raise
             except Exception as e:
                 raise PluginError(
-                    f"{r.source or 'stream'}: offset {at}: decoder of codec {self._decoder_codec[kind]!r} raised "
-                    f"on block {name!r} offset {addr:#x}: {type(e).__name__}: {e}"
+                    f"{r.source or 'stream'}: offset {at}: decoder of codec {self._decoder_codec.get(kind, '?')!r} raised "
+                    f"on block {self.block_order[bi]!r} offset {addr:#x}: {type(e).__name__}: {e}"
                 ) from e
-            k = _KIND_OF_FLAG.get(kind, hex(kind))
-            count[k] = count.get(k, 0) + 1
+            count[name] = count.get(name, 0) + 1
+            if self.on_pages is not None:
+                self.on_pages(bi, idx, name, ats)
 
-    def _load_run(self, r: StreamReader, word: int, dec: RecordDecoder, name: str) -> int:
-        """Vectorised: a run of records with the same flags (CONTINUE) and a fixed payload size.
+    def _load_run(self, r: StreamReader, word: int, dec: RecordDecoder, bi: int, name: str) -> int:
+        """Vectorised: a run of records with the same flags (CONTINUE), a fixed payload size and
+        ascending offsets.
 
         The cursor stands after the first header. Returns how many records it applied (0: take the
         record-by-record path)."""
@@ -178,61 +416,171 @@ class Receiver:
         assert L is not None
         stride = 8 + L
         start = r.pos - 8
-        avail = (len(r) - start) // stride
-        k = min(_RUN, avail)
+        k = min(_RUN, (len(r) - start) // stride)
         if k < 2:
             return 0
         buf = r.view_np()
         heads = np.lib.stride_tricks.as_strided(buf[start:], shape=(k, 8), strides=(stride, 1)).copy().view(">u8").ravel()
         ps = self.page_size
-        flags = word & (ps - 1)
-        mem = self.memory[name]
-        ok = ((heads & np.uint64(ps - 1)) == flags) & ((heads & ~np.uint64(ps - 1)) <= np.uint64(mem.shape[0] - ps))
+        m = np.uint64(ps - 1)
+        pages = self.block_pages[bi]
+        offs = heads & ~m
+        ok = ((heads & m) == (word & (ps - 1))) & (offs <= np.uint64(pages.nbytes - ps))
+        ok[1:] &= offs[1:] > offs[:-1]  # a run holds each page once
+        payloads = np.lib.stride_tricks.as_strided(buf[start + 8 :], shape=(k, L), strides=(stride, 1))
+        if dec.flag == RAM_SAVE_FLAG_ZERO and self.zero_fill == "reject":
+            ok &= payloads[:, 0] == 0
         bad = np.flatnonzero(~ok)
         k = int(bad[0]) if len(bad) else k
         if k < 2:
             return 0
-        offs = (heads[:k] & ~np.uint64(ps - 1)).astype(np.int64)
-        payloads = np.lib.stride_tricks.as_strided(buf[start + 8 :], shape=(k, L), strides=(stride, 1))
-        dec.load_batch(payloads, mem.reshape(-1, ps), offs // ps)
+        idx = (offs[:k] // np.uint64(ps)).astype(np.int64)
+        if self.before_pages is not None or self.on_pages is not None:
+            ats = r.base + start + stride * np.arange(k, dtype=np.int64)
+            if self.before_pages is not None:
+                self.before_pages(bi, idx, name, ats)
+        dec.load_batch(payloads[:k], pages, idx)
         r.pos = start + k * stride
+        if self.on_pages is not None:
+            self.on_pages(bi, idx, name, ats)
         return k
 
-    def _block_from_stream(self, r: StreamReader, flags: int, at: int) -> str:
+    def _block_from_stream(self, r: StreamReader, flags: int, at: int) -> int:
         """ram_block_from_stream: CONTINUE reuses the last block, else u8 len + idstr follows."""
+        if not self.blocks:
+            raise r.error("page record before the MEM_SIZE block list", at)
         if flags & RAM_SAVE_FLAG_CONTINUE:
-            if self.last_block is None:
+            if self._last is None:
                 raise r.error("CONTINUE flag with no previous block", at)
-            return self.last_block
+            return self._last
         name = r.get_counted_string("block idstr")
-        if name not in self.memory:
-            raise r.error(f"unknown RAM block {name!r}", at)
-        self.last_block = name
-        return name
+        bi = self._index.get(name)
+        if bi is None:
+            raise r.error(f"unknown RAM block {name!r} (MEM_SIZE lists {', '.join(self.block_order)})", at)
+        self._last = bi
+        return bi
 
+    # -- MEM_SIZE -------------------------------------------------------------------------------
     def _load_mem_size(self, r: StreamReader, total: int, at: int) -> None:
-        """The setup list: each block's idstr and used_length; the lengths must add up to ``total``."""
+        """The block list: per block u8 len, idstr, be64 used_length [, be64 page size (postcopy-ram,
+        page size != host page size)] [, be64 address (x-ignore-shared)]; lengths add up to ``total``."""
+        if self.blocks:
+            raise r.error("a second MEM_SIZE block list", at)
+        if total == 0:
+            raise r.error("MEM_SIZE of 0 bytes: no RAM blocks", at)
+        known = _CONTROL_FLAGS | PAGE_RECORD_FLAGS
+        for f in self.decoders:
+            known |= f
+        options = [self.ignore_shared] if self.ignore_shared is not None else [False, True]
+        for ign in options:
+            found = self._parse_block_list(r.view_np(), r.pos, total, bool(ign), [], known)
+            if found is not None:
+                self.ignore_shared = bool(ign)
+                break
+        else:
+            self._block_list_error(r, total, at, bool(options[0]))
+        blocks, r.pos = found
+        for name, length, hps, addr, bat in blocks:
+            self._expect(r, name, length, bat)
+        if self.expected is not None and set(self.expected) - {b[0] for b in blocks}:
+            missing = ", ".join(sorted(set(self.expected) - {b[0] for b in blocks}))
+            raise r.error(f"MEM_SIZE does not list block(s) {missing}", at)
+        for name, length, hps, addr, _ in blocks:
+            self._index[name] = len(self.blocks)
+            self.blocks.append(RAMBlockInfo(name, length, hps or self.page_size))
+            self.memory[name] = np.zeros(length, dtype=np.uint8)
+            self.block_pages.append(self.memory[name].reshape(-1, self.page_size))
+            self.block_order.append(name)
+            if addr is not None:
+                self.shared_addr[name] = addr
+        self.stats.mem_size += 1
+
+    def _parse_block_list(
+        self, buf: np.ndarray, pos: int, remaining: int, ign: bool, acc: list[tuple], known: int
+    ) -> tuple[list[tuple], int] | None:
+        """Tolerant parse of the rest of the list from ``pos``; None if this layout does not fit.
+
+        Every block's optional postcopy page size is tried both ways (a be64 power of two among the
+        advised page sizes, or absent); the list must add up exactly and be followed by a plausible
+        record header."""
+        n = len(buf)
+        ps = self.page_size
+        if remaining == 0:
+            if pos + 8 > n:
+                return None
+            w = int.from_bytes(bytes(buf[pos : pos + 8]), "big")
+            fl = w & (ps - 1)
+            if fl == 0 or fl & ~known or (fl == RAM_SAVE_FLAG_EOS and w != fl):
+                return None
+            return acc, pos
+        if pos >= n:
+            return None
+        ln = int(buf[pos])
+        if ln == 0 or pos + 1 + ln + 8 > n:
+            return None
+        raw = bytes(buf[pos + 1 : pos + 1 + ln])
+        if any(c < 0x20 or c > 0x7E for c in raw):
+            return None
+        name = raw.decode("ascii")
+        if any(b[0] == name for b in acc):
+            return None
+        p = pos + 1 + ln
+        length = int.from_bytes(bytes(buf[p : p + 8]), "big")
+        p += 8
+        if length == 0 or length % ps or length > remaining:
+            return None
+        choices: list[int | None] = []
+        if self.postcopy_advised and p + 8 <= n:
+            v = int.from_bytes(bytes(buf[p : p + 8]), "big")
+            if v >= ps and v & (v - 1) == 0 and v & self.pagesize_summary and v < (1 << 40):
+                choices.append(v)
+        choices.append(None)
+        for hps in choices:
+            q = p + (8 if hps is not None else 0)
+            addr = None
+            if ign:
+                if q + 8 > n:
+                    continue
+                addr = int.from_bytes(bytes(buf[q : q + 8]), "big")
+                q += 8
+            res = self._parse_block_list(buf, q, remaining - length, ign, [*acc, (name, length, hps, addr, pos)], known)
+            if res is not None:
+                return res
+        return None
+
+    def _block_list_error(self, r: StreamReader, total: int, at: int, ign: bool) -> None:
+        """No layout fits: re-read the plain layout strictly to name the first fault."""
         remaining = total
+        names: set[str] = set()
         while remaining > 0:
             bat = r.pos
             name = r.get_counted_string("block idstr")
             length = r.get_be64("block used_length")
-            if self.expected is not None:
-                exp = self.expected.get(name)
-                if exp is None:
-                    raise r.error(f"unknown RAM block {name!r} in MEM_SIZE", bat)
-                if exp.used_length != length:
-                    raise r.error(f"block {name!r}: length {length:#x} in stream, {exp.used_length:#x} expected", bat)
-            if length % self.page_size or length > remaining:
-                raise r.error(f"block {name!r}: bad used_length {length:#x}", bat)
-            if name in self.memory:
+            if not name:
+                raise r.error("empty block idstr in MEM_SIZE", bat)
+            if name in names:
                 raise r.error(f"block {name!r} listed twice in MEM_SIZE", bat)
-            self.memory[name] = np.zeros(length, dtype=np.uint8)
-            self.block_order.append(name)
+            self._expect(r, name, length, bat)
+            if length == 0 or length % self.page_size or length > remaining:
+                raise r.error(f"block {name!r}: bad used_length {length:#x} ({remaining:#x} bytes of MEM_SIZE left)", bat)
+            names.add(name)
+            if ign:
+                r.get_be64("block address (x-ignore-shared)")
             remaining -= length
-        if self.expected is not None and set(self.expected) - set(self.memory):
-            missing = ", ".join(sorted(set(self.expected) - set(self.memory)))
-            raise r.error(f"MEM_SIZE does not list block(s) {missing}", at)
+        r.need(8, "RAM record header")
+        raise r.error(
+            "MEM_SIZE block list does not parse with any layout (with or without x-ignore-shared addresses"
+            + (" and postcopy page sizes" if self.postcopy_advised else "") + ")", at)
+
+    def _expect(self, r: StreamReader, name: str, length: int, at: int) -> None:
+        """The block agrees with the expected blocks (if any were given)."""
+        if self.expected is None:
+            return
+        exp = self.expected.get(name)
+        if exp is None:
+            raise r.error(f"unknown RAM block {name!r} in MEM_SIZE", at)
+        if exp.used_length != length:
+            raise r.error(f"block {name!r}: length {length:#x} in stream, {exp.used_length:#x} expected", at)
 
     def block(self, name: str) -> np.ndarray:
         return self.memory[name]

@@ -3,13 +3,16 @@
 A migration stream written with ``migrate "exec:cat > FILE"`` is one of these files. The writer emits
 what QEMU 7.2's ``-incoming`` needs to load RAM (header, configuration naming the machine type, the
 iterable "ram" section as START/PART.../END, EOF, the vmdesc trailer); the reader walks the same
-structure with bounds checks.
+structure with bounds checks, QEMU_VM_COMMAND sections included, and locates the VMDESCRIPTION trailer
+from the end of a file (device sections are not length-prefixed, so that is how their end is found).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .flags import QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, SectionType
 from .reader import StreamReader
@@ -27,9 +30,27 @@ __all__ = [
     "read_section_header",
     "read_section_footer",
     "read_vmdesc",
+    "read_command",
+    "find_vmdesc",
+    "MIG_CMD_NAMES",
+    "VMDESC_SEARCH_BYTES",
 ]
 
 KIND = "section"  # byte-count category of container framing
+
+#: QEMU_VM_COMMAND sub-commands (savevm.c ``enum qemu_vm_cmd``).
+MIG_CMD_OPEN_RETURN_PATH = 1
+MIG_CMD_PING = 2
+MIG_CMD_POSTCOPY_ADVISE = 3
+MIG_CMD_SWITCHOVER_START = 11
+MIG_CMD_NAMES = {
+    0: "INVALID", 1: "OPEN_RETURN_PATH", 2: "PING", 3: "POSTCOPY_ADVISE", 4: "POSTCOPY_LISTEN",
+    5: "POSTCOPY_RUN", 6: "POSTCOPY_RAM_DISCARD", 7: "PACKAGED", 8: "ENABLE_COLO", 9: "POSTCOPY_RESUME",
+    10: "RECV_BITMAP", 11: "SWITCHOVER_START",
+}
+#: How far from the end of the file the VMDESCRIPTION trailer is looked for (analyze-migration reads
+#: the last 10 MB).
+VMDESC_SEARCH_BYTES = 16 << 20
 
 
 @dataclass
@@ -183,3 +204,43 @@ def read_vmdesc(r: StreamReader) -> dict:
         return json.loads(raw)
     except ValueError as e:
         raise r.error(f"vmdesc is not valid JSON: {e}", at) from None
+
+
+def read_command(r: StreamReader) -> tuple[int, bytes]:
+    """A QEMU_VM_COMMAND section (qemu_savevm_command_send): type byte, be16 command, be16 length, data."""
+    at = r.pos
+    t = r.get_byte("section type")
+    if t != SectionType.COMMAND:
+        raise r.error(f"expected a QEMU_VM_COMMAND section, got type {t:#04x}", at)
+    cmd = r.get_be16("command")
+    n = r.get_be16("command length")
+    return cmd, bytes(r.get_bytes(n, "command data"))
+
+
+def find_vmdesc(buf: np.ndarray, search: int = VMDESC_SEARCH_BYTES) -> tuple[int, dict] | None:
+    """Locate the trailer ``0x00 (EOF), 0x06, be32 len, JSON`` ending exactly at the end of ``buf``.
+
+    Returns (offset of the 0x06 byte, parsed JSON) or None. JSON text holds no 0x06 byte and the
+    length must reach the end of the file exactly, so at most one candidate fits.
+    """
+    n = len(buf)
+    if n < 7:
+        return None
+    lo = max(1, n - search)
+    cand = np.flatnonzero(buf[lo : n - 5] == SectionType.VMDESCRIPTION) + lo
+    if not len(cand):
+        return None
+    b = buf
+    lens = (
+        (b[cand + 1].astype(np.int64) << 24) | (b[cand + 2].astype(np.int64) << 16)
+        | (b[cand + 3].astype(np.int64) << 8) | b[cand + 4].astype(np.int64)
+    )
+    ok = (lens == n - cand - 5) & (b[cand + 5] == ord("{")) & (b[cand - 1] == SectionType.EOF)
+    for c in cand[ok][::-1].tolist():
+        try:
+            desc = json.loads(bytes(buf[c + 5 : n]))
+        except ValueError:
+            continue
+        if isinstance(desc, dict):
+            return c, desc
+    return None
