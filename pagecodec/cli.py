@@ -284,12 +284,28 @@ def trace_info(path: str, as_json: bool) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
 @click.option("--no-vmdesc", is_flag=True, help="Accept a stream without the VMDESCRIPTION trailer (suppress-vmdesc).")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+@click.option("--channel", "channels", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+              help="A multifd channel file (repeat for each); STREAM is then the capture's main stream.")
 @pass_ctx
-def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json: bool) -> None:
+def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json: bool, channels: tuple[str, ...]) -> None:
     """Import a QEMU migration stream (migrate "exec:cat > FILE") as a trace: one round per pass."""
     import shlex
 
     from .trace.qemu_import import import_qemu_stream
+
+    if channels:  # a multifd capture: main stream + channel files (pagecodec.trace.multifd)
+        from .trace.multifd import import_multifd
+
+        mrep = import_multifd(stream, channels, output, require_vmdesc=not no_vmdesc)
+        if as_json:
+            click.echo(json.dumps(mrep.to_json(), indent=1))
+            return
+        click.echo(
+            f"imported {stream} + {len(channels)} multifd channels ({mrep.compression}; {mrep.sections} RAM sections, "
+            f"{mrep.packets} packets; zero {mrep.zero_pages}, normal {mrep.channel_pages}) -> {output}: "
+            f"{mrep.rounds} rounds, pages per round {mrep.pages_per_round}"
+        )
+        return
 
     command = f"pagecodec trace import-qemu {shlex.quote(stream)} -o {shlex.quote(output)}"
     command += " --no-vmdesc" if no_vmdesc else ""

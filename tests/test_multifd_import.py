@@ -1,0 +1,421 @@
+"""Multifd captures (QEMU 7.2): channel files, the merge into one stream, rounds, capture over TCP.
+
+Without QEMU: a model of QEMU 7.2's page search (sections cut by a rate limit, the search resuming one
+page past the last page sent, dirty-bitmap syncs only between sections, one final sync before the END
+section) writes a single stream; :func:`split_stream` turns it into main stream + channel files by the
+7.2 sender's rules (with and without the sync race, none/zlib/zstd); importing the multifd capture must
+give exactly the trace the single stream gives — same rounds, same rows. Crafted damage to channel
+files must fail with the file, byte offset and reason, and write nothing.
+
+With QEMU (marker ``qemu``): the tiny guest is migrated with multifd (2 channels) through pagecodec's
+recorder acting as a tee proxy to a real QEMU destination; the trace's final pc.ram equals the
+destination's (read from its backing file), for none, zlib and zstd. The CLI captures with ``--multifd 2``
+and imports the kept files again with ``--channel``; the rebuilt single stream loads into a QEMU
+destination *without* multifd and gives the same RAM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagecodec.errors import DecodeError, WireError
+from pagecodec.trace.format import TraceReader
+from pagecodec.trace.multifd import (
+    MULTIFD_FLAG_SYNC,
+    PACKET_HEADER_SIZE,
+    import_multifd,
+    read_channel,
+    read_main_stream,
+    split_stream,
+)
+from pagecodec.trace.qemu_import import import_qemu_stream
+
+PS = 4096
+MIB = 1 << 20
+
+
+def be32(v: int) -> bytes:
+    return v.to_bytes(4, "big")
+
+
+def be64(v: int) -> bytes:
+    return v.to_bytes(8, "big")
+
+
+# --- a model of QEMU 7.2's sender without multifd ----------------------------------------------------
+BLOCKS = (("pc.ram", 700 * PS), ("vga.vram", 40 * PS), ("pc.bios", 24 * PS))
+
+
+def qemu_like_stream(path: Path, *, seed: int = 1, budget: int = 230, sections: int = 14, sync_every: int = 2,
+                     reset_at: int | None = None, zero_fraction: float = 0.5, blocks=BLOCKS) -> np.ndarray:
+    """Write a QEVM stream as QEMU 7.2 would (no multifd); returns the final RAM (pages, global order).
+
+    Each PART section sends up to ``budget`` dirty pages, searching from one page past the last page
+    sent and wrapping at the end of RAM; every ``sync_every`` sections a dirty-bitmap sync dirties a
+    random set of pages with new content (some zero, some unchanged); ``reset_at``: that section's
+    search starts over at the first page (ram_state_reset). The END section follows a last sync and
+    sends everything left."""
+    rng = np.random.default_rng(seed)
+    npages = [ln // PS for _, ln in blocks]
+    starts = np.concatenate([[0], np.cumsum(npages)])
+    total = int(starts[-1])
+    ram = np.zeros((total, PS), np.uint8)
+    nz = rng.random(total) >= zero_fraction
+    ram[nz, :16] = rng.integers(1, 256, (int(nz.sum()), 16), dtype=np.uint8)
+    dirty = np.ones(total, bool)
+    last = [0]
+    last_block = [None]
+    out = bytearray(b"QEVM" + be32(3) + b"\x07" + be32(13) + b"pc-i440fx-7.2")
+
+    def section(kind: int, sid: int = 2) -> None:
+        out.extend(bytes([kind]) + be32(sid))
+        if kind == 1:
+            out.extend(b"\x03ram" + be32(0) + be32(4))
+
+    def footer(sid: int = 2) -> None:
+        out.extend(b"\x7e" + be32(sid))
+
+    def send(g: int) -> None:
+        bi = int(np.searchsorted(starts, g, side="right") - 1)
+        off = (g - int(starts[bi])) * PS
+        zero = not ram[g].any()
+        flag = 0x02 if zero else 0x08
+        if last_block[0] == bi:
+            out.extend(be64(off | flag | 0x20))
+        else:
+            name = blocks[bi][0].encode()
+            out.extend(be64(off | flag) + bytes([len(name)]) + name)
+            last_block[0] = bi
+        out.extend(b"\0" if zero else ram[g].tobytes())
+        dirty[g] = False
+        last[0] = g + 1
+
+    def sweep(limit: int | None) -> None:
+        sent = 0
+        while limit is None or sent < limit:
+            nxt = np.flatnonzero(dirty[last[0]:])
+            if len(nxt):
+                g = last[0] + int(nxt[0])
+            else:
+                nxt = np.flatnonzero(dirty[: last[0]])
+                if not len(nxt):
+                    return
+                g = int(nxt[0])
+            send(g)
+            sent += 1
+
+    def sync() -> None:
+        pick = rng.choice(total, size=int(rng.integers(5, total // 6)), replace=False)
+        for g in pick.tolist():
+            u = rng.random()
+            if u < 0.3:
+                ram[g] = 0
+            elif u < 0.9:
+                ram[g, rng.integers(0, PS - 8)] = rng.integers(1, 256)
+            # else: dirtied, content unchanged
+        dirty[pick] = True
+
+    section(1)
+    out.extend(be64(total * PS | 0x04))
+    for name, ln in blocks:
+        out.extend(bytes([len(name)]) + name.encode() + be64(ln))
+    out.extend(be64(0x10))
+    footer()
+    for s in range(sections):
+        if s and s % sync_every == 0:
+            sync()
+        if reset_at is not None and s == reset_at:
+            last[0] = 0
+        section(2)
+        sweep(budget)
+        out.extend(be64(0x10))
+        footer()
+    sync()
+    section(3)
+    sweep(None)
+    out.extend(be64(0x10))
+    footer()
+    desc = json.dumps({"page_size": PS, "devices": []}).encode()
+    out.extend(b"\x00\x06" + be32(len(desc)) + desc)
+    path.write_bytes(bytes(out))
+    return ram
+
+
+def read_rows(path: Path) -> tuple[int, list[tuple[int, int, int, bytes]]]:
+    """(number of rounds, every row as (round, block, offset, page bytes))."""
+    rows = []
+    with TraceReader(path) as r:
+        for b in r.batches():
+            rows += [(b.round, int(bl), int(o), p.tobytes()) for bl, o, p in zip(b.block, b.offset, b.pages)]
+        return r.num_rounds, rows
+
+
+def final_image(path: Path) -> np.ndarray:
+    with TraceReader(path) as r:
+        sizes = [b.used_length // PS for b in r.meta.blocks]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        img = np.zeros((int(starts[-1]), PS), np.uint8)
+        for b in r.batches():
+            img[starts[b.block] + b.offset // PS] = b.pages
+    return img
+
+
+def leftovers(d: Path) -> list[str]:
+    return [p.name for p in d.iterdir() if p.name.startswith(".pagecodec-")]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mfd")
+    stream = d / "single.mig"
+    ram = qemu_like_stream(stream)
+    trace = d / "single.parquet"
+    rep = import_qemu_stream(stream, trace)
+    return {"dir": d, "stream": stream, "ram": ram, "trace": trace, "report": rep}
+
+
+@pytest.fixture(scope="module")
+def split2(single):
+    d = single["dir"] / "split2"
+    main, chans = split_stream(single["stream"], d, channels=2, sync_race=lambda s: s % 3 == 1)
+    return main, chans
+
+
+# --- the merge gives back the single stream's trace ----------------------------------------------------
+@pytest.mark.parametrize("channels,compression,race", [
+    (1, "none", False), (2, "none", True), (3, "none", False), (2, "zlib", True), (3, "zstd", True),
+])
+def test_multifd_import_equals_single_stream_import(single, tmp_path, channels, compression, race):
+    assert single["report"].rounds >= 4, single["report"].pages_per_round
+    main, chans = split_stream(single["stream"], tmp_path / "cap", channels=channels, compression=compression,
+                               sync_race=(lambda s: s % 2 == 0) if race else None)
+    ms = read_main_stream(main)
+    assert ms.page_records == 0 and ms.zero_records > 0
+    trace = tmp_path / "m.parquet"
+    keep = tmp_path / "rebuilt.mig"
+    rep = import_multifd(main, list(reversed(chans)), trace, single_stream=keep)  # any order of channel files
+    assert rep.compression == compression
+    assert rep.restarts == 0 and rep.order_conflicts == 0
+    assert (rep.sync_packets_with_pages > 0) == race
+    assert rep.sections == single["report"].ram_sections
+    assert rep.rounds == single["report"].rounds and rep.pages_per_round == single["report"].pages_per_round
+    assert read_rows(trace) == read_rows(single["trace"])
+    assert np.array_equal(final_image(trace), single["ram"])
+    # the rebuilt single stream is the original one, byte for byte
+    assert keep.read_bytes() == single["stream"].read_bytes()
+    assert leftovers(tmp_path) == []
+
+
+def test_split_follows_qemu_sender_rules(single, split2):
+    main, chans = split2
+    ms = read_main_stream(main)
+    layout = ms.layout
+    cs = [read_channel(c, layout) for c in chans]
+    assert [c.id for c in cs] == [0, 1]
+    for c in cs:
+        assert c.syncs == len(ms.sections)
+        # every data packet holds pages of one block, at most 128, and never crosses a sync
+        assert all(n <= 128 for n in c.normal)
+        assert all(c.num[k] >= c.num[k - 1] for k in range(1, c.packets))
+    # the first packets are the setup sync (numbers 0, 1), as in QEMU 7.2
+    assert [cs[0].num[0], cs[1].num[0]] == [0, 1] and all(c.flags[0] & MULTIFD_FLAG_SYNC for c in cs)
+    assert sum(c.sync_with_pages for c in cs) > 0
+
+
+def test_section_restart_is_detected_from_zero_records(tmp_path):
+    """ram_state_reset makes a section start over at the first page: its ZERO records contradict
+    'resume after the last page'; the merge re-derives the start and the trace still matches."""
+    stream = tmp_path / "s.mig"
+    ram = qemu_like_stream(stream, seed=5, reset_at=5, zero_fraction=0.6)
+    import_qemu_stream(stream, tmp_path / "a.parquet")
+    main, chans = split_stream(stream, tmp_path / "cap", channels=2)
+    rep = import_multifd(main, chans, tmp_path / "b.parquet")
+    assert rep.restarts >= 1
+    assert read_rows(tmp_path / "a.parquet") == read_rows(tmp_path / "b.parquet")
+    assert np.array_equal(final_image(tmp_path / "b.parquet"), ram)
+
+
+@pytest.mark.parametrize("seed,budget", [(2, 50), (3, 400), (4, 9), (6, 765)])
+def test_rounds_match_for_other_schedules(tmp_path, seed, budget):
+    stream = tmp_path / "s.mig"
+    qemu_like_stream(stream, seed=seed, budget=budget, sections=10, sync_every=1 + seed % 3)
+    a = import_qemu_stream(stream, tmp_path / "a.parquet")
+    main, chans = split_stream(stream, tmp_path / "cap", channels=1 + seed % 3, sync_race=lambda s: s % 2 == 1)
+    b = import_multifd(main, chans, tmp_path / "b.parquet")
+    assert b.pages_per_round == a.pages_per_round
+    assert read_rows(tmp_path / "a.parquet") == read_rows(tmp_path / "b.parquet")
+
+
+# --- damaged captures: clear errors, nothing written ----------------------------------------------------
+def patched(src: Path, dst: Path, at: int, data: bytes) -> Path:
+    b = bytearray(src.read_bytes())
+    b[at : at + len(data)] = data
+    dst.write_bytes(bytes(b))
+    return dst
+
+
+def fails(tmp_path: Path, main: Path, chans: list[Path], exc=WireError, match: str = "") -> str:
+    out = tmp_path / "t.parquet"
+    with pytest.raises(exc, match=match) as ei:
+        import_multifd(main, chans, out)
+    assert not out.exists() and leftovers(tmp_path) == []
+    msg = str(ei.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def parsed(split2):
+    main, chans = split2
+    ms = read_main_stream(main)
+    return ms, [read_channel(c, ms.layout) for c in chans]
+
+
+def data_packet(ch, nth: int = 0) -> int:
+    ks = [k for k in range(ch.packets) if ch.normal[k] and not ch.flags[k] & MULTIFD_FLAG_SYNC]
+    return ks[nth]
+
+
+def test_truncated_packet(tmp_path, split2, parsed):
+    main, chans = split2
+    ch = parsed[1][1]
+    k = data_packet(ch, 1)
+    cut = ch.payload_at[k] + 100
+    bad = tmp_path / "c1.bin"
+    bad.write_bytes(chans[1].read_bytes()[:cut])
+    msg = fails(tmp_path, main, [chans[0], bad], match="truncated packet: its payload")
+    assert f"{bad}: offset {ch.payload_at[k]}:" in msg
+    bad.write_bytes(chans[1].read_bytes()[: ch.at[k] + 500])
+    msg = fails(tmp_path, main, [chans[0], bad], match="truncated packet: its header needs 1344 bytes")
+    assert f"offset {ch.at[k]}:" in msg
+    bad.write_bytes(chans[1].read_bytes()[:30])
+    fails(tmp_path, main, [chans[0], bad], match="initial packet .* needs 64 bytes")
+
+
+def test_missing_sync_packets(tmp_path, split2, parsed):
+    """A channel file cut at a packet boundary: it lacks the last syncs."""
+    main, chans = split2
+    ch = parsed[1][0]
+    bad = tmp_path / "c0.bin"
+    bad.write_bytes(chans[0].read_bytes()[: ch.at[ch.packets - 1]])
+    fails(tmp_path, main, [bad, chans[1]], match=r"channel 0 carries \d+ SYNC packets but the main stream has \d+ RAM sections")
+
+
+def test_bad_magic_and_version(tmp_path, split2, parsed):
+    main, chans = split2
+    ch = parsed[1][0]
+    k = data_packet(ch, 2)
+    bad = patched(chans[0], tmp_path / "c0.bin", ch.at[k], be32(0x11223345))
+    msg = fails(tmp_path, main, [bad, chans[1]], match="packet magic 0x11223345, expected 0x11223344")
+    assert f"offset {ch.at[k]}:" in msg
+    bad = patched(chans[0], tmp_path / "c0.bin", ch.at[k] + 4, be32(2))
+    fails(tmp_path, main, [bad, chans[1]], match="packet version 2, expected 1")
+    bad = patched(chans[0], tmp_path / "c0.bin", 0, be32(0xDEADBEEF))
+    msg = fails(tmp_path, main, [bad, chans[1]], match="not a multifd channel: initial packet magic 0xdeadbeef")
+    assert f"{bad}: offset 0:" in msg
+    fails(tmp_path, main, [main, chans[1]], match="this is a main stream")
+
+
+def test_offset_outside_block_or_unaligned(tmp_path, split2, parsed):
+    main, chans = split2
+    ms, cs = parsed
+    ch = cs[0]
+    k = data_packet(ch, 0)
+    slot = ch.at[k] + PACKET_HEADER_SIZE + 8 * 3
+    bad = patched(chans[0], tmp_path / "c0.bin", slot, be64(700 * PS))
+    msg = fails(tmp_path, main, [bad, chans[1]], match=r"page offset 0x2bc000 \(page 3 of the packet\) is outside block 'pc.ram' of 0x2bc000 bytes")
+    assert f"offset {slot}:" in msg
+    bad = patched(chans[0], tmp_path / "c0.bin", slot, be64(5 * PS + 8))
+    fails(tmp_path, main, [bad, chans[1]], match="is not page aligned")
+
+
+def test_unknown_block(tmp_path, split2, parsed):
+    main, chans = split2
+    ch = parsed[1][1]
+    k = data_packet(ch, 0)
+    bad = patched(chans[1], tmp_path / "c1.bin", ch.at[k] + 64, b"pc.rax\0")
+    msg = fails(tmp_path, main, [chans[0], bad], match=r"unknown RAM block 'pc.rax' \(the main stream's MEM_SIZE lists 'pc.ram', 'vga.vram', 'pc.bios'\)")
+    assert f"offset {ch.at[k] + 64}:" in msg
+
+
+def test_packet_num_backwards_or_repeated(tmp_path, split2, parsed):
+    main, chans = split2
+    ch = parsed[1][0]
+    k = data_packet(ch, 3)
+    bad = patched(chans[0], tmp_path / "c0.bin", ch.at[k] + 24, be64(ch.num[k - 1] - 1))
+    msg = fails(tmp_path, main, [bad, chans[1]], match=rf"packet_num {ch.num[k - 1] - 1} goes backwards \(the channel's previous packet, at offset {ch.at[k - 1]}, has {ch.num[k - 1]}\)")
+    assert f"offset {ch.at[k] + 24}:" in msg
+    bad = patched(chans[0], tmp_path / "c0.bin", ch.at[k] + 24, be64(ch.num[k - 1]))
+    fails(tmp_path, main, [bad, chans[1]], match="repeats the previous packet's")
+    # a number the other channel uses (between the two neighbours, so the order stays monotonic)
+    other = parsed[1][1]
+    mid = [n for n in other.num if ch.num[k - 1] < n < ch.num[k]]
+    assert mid
+    bad = patched(chans[0], tmp_path / "c0.bin", ch.at[k] + 24, be64(mid[0]))
+    fails(tmp_path, main, [bad, chans[1]], match=f"packet_num {mid[0]} also used by channel [01] .*global and unique")
+
+
+def test_missing_or_repeated_channel(tmp_path, split2):
+    main, chans = split2
+    fails(tmp_path, main, [chans[0]], match=r"packet numbers below \d+ never occur .* a channel file is missing")
+    fails(tmp_path, main, [chans[1]], match=r"channel ids \[1\] of 1 channel files: .* channel\(s\) \[0\] are missing")
+    fails(tmp_path, main, [chans[0], chans[0]], match="channel id 0 also in")
+    fails(tmp_path, main, [], match="at least one channel file")
+
+
+def test_page_sent_twice_in_a_section(tmp_path, split2, parsed):
+    main, chans = split2
+    ch = parsed[1][0]
+    k = data_packet(ch, 0)
+    first = int.from_bytes(chans[0].read_bytes()[ch.at[k] + PACKET_HEADER_SIZE : ch.at[k] + PACKET_HEADER_SIZE + 8], "big")
+    bad = patched(chans[0], tmp_path / "c0.bin", ch.at[k] + PACKET_HEADER_SIZE + 8, be64(first))
+    msg = fails(tmp_path, main, [bad, chans[1]], match=rf"block 'pc.ram' offset {first:#x} is sent twice \(packet {k} ")
+    assert "within one section QEMU sends a page at most once" in msg
+
+
+def test_main_stream_problems(tmp_path, single, split2):
+    main, chans = split2
+    # the single stream (PAGE records) is not the main stream of a multifd capture
+    fails(tmp_path, single["stream"], chans, match="PAGE record in the main stream of a multifd capture")
+    # a main stream cut inside the RAM data
+    cut = tmp_path / "main.mig"
+    cut.write_bytes(main.read_bytes()[:5000])
+    fails(tmp_path, cut, chans, match="truncated")
+
+
+def test_corrupt_compressed_payload(tmp_path, single):
+    main, chans = split_stream(single["stream"], tmp_path / "cap", channels=2, compression="zlib")
+    ms = read_main_stream(main)
+    ch = read_channel(chans[1], ms.layout)
+    k = data_packet(ch, 1)
+    bad = patched(chans[1], tmp_path / "c1.bin", ch.payload_at[k] + 5, b"\xff\xff\xff\xff")
+    msg = fails(tmp_path, main, [chans[0], bad], exc=DecodeError, match=f"zlib payload of packet {k} .*(does not inflate|gives)")
+    assert f"offset {ch.payload_at[k]}" in msg
+
+
+def test_cli_import_with_channels(tmp_path, split2, single):
+    main, chans = split2
+    out = tmp_path / "t.parquet"
+    args = [sys.executable, "-m", "pagecodec.cli", "trace", "import-qemu", str(main)]
+    for c in chans:
+        args += ["--channel", str(c)]
+    p = subprocess.run(args + ["-o", str(out), "--json"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["import"]["pages_per_round"] == single["report"].pages_per_round
+    assert [c["id"] for c in rep["channels"]] == [0, 1]
+    assert read_rows(out) == read_rows(single["trace"])
+    with TraceReader(out) as r:
+        assert "--channel" in r.meta.provenance.command
+    p = subprocess.run(args[:-2] + ["-o", str(tmp_path / "u.parquet")], capture_output=True, text=True)
+    assert p.returncode == 2 and "pagecodec: error:" in p.stderr and "a channel file is missing" in p.stderr
+    assert not (tmp_path / "u.parquet").exists()
