@@ -425,12 +425,17 @@ def capture() -> None:
               help="Page capability to switch on (default: all off).")
 @click.option("--xbzrle-cache-size", default=None, callback=_size, help="xbzrle-cache-size (with --capability xbzrle).")
 @click.option("--cont", is_flag=True, help="Resume the guest afterwards (it is left paused otherwise).")
-@click.option("--stream", "keep_stream", type=click.Path(dir_okay=False), help="Also keep the raw migration stream.")
+@click.option("--stream", "keep_stream", type=click.Path(), help="Also keep the raw migration stream "
+              "(with --multifd: a directory for main.mig and channel-<k>.bin).")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(1), help="Seconds before giving up.")
+@click.option("--multifd", type=click.IntRange(1, 255), default=None, metavar="N",
+              help="Migrate with N multifd channels over loopback TCP to pagecodec's recorder.")
+@click.option("--multifd-compression", default="none", show_default=True, type=click.Choice(["none", "zlib", "zstd"]),
+              help="multifd-compression (with --multifd).")
 @pass_ctx
 def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downtime_limit: int, passes: int,
                  capabilities: tuple[str, ...], xbzrle_cache_size: int | None, cont: bool, keep_stream: str | None,
-                 timeout: float) -> None:
+                 timeout: float, multifd: int | None, multifd_compression: str) -> None:
     """Migrate a running QEMU guest to a stream over QMP and import it as a trace."""
     from .trace.format import TraceReader
     from .trace.qemu_capture import capture_qemu as do_capture
@@ -438,7 +443,8 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
     def run(progress: Callable[[Any], None] | None) -> Any:
         return do_capture(qmp_socket, output, max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
                           passes=passes or None, capabilities=capabilities, xbzrle_cache_size=xbzrle_cache_size,
-                          cont=cont, keep_stream=keep_stream, timeout=timeout, progress=progress)
+                          cont=cont, keep_stream=keep_stream, timeout=timeout, progress=progress,
+                          **({"multifd": multifd, "multifd_compression": multifd_compression} if multifd else {}))
 
     if c.progress:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -452,7 +458,8 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
     with TraceReader(output) as r:
         rounds, pages = r.num_rounds, r.num_pages
     click.echo(f"captured: {m.passes} passes, {m.transferred / 1e6:.1f} MB sent in {m.elapsed:.1f} s "
-               f"(stream {m.size} bytes) -> {output}: {rounds} rounds, {pages} pages"
+               f"({'multifd ' + str(multifd) + ' channels, ' if multifd else ''}stream {m.size} bytes) -> {output}: "
+               f"{rounds} rounds, {pages} pages"
                + ("; guest resumed" if res.resumed else "; guest left paused"))
 
 

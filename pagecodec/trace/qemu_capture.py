@@ -74,13 +74,28 @@ def capture_qemu(
     progress: Callable[[Progress], None] | None = None,
     qmp: QMP | None = None,
     connect_timeout: float = 5.0,
+    multifd: int | None = None,
+    multifd_compression: str = "none",
 ) -> CaptureResult:
     """Migrate the VM behind ``qmp_socket`` into a temporary stream and import it as ``output``.
 
     ``passes``: raise the limits (so the migration completes) once QEMU has made this many dirty-bitmap
     syncs; None leaves them as set. ``keep_stream``: also keep the raw migration stream there.
     ``qmp``: an open session to use instead of connecting to ``qmp_socket``.
+    ``multifd``: migrate with this many multifd channels (``multifd_compression`` none/zlib/zstd) over
+    loopback TCP to pagecodec's recorder (:func:`pagecodec.trace.multifd.capture_multifd`); ``keep_stream``
+    is then a directory for ``main.mig`` and ``channel-<k>.bin``.
     """
+    if multifd:
+        if capabilities or xbzrle_cache_size is not None:
+            raise QemuError("multifd captures take no other page capability (QEMU 7.2 sends no XBZRLE or "
+                            "compressed pages through multifd)")
+        from .multifd import capture_multifd
+
+        return capture_multifd(qmp_socket, output, channels=multifd, compression=multifd_compression,
+                               max_bandwidth=max_bandwidth, downtime_limit=downtime_limit, passes=passes,
+                               cont=cont, keep_dir=keep_stream, timeout=timeout, progress=progress, qmp=qmp,
+                               connect_timeout=connect_timeout)
     output = Path(output)
     settings = MigrationSettings(
         capabilities=tuple(capabilities), max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
