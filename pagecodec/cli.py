@@ -440,6 +440,9 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
     from .trace.format import TraceReader
     from .trace.qemu_capture import capture_qemu as do_capture
 
+    if keep_stream and not multifd and os.path.isdir(keep_stream):
+        raise click.BadParameter(f"{keep_stream!r} is a directory (only --multifd keeps a directory)", param_hint="--stream")
+
     def run(progress: Callable[[Any], None] | None) -> Any:
         return do_capture(qmp_socket, output, max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
                           passes=passes or None, capabilities=capabilities, xbzrle_cache_size=xbzrle_cache_size,

@@ -56,9 +56,9 @@ inside a section is recovered from QEMU's search rule, not from arrival times:
   it in stream order, and the channel pages in packet_num order (SYNC packets with pages excluded:
   their number is the sync's, not their queue position). If e + 1 fails, the rotation is re-derived
   from the data (0 after ``ram_state_reset``, or right after the last page of a wrapped subsequence),
-  counted as ``restarts``; a section where the channel order cannot be reconciled is imported in
-  the main stream's order and counted as ``order_conflicts``; a main stream that wraps twice in one
-  section cannot come from one sweep and is an error.
+  counted as ``restarts``; a section whose channel order cannot be reconciled takes the first
+  rotation that fits its ZERO records and is counted as ``order_conflicts``; ZERO records that wrap
+  twice in one section cannot come from one sweep and are an error.
 
 Limits: the destination's RAM is fully determined by the files (pages are unique per section and
 sections are applied in order), so the trace's images are exact; only *where* a pass boundary falls
@@ -768,8 +768,7 @@ class _MergeStats:
     packets: int = 0
 
 
-def _merge(main: MainStream, chans: list[ChannelFile], out: Path, *, keep_main_pages: bool = True,
-           only_zero: bool = False) -> _MergeStats:
+def _merge(main: MainStream, chans: list[ChannelFile], out: Path, *, only_zero: bool = False) -> _MergeStats:
     """Write the single stream: main stream bytes verbatim except the RAM sections' page records, which are
     rewritten in QEMU's search order (see the module docstring), CONTINUE flags recomputed."""
     lay = main.layout
@@ -868,7 +867,7 @@ def _merge(main: MainStream, chans: list[ChannelFile], out: Path, *, keep_main_p
             blocks = lay.block_of(allg[order])
             offs = (allg[order] - lay.starts[blocks]) * ps
             cpage_arr = np.concatenate(cpages) if cpages else None
-            for j, (i, bi, off) in enumerate(zip(order.tolist(), blocks.tolist(), offs.tolist())):
+            for i, bi, off in zip(order.tolist(), blocks.tolist(), offs.tolist()):
                 if i < nm:
                     mi = int(m_idx[i])
                     zero = sec.kind[mi] == 0
