@@ -3,6 +3,9 @@
 Run: ``pytest bench/bench_xbzrle.py --benchmark-only`` (``--benchmark-columns=mean,ops`` helps).
 Each benchmark records ``MB/s`` (page data, 1 MB = 10**6 bytes) in ``extra_info``; for a
 table against QEMU's C figures use ``python bench/xbzrle_ratio.py``.
+
+The kernels are compiled by numba on first use (or loaded from its cache); ``warm_kernels`` does
+that before any benchmark, so no timing includes it.
 """
 
 from __future__ import annotations
@@ -11,10 +14,15 @@ import numpy as np
 import pytest
 
 from pagecodec.codecs.xbzrle_kernel import decode_batch, encode_batch
-from xbzrle_ratio import make_regime
+from xbzrle_ratio import make_regime, warm_up
 
 PAGES = 256
 REGIMES = ["0.1%", "1% clustered", "1% scattered", "10% scattered", "50% scattered", "50% clustered"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_kernels():
+    warm_up()
 
 
 @pytest.fixture(scope="module", params=REGIMES)

@@ -1,4 +1,4 @@
-"""XBZRLE: QEMU's XOR-based zero-run-length page delta, as batched numpy kernels.
+"""XBZRLE: QEMU's XOR-based zero-run-length page delta, as compiled batch kernels.
 
 The wire format (migration/xbzrle.c, QEMU 7.2)::
 
@@ -20,10 +20,8 @@ Encoder
         L > P                                   (a pair does not fit), or
         L >= P - 1 and the page ends unchanged  (the top-of-loop check fires first)
 
-    Every other check in the loop is implied by the first (a pair costs at least 3 bytes). The
-    kernel derives runs for a whole batch at once: compare 64-bit words, look at the bytes of
-    changed words only, find run starts/ends with shifted boolean masks, then size and place every
-    run with cumulative sums. There is no Python loop per page, per run or per byte.
+    The kernel is QEMU's loop itself, with the same checks in the same places; it finds run ends
+    32 and 8 bytes at a time (which changes no result).
 
     QEMU 8.0+ also has an AVX512 encoder that disagrees with the scalar one near the ``dlen``
     boundary (it accepts some encodings of length 4095/4096 that end in an unchanged run, and on
@@ -38,9 +36,21 @@ Decoder
     would have patched part of it. An empty record is accepted and changes nothing (QEMU's loop does
     not run). The load side (``load_xbzrle``) additionally rejects an encoding flag other than 0x01
     and a length above the page size: :func:`check_record_header`.
+
+Kernels
+    Both directions are loops over bytes, sequential within a page (the position of each pair
+    depends on the lengths before it), which array code can only vectorise across pages. They are
+    written as plain Python and compiled by numba on first use (:func:`_jit`; numba itself is
+    imported only then). ``force_path="py"`` runs the same source in the interpreter instead (slow;
+    for tests and debugging).
 """
 
 from __future__ import annotations
+
+import threading
+import types
+import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -67,14 +77,6 @@ def _check_page_size(ps: int) -> int:
     if ps < 8 or ps > _MAX_PAGE_SIZE or ps & (ps - 1):
         raise ValueError(f"XBZRLE page size must be a power of two in [8, {_MAX_PAGE_SIZE}], got {ps}")
     return ps.bit_length() - 1
-
-
-_BYTE_SUM = np.uint64(0x0101010101010101)
-
-
-def _bytes_set(mask: np.ndarray) -> np.ndarray:
-    """Per 8-byte group of a contiguous bool array: how many are True (uint64)."""
-    return (mask.view(np.uint64) * _BYTE_SUM) >> np.uint64(56)
 
 
 def _as_pages(a: np.ndarray, name: str) -> np.ndarray:
@@ -107,230 +109,29 @@ def encode_batch(
     - ``starts``: int64 (n,): where each page's encoding starts in ``data``. Valid where L > 0;
       elsewhere it is the offset the next encoding starts at, so ``starts`` is non-decreasing.
 
-    ``force_path`` ("dense" or "sparse") pins the internal strategy (for tests); by default it is
-    chosen per call from the density of changed bytes inside changed words.
+    ``force_path="py"`` runs the kernel's Python source in the interpreter (slow; for tests).
     """
     old = _as_pages(old, "old")
     new = _as_pages(new, "new")
     if old.shape != new.shape:
         raise ValueError(f"old and new differ in shape: {old.shape} vs {new.shape}")
     n, ps = old.shape
-    shift = _check_page_size(ps)
-    lengths = np.zeros(n, np.int32)
+    _check_page_size(ps)
     starts = np.zeros(n, np.int64)
-    empty = np.zeros(0, np.uint8)
     if n == 0:
-        return lengths, empty, starts
-
-    # 1. changed 64-bit words: the only pass over the whole batch
-    ow = old.reshape(-1).view(np.uint64)
-    nw = new.reshape(-1).view(np.uint64)
-    cw = np.flatnonzero(ow != nw)  # global word index, ascending
-    if cw.size == 0:
-        return lengths, empty, starts
-    # The rest works on changed words only, in chunks of whole pages that keep the per-word and
-    # per-run arrays cache-sized.
-    if cw.size <= _CHUNK_WORDS:
-        parts = [_encode_words(ow, nw, cw, n, shift, lengths, force_path)]
-    else:
-        wshift = shift - 3
-        first_word = np.searchsorted(cw, np.arange(n + 1) << wshift)  # per page, into cw
-        cuts = np.unique(first_word[np.searchsorted(first_word, np.arange(0, cw.size, _CHUNK_WORDS), "right") - 1])
-        cuts = np.append(cuts[cuts < cw.size], cw.size)
-        if cuts[0] != 0:
-            cuts = np.insert(cuts, 0, 0)
-        parts = [
-            _encode_words(ow, nw, cw[a:b], n, shift, lengths, force_path)
-            for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())
-        ]
-    data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    pos_lens = np.where(lengths > 0, lengths, 0)
-    np.cumsum(pos_lens[:-1], out=starts[1:])
-    return lengths, data, starts
+        return np.zeros(0, np.int32), np.zeros(0, np.uint8), starts
+    out = np.empty(n * ps, np.uint8)  # an accepted encoding fits its page, and QEMU writes no further
+    lengths, used = _kernel(_encode_pages, force_path)(_readonly(old), _readonly(new), out)
+    np.cumsum(np.maximum(lengths[:-1], 0), out=starts[1:])
+    return lengths, out[: int(used)].copy(), starts
 
 
-_CHUNK_WORDS = 65536  # changed words per internal chunk of the encoder
-
-
-def _encode_words(
-    ow: np.ndarray, nw: np.ndarray, cw: np.ndarray, n: int, shift: int, lengths: np.ndarray, force_path: str | None
-) -> np.ndarray:
-    """Encode the pages that the changed words ``cw`` (ascending, whole pages) belong to.
-
-    Fills ``lengths`` for those pages and returns their encodings, back to back in page order.
-    """
-    ps = 1 << shift
-    empty = np.zeros(0, np.uint8)
-    neww = nw[cw]
-    # 2. changed bytes, looked at only inside changed words
-    k = cw.size
-    fb = (ow[cw] ^ neww).view(np.uint8) != 0  # (k*8,) changed-byte mask of the gathered words
-    T = int(np.count_nonzero(fb))
-    dense = 2 * T > fb.size  # long runs: stay in the mask domain; else switch to byte positions
-    if force_path is not None:
-        dense = force_path == "dense"
-
-    # 3. runs: maximal, and never across a page boundary
-    if dense:
-        wshift = shift - 3
-        prefiltered = False
-        while True:
-            xb = fb.reshape(k, 8)
-            # word j directly continues word j-1 (adjacent and in the same page)
-            cont = np.zeros(k, bool)
-            np.equal(cw[1:] - cw[:-1], 1, out=cont[1:])
-            cont[1:] &= (cw[1:] & ((1 << wshift) - 1)) != 0
-            carry_in = np.zeros(k, bool)  # a run enters word j from word j-1
-            np.logical_and(xb[:-1, 7], cont[1:], out=carry_in[1:])
-            mark = np.empty_like(fb)  # run starts
-            mark[0] = fb[0]
-            np.greater(fb[1:], fb[:-1], out=mark[1:])
-            mark[0::8] = xb[:, 0] > carry_in
-            if prefiltered or 4 * T <= (int(cw[-1] - cw[0]) + 8) * 8:  # < 25% of the bytes spanned
-                break
-            # Heavily changed batch: L >= changed bytes + 2 per run, so pages over that bound
-            # overflow for certain; drop them before the per-run work.
-            prefiltered = True
-            wp = cw >> wshift
-            per_word = _bytes_set(fb) + 2 * _bytes_set(mark)
-            firstw = np.flatnonzero(np.concatenate(([True], wp[1:] != wp[:-1])))
-            doomed = np.add.reduceat(per_word, firstw) > np.uint64(ps)
-            if not doomed.any():
-                break
-            lengths[wp[firstw[doomed]]] = -1
-            keepw = ~np.repeat(doomed, np.diff(np.append(firstw, k)))
-            cw = cw[keepw]
-            if cw.size == 0:
-                return empty
-            neww = neww[keepw]
-            fb = xb[keepw].reshape(-1)
-            k = cw.size
-            T = int(np.count_nonzero(fb))
-        carry_out = np.zeros(k, bool)  # a run leaves word j into word j+1
-        np.logical_and(xb[1:, 0], carry_in[1:], out=carry_out[:-1])
-        si = np.flatnonzero(mark)
-        mark[-1] = fb[-1]  # run ends (inclusive)
-        np.greater(fb[:-1], fb[1:], out=mark[:-1])
-        mark[7::8] = xb[:, 7] > carry_out
-        ei = np.flatnonzero(mark)
-        del mark
-        S = cw[si >> 3]
-        S <<= 3
-        S |= si & 7
-        E = cw[ei >> 3]
-        E <<= 3
-        E |= ei & 7
-        E += 1
-        R = S.size
-        nz = E - S
-    else:
-        bi = np.flatnonzero(fb)
-        cb = cw[bi >> 3]
-        cb <<= 3
-        cb |= bi & 7  # global byte position of every changed byte, ascending
-        brk = np.empty(T, bool)
-        brk[0] = True
-        np.not_equal(cb[1:] - cb[:-1], 1, out=brk[1:])
-        brk |= (cb & (ps - 1)) == 0
-        st = np.flatnonzero(brk)
-        R = st.size
-        S = cb[st]  # first byte of each run
-        nz = np.empty(R, np.int64)  # run length
-        nz[:-1] = st[1:] - st[:-1]
-        nz[-1] = T - st[-1]
-        E = S + nz  # one past the run's last byte
-
-    # zrun = distance from the previous run's end, or from the page start for a page's first run
-    page = S >> shift
-    base = page << shift
-    prevE = np.empty(R, np.int64)
-    prevE[0] = 0
-    prevE[1:] = E[:-1]
-    z = S - np.maximum(prevE, base, out=prevE)
-    zb = z >= 128
-    nb = nz >= 128
-    nz_all = nz
-    size = nz + 2
-    size += zb
-    size += nb
-
-    # 4. per-page length and QEMU's overflow rule
-    first = np.empty(R, bool)
-    first[0] = True
-    np.not_equal(page[1:], page[:-1], out=first[1:])
-    fi = np.flatnonzero(first)
-    pg = page[fi]
-    L = np.add.reduceat(size, fi)
-    last = np.empty_like(fi)
-    last[:-1] = fi[1:] - 1
-    last[-1] = R - 1
-    trailing = (E[last] & (ps - 1)) != 0  # the page ends in an unchanged run
-    ovf = (L > ps) | ((L >= ps - 1) & trailing)
-    lengths[pg] = np.where(ovf, -1, L)
-    keep_run = None
-    if ovf.any():
-        if ovf.all():
-            return empty
-        runs_per_page = np.empty_like(fi)
-        runs_per_page[:-1] = fi[1:] - fi[:-1]
-        runs_per_page[-1] = R - fi[-1]
-        keep_run = np.repeat(~ovf, runs_per_page)
-        z = z[keep_run]
-        nz = nz[keep_run]
-        zb = zb[keep_run]
-        nb = nb[keep_run]
-        size = size[keep_run]
-        R = z.size
-
-    # the changed bytes' new values, in order, without those of overflowing pages
-    new_bytes = neww.view(np.uint8)
-    if dense:
-        if keep_run is not None:
-            keep_page = np.ones(n, bool)
-            keep_page[pg[ovf]] = False
-            fb = (fb.reshape(k, 8) & keep_page[cw >> (shift - 3)][:, None]).reshape(-1)
-        lit_vals = new_bytes[fb]
-    else:
-        lit_vals = new_bytes[bi]
-        if keep_run is not None:
-            lit_vals = lit_vals[np.repeat(keep_run, nz_all)]
-    T = lit_vals.size
-
-    # 5. placement: pair r occupies data[off[r] : off[r] + size[r]]
-    off = np.cumsum(size)
-    total = int(off[-1])
-    off -= size
-    data = np.empty(total, np.uint8)
-    lit = np.ones(total, bool) if dense else None  # dense path: mask of literal bytes in data
-    zb8 = zb.view(np.uint8)
-    nb8 = nb.view(np.uint8)
-    for count, big, big8 in ((z, zb, zb8), (nz, nb, nb8)):  # zrun header, then nzrun header
-        data[off] = (count.astype(np.uint8) & 0x7F) | (big8 << 7)
-        if lit is not None:
-            lit[off] = False
-        if big.any():
-            o2 = off[big] + 1
-            data[o2] = (count[big] >> 7).astype(np.uint8)
-            if lit is not None:
-                lit[o2] = False
-        off += 1
-        off += big8
-    # off is now where each run's literal bytes start
-    if lit is not None:
-        data[lit] = lit_vals  # long runs: a predictable mask, cheap to apply
-        return data
-    # literal byte t of the batch goes to t + (header bytes up to and including its run)
-    off -= np.cumsum(nz) - nz
-    if R == T:  # every run is one byte long (scattered changes)
-        dst = off
-    else:
-        runs = np.zeros(T, np.int64)
-        runs[(np.cumsum(nz) - nz)[1:]] = 1
-        np.cumsum(runs, out=runs)
-        dst = off[runs]
-    dst += np.arange(T)
-    data[dst] = lit_vals
-    return data
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` as a read-only array (one numba specialisation for any input)."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
 
 
 def encode_page(old: np.ndarray, new: np.ndarray) -> bytes | int:
@@ -340,6 +141,113 @@ def encode_page(old: np.ndarray, new: np.ndarray) -> bytes | int:
         raise ValueError("encode_page takes one page")
     L = int(lengths[0])
     return data.tobytes() if L > 0 else L
+
+
+# The kernels' index arithmetic is unsigned (np.uint64, and the constants below): numba gives every
+# signed index a negative-index wraparound, which slows the loops and stops LLVM from vectorising
+# the copies.
+_U0, _U1, _U2, _U3, _U7, _U8, _U16, _U24, _U32 = (np.uint64(v) for v in (0, 1, 2, 3, 7, 8, 16, 24, 32))
+_U127, _U128 = np.uint64(127), np.uint64(128)
+_ONES = np.uint64(0x0101010101010101)
+_HIGHS = np.uint64(0x8080808080808080)
+
+
+def _load8(a, i):
+    """a[i : i + 8] as a little-endian uint64 (compiled: one unaligned load)."""
+    return np.uint64(int.from_bytes(a[i : i + 8].tobytes(), "little"))
+
+
+def _ctz(x):
+    """The number of trailing zero bits of the uint64 x != 0 (compiled: LLVM's cttz)."""
+    x = int(x)
+    return np.uint64((x & -x).bit_length() - 1)
+
+
+def _uleb(out, p, v):
+    """QEMU's uleb128_encode_small(out + p, v) (v < 2**14); returns the position after it."""
+    if v < _U128:
+        out[p] = np.uint8(v)
+        return p + _U1
+    out[p] = np.uint8((v & _U127) | _U128)
+    out[p + _U1] = np.uint8(v >> _U7)
+    return p + _U2
+
+
+def _encode_page(old, new, out, base, ps):
+    """``xbzrle_encode_buffer(old, new, slen=ps, out + base, dlen=ps)``: the length, 0 or -1.
+
+    QEMU's loop: the same checks in the same places. Run ends are found 32, then 8 bytes at a time
+    (the first byte that differs: the lowest set bit of the XOR; the first equal byte: the lowest
+    zero byte of the XOR, by the has-zero-byte trick, exact for the lowest one).
+    """
+    i = _U0
+    d = _U0
+    while i < ps:
+        if d + _U2 > ps:
+            return -1
+        z0 = i  # zrun: bytes equal
+        found = False
+        while i + _U32 <= ps:
+            x = _load8(old, i) ^ _load8(new, i)
+            x |= _load8(old, i + _U8) ^ _load8(new, i + _U8)
+            x |= _load8(old, i + _U16) ^ _load8(new, i + _U16)
+            x |= _load8(old, i + _U24) ^ _load8(new, i + _U24)
+            if x:
+                break
+            i += _U32
+        while i + _U8 <= ps:
+            x = _load8(old, i) ^ _load8(new, i)
+            if x:
+                i += _ctz(x) >> _U3
+                found = True
+                break
+            i += _U8
+        if not found:
+            while i < ps and old[i] == new[i]:
+                i += _U1
+        if i - z0 == ps:  # the page is unchanged
+            return 0
+        if i == ps:  # an unchanged tail is not sent
+            return np.int64(d)
+        d = _uleb(out, base + d, i - z0) - base
+        if d + _U2 > ps:
+            return -1
+        n0 = i  # nzrun: bytes that differ
+        found = False
+        while i + _U8 <= ps:
+            x = _load8(old, i) ^ _load8(new, i)
+            t = (x - _ONES) & ~x & _HIGHS
+            if t:
+                i += _ctz(t) >> _U3
+                found = True
+                break
+            i += _U8
+        if not found:
+            while i < ps and old[i] != new[i]:
+                i += _U1
+        nz = i - n0
+        d = _uleb(out, base + d, nz) - base
+        if d + nz > ps:
+            return -1
+        for t in range(nz):
+            out[base + d + t] = new[n0 + t]
+        d += nz
+    return np.int64(d)
+
+
+def _encode_pages(old, new, out):
+    """Encode page k of ``new`` against page k of ``old``, for every k; the encodings with a length
+    L > 0 go to ``out`` back to back. Returns (lengths (int32), bytes used in ``out``)."""
+    n = old.shape[0]
+    ps = np.uint64(old.shape[1])
+    lengths = np.empty(n, np.int32)
+    used = _U0
+    for k in range(n):
+        L = _encode_page(old[k], new[k], out, used, ps)
+        lengths[k] = L
+        if L > 0:
+            used += np.uint64(L)
+    return lengths, used
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,59 +292,338 @@ def check_record_header(
 
 
 def _as_buffer(data) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        if data.dtype != np.uint8 or data.ndim != 1:
-            data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-        return data
-    return np.frombuffer(data, np.uint8)
+    """The bytes of ``data`` (bytes-like, or any numpy array) as a contiguous 1-D uint8 array."""
+    if not isinstance(data, np.ndarray):
+        return np.frombuffer(data, np.uint8)
+    if not data.flags.c_contiguous:
+        data = np.ascontiguousarray(data)
+    if data.dtype != np.uint8 or data.ndim != 1:
+        data = data.view(np.uint8).reshape(-1)
+    return data
 
 
-def _parse_record(buf: bytes, dlen: int) -> tuple[list[tuple[int, int, int]], tuple[str, int, str] | None]:
-    """Walk one record with QEMU's checks, in QEMU's order.
+#: ``.reason`` for each nonzero status code of :func:`_decode_records`.
+_CODE_REASON = (
+    None,
+    "truncated-zrun",
+    "uleb-too-long",
+    "zero-zrun",
+    "zrun-past-page",
+    "truncated-nzrun",
+    "uleb-too-long",
+    "zero-nzrun",
+    "nzrun-past-page",
+    "nzrun-past-input",
+)
 
-    Returns the pairs as (page offset, record offset of the literal bytes, count) and, if the record
-    is rejected, (reason, record offset of the failing header, detail).
+
+def _detail(code: int, v1: int, v2: int, dlen: int) -> str:
+    if code in (1, 5):
+        return f" ({v1} left)"
+    if code in (4, 8):
+        return f" (to {v1} > {dlen})"
+    if code == 9:
+        return f" ({v1} bytes, {v2} left)"
+    return {2: " (zrun)", 6: " (nzrun)"}.get(code, "")
+
+
+# The decoding kernel, _decode_records, and its helpers (compiled with it: see _jit).
+
+_FEW_PAIRS = 8  # records with at most this many pairs are validated, then applied in place
+
+
+def _copy16(dst, a, src, b) -> None:
+    """dst[a : a + 16] = src[b : b + 16]; compiled: one unaligned 16-byte load and store."""
+    dst[a : a + 16] = src[b : b + 16]
+
+
+def _pair(buf, s, e, i, d, dlen):
+    """The pair at buf[i] of the record buf[s:e], with QEMU's checks in QEMU's order.
+
+    ``d``: page offset before it. Returns (status, offset in the record, v1, v2, zrun, nzrun,
+    position of the literal bytes); status 0 = valid, else the rule that failed (``_CODE_REASON``).
     """
-    runs: list[tuple[int, int, int]] = []
-    slen = len(buf)
-    i = d = 0
-    while i < slen:
-        if slen - i < 2:
-            return runs, ("truncated-zrun", i, f" ({slen - i} left)")
-        b0 = buf[i]
-        if b0 < 0x80:
-            z, zl = b0, 1
-        else:
-            b1 = buf[i + 1]
-            if b1 >= 0x80:
-                return runs, ("uleb-too-long", i, " (zrun)")
-            z, zl = (b0 & 0x7F) | (b1 << 7), 2
-        if i and not z:
-            return runs, ("zero-zrun", i, "")
+    if i + _U2 > e:
+        return 1, i - s, e - i, _U0, _U0, _U0, _U0
+    z = np.uint64(buf[i])
+    j = i + _U1
+    if z >= _U128:
+        hi = np.uint64(buf[j])
+        if hi >= _U128:
+            return 2, i - s, _U0, _U0, _U0, _U0, _U0
+        z = (z & _U127) | (hi << _U7)
+        j += _U1
+    if z == _U0 and i != s:
+        return 3, i - s, _U0, _U0, _U0, _U0, _U0
+    if d + z > dlen:
+        return 4, i - s, d + z, _U0, _U0, _U0, _U0
+    if j + _U2 > e:
+        return 5, j - s, e - j, _U0, _U0, _U0, _U0
+    nz = np.uint64(buf[j])
+    lit = j + _U1
+    if nz >= _U128:
+        hi = np.uint64(buf[lit])
+        if hi >= _U128:
+            return 6, j - s, _U0, _U0, _U0, _U0, _U0
+        nz = (nz & _U127) | (hi << _U7)
+        lit += _U1
+    if nz == _U0:
+        return 7, j - s, _U0, _U0, _U0, _U0, _U0
+    if d + z + nz > dlen:
+        return 8, j - s, d + z + nz, _U0, _U0, _U0, _U0
+    if lit + nz > e:
+        return 9, j - s, nz, e - lit, _U0, _U0, _U0
+    return 0, _U0, _U0, _U0, z, nz, lit
+
+
+def _check_few(buf, s, e, dlen):
+    """Validate the record buf[s:e] if it has at most _FEW_PAIRS pairs.
+
+    Returns (status, offset, v1, v2, many): many = it has more pairs (those seen are valid).
+    """
+    i = s
+    d = _U0
+    pairs = 0
+    while i < e:
+        if pairs == _FEW_PAIRS:
+            return 0, _U0, _U0, _U0, True
+        code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
+        if code:
+            return code, off, v1, v2, False
+        d += z + nz
+        i = lit + nz
+        pairs += 1
+    return 0, _U0, _U0, _U0, False
+
+
+def _apply_valid(buf, s, e, page) -> None:
+    """Apply the record buf[s:e], known to be valid, to ``page``."""
+    i = s
+    d = _U0
+    while i < e:
+        z = np.uint64(buf[i])
+        i += _U1
+        if z >= _U128:
+            z = (z & _U127) | (np.uint64(buf[i]) << _U7)
+            i += _U1
+        nz = np.uint64(buf[i])
+        i += _U1
+        if nz >= _U128:
+            nz = (nz & _U127) | (np.uint64(buf[i]) << _U7)
+            i += _U1
         d += z
-        if d > dlen:
-            return runs, ("zrun-past-page", i, f" (to {d} > {dlen})")
-        j = i + zl
-        if slen - j < 2:
-            return runs, ("truncated-nzrun", j, f" ({slen - j} left)")
-        c0 = buf[j]
-        if c0 < 0x80:
-            nz, nl = c0, 1
-        else:
-            c1 = buf[j + 1]
-            if c1 >= 0x80:
-                return runs, ("uleb-too-long", j, " (nzrun)")
-            nz, nl = (c0 & 0x7F) | (c1 << 7), 2
-        if not nz:
-            return runs, ("zero-nzrun", j, "")
-        if d + nz > dlen:
-            return runs, ("nzrun-past-page", j, f" (to {d + nz} > {dlen})")
-        if j + nl + nz > slen:
-            return runs, ("nzrun-past-input", j, f" ({nz} bytes, {slen - j - nl} left)")
-        runs.append((d, j + nl, nz))
+        for t in range(nz):
+            page[d + t] = buf[i + t]
         d += nz
-        i = j + nl + nz
-    return runs, None
+        i += nz
+
+
+# Records with many pairs are decoded in one pass into ``out``, a scratch copy of the page (with 32
+# bytes of slack), which is copied to the page once the record has been accepted. A literal run of
+# up to 16 bytes is copied as 16 bytes, and the 16 bytes after it are then restored from the page:
+# no branch depends on the run lengths. The common pair (zrun 1-16383 in a valid ULEB, one-byte
+# nzrun 1-16, clear of the page end and of the end of ``buf``) takes one combined test that implies
+# all of QEMU's checks; any other pair goes through ``_pair`` (in ``_next_pair``).
+
+
+def _tail_limits(e, nbuf, dlen):
+    """(emax, dmax): a common pair can be taken whole if it ends at or before buf[emax] and page
+    offset dmax. From a position 0 < i <= emax, buf[i : i + 3] can be read, and the 16 bytes after
+    a pair ending there. (The callers' positions are past a record's first pair, so never 0.)"""
+    emax = e if e + _U16 <= nbuf else (nbuf - _U16 if nbuf >= _U16 else _U0)
+    dmax = dlen - _U16 if dlen >= _U16 else _U0
+    return emax, dmax
+
+
+def _put(out, buf, page, d, z, nz, lit, dlen, nbuf):
+    """Decode one checked pair into ``out``; returns the page offset after it."""
+    d += z
+    if nz <= _U16 and lit + _U16 <= nbuf:
+        _copy16(out, d, buf, lit)
+    else:
+        for t in range(nz):
+            out[d + t] = buf[lit + t]
+    d += nz
+    if d + _U16 <= dlen:
+        _copy16(out, d, page, d)
+    else:
+        for t in range(dlen - d):
+            out[d + t] = page[d + t]
+    return d
+
+
+def _start(buf, s, e, page, out, dlen, nbuf):
+    """Scratch copy of the page, and the record's first pair (whose zrun may be 0): (status, ..., i, d)."""
+    for t in range(dlen):
+        out[t] = page[t]
+    return _next_pair(buf, s, e, s, _U0, page, out, dlen, nbuf)
+
+
+def _finish(buf, s, e, i, d, page, out, dlen, nbuf):
+    """Decode the rest of the record into ``out``, from buf[i] and page offset d: (status, ..., d)."""
+    emax, dmax = _tail_limits(e, nbuf, dlen)
+    while i < e:
+        if i <= emax:  # (then buf[i : i + 3] can be read)
+            z = np.uint64(buf[i])
+            j = i + _U1
+            ok = True
+            if z >= _U128:  # a two-byte zrun
+                hi = np.uint64(buf[j])
+                ok = hi < _U128
+                z = (z & _U127) | (hi << _U7)
+                j += _U1
+            nz = np.uint64(buf[j])
+            lit = j + _U1
+            ni = lit + nz
+            nd = d + z + nz
+            if ok & (z != _U0) & ((nz - _U1) < _U16) & (nd <= dmax) & (ni <= emax):
+                _copy16(out, d + z, buf, lit)
+                _copy16(out, nd, page, nd)
+                d = nd
+                i = ni
+                continue
+        code, off, v1, v2, i, d = _next_pair(buf, s, e, i, d, page, out, dlen, nbuf)
+        if code:
+            return code, off, v1, v2, d
+    return 0, _U0, _U0, _U0, d
+
+
+def _next_pair(buf, s, e, i, d, page, out, dlen, nbuf):
+    """Check and decode any pair into ``out``: (status, offset, v1, v2, next i, next d).
+
+    Compiled as a function of its own, so that ``_finish``'s loop stays small.
+    """
+    code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
+    if code:
+        return code, off, v1, v2, i, d
+    return 0, _U0, _U0, _U0, lit + nz, _put(out, buf, page, d, z, nz, lit, dlen, nbuf)
+
+
+def _decode_one(buf, s, e, page, out, dlen, nbuf):
+    """Decode a record with many pairs; write the page if it is valid. Returns (status, offset, v1, v2)."""
+    code, off, v1, v2, i, d = _start(buf, s, e, page, out, dlen, nbuf)
+    if code == 0:
+        code, off, v1, v2, d = _finish(buf, s, e, i, d, page, out, dlen, nbuf)
+    if code == 0:
+        for t in range(d):
+            page[t] = out[t]
+    return code, off, v1, v2
+
+
+def _decode_two(buf, s, e, page, out, s2, e2, page2, out2, dlen, nbuf):
+    """_decode_one for two records at once, whose parses (dependency chains) then overlap.
+
+    Returns (status, offset, v1, v2, which): which = 0 or 1, the record that failed; the second
+    record's page is written only if the first one is valid.
+    """
+    code, off, v1, v2, i, d = _start(buf, s, e, page, out, dlen, nbuf)
+    if code:
+        return code, off, v1, v2, 0
+    code2, off2, w1, w2, i2, d2 = _start(buf, s2, e2, page2, out2, dlen, nbuf)
+    if code2 == 0:
+        emax, dmax = _tail_limits(e, nbuf, dlen)
+        emax2, _ = _tail_limits(e2, nbuf, dlen)
+        while (i <= emax) & (i2 <= emax2):  # both records: common pairs only
+
+            z = np.uint64(buf[i])
+            nz = np.uint64(buf[i + _U1])
+            z2 = np.uint64(buf[i2])
+            nz2 = np.uint64(buf[i2 + _U1])
+            lit = i + _U2
+            lit2 = i2 + _U2
+            ni = lit + nz
+            ni2 = lit2 + nz2
+            nd = d + z + nz
+            nd2 = d2 + z2 + nz2
+            ok = ((z - _U1) < _U127) & ((nz - _U1) < _U16) & (nd <= dmax) & (ni <= emax)
+            ok2 = ((z2 - _U1) < _U127) & ((nz2 - _U1) < _U16) & (nd2 <= dmax) & (ni2 <= emax2)
+            if not (ok & ok2):
+                break
+            _copy16(out, d + z, buf, lit)
+            _copy16(out2, d2 + z2, buf, lit2)
+            _copy16(out, nd, page, nd)
+            _copy16(out2, nd2, page2, nd2)
+            d = nd
+            d2 = nd2
+            i = ni
+            i2 = ni2
+    code, off, v1, v2, d = _finish(buf, s, e, i, d, page, out, dlen, nbuf)
+    if code:
+        return code, off, v1, v2, 0
+    if code2 == 0:
+        code2, off2, w1, w2, d2 = _finish(buf, s2, e2, i2, d2, page2, out2, dlen, nbuf)
+    for t in range(d):
+        page[t] = out[t]
+    if code2:
+        return code2, off2, w1, w2, 1
+    for t in range(d2):
+        page2[t] = out2[t]
+    return 0, _U0, _U0, _U0, 0
+
+
+def _decode_records(buf, starts, lengths, pages):
+    """Apply record k = buf[starts[k] : starts[k] + lengths[k]] to pages[k], for k = 0, 1, ... in order.
+
+    Stops at the first record that QEMU's ``xbzrle_decode_buffer`` rejects, before writing anything
+    to its page. Returns (status, k, offset, v1, v2): status 0 = all n records applied (k = n), else
+    the rule that failed (``_CODE_REASON``) in record k, ``offset`` = position of the failing ULEB
+    header in the record, and v1, v2 for the message.
+
+    A record with few pairs is validated, then applied in place by a second walk. One with many
+    pairs is decoded through a scratch page (``_decode_one``), two such records at a time when they
+    come one after the other (``_decode_two``).
+    """
+    n = pages.shape[0]
+    dlen = np.uint64(pages.shape[1])
+    nbuf = np.uint64(buf.size)
+    scratch = np.empty((0, 0), np.uint8)
+    k = 0
+    while k < n:
+        s = np.uint64(starts[k])
+        e = s + np.uint64(lengths[k])
+        code, off, v1, v2, many = _check_few(buf, s, e, dlen)
+        if code:
+            return code, k, off, v1, v2
+        if not many:
+            _apply_valid(buf, s, e, pages[k])
+            k += 1
+            continue
+        if scratch.shape[0] == 0:
+            scratch = np.empty((2, pages.shape[1] + 32), np.uint8)
+        many2 = False
+        s2 = e2 = _U0
+        if k + 1 < n:
+            s2 = np.uint64(starts[k + 1])
+            e2 = s2 + np.uint64(lengths[k + 1])
+            code2, _, _, _, many2 = _check_few(buf, s2, e2, dlen)
+            many2 = many2 and code2 == 0
+        if many2:
+            code, off, v1, v2, which = _decode_two(
+                buf, s, e, pages[k], scratch[0], s2, e2, pages[k + 1], scratch[1], dlen, nbuf
+            )
+            if code:
+                return code, k + which, off, v1, v2
+            k += 2
+        else:
+            code, off, v1, v2 = _decode_one(buf, s, e, pages[k], scratch[0], dlen, nbuf)
+            if code:
+                return code, k, off, v1, v2
+            k += 1
+    return 0, n, _U0, _U0, _U0
+
+
+def _run(kernel, buf, starts, lengths, pages, source, base_offset, where):
+    """Call the kernel (on a contiguous copy of ``pages`` if need be); raise its rejection."""
+    target = pages if pages.flags.c_contiguous else np.ascontiguousarray(pages)
+    code, k, off, v1, v2 = kernel(buf, starts, lengths, target)
+    if target is not pages:
+        pages[:k] = target[:k]
+    if code:
+        k = int(k)
+        reason = _CODE_REASON[code]
+        detail = _detail(code, int(v1), int(v2), pages.shape[1]) + where(k)
+        return _reject(reason, base_offset + int(starts[k]) + int(off), source, detail), k
+    return None, k
 
 
 def decode_page(
@@ -449,244 +636,31 @@ def decode_page(
     ``.offset`` = ``base_offset`` + position of the failing header in ``data``) and leaves ``page``
     as it was. ``page`` must be a writable uint8 array; its length is QEMU's ``dlen``.
 
-    For one record a Python walk over the pair headers is fastest (the literal bytes are copied as
-    numpy slices); use :func:`decode_batch` for many records.
+    This is :func:`decode_batch` on one record (the same compiled kernel; the first call in a
+    process loads or compiles it). ``force_path="py"`` runs the kernel's Python source instead
+    (slow; for tests and debugging).
     """
     if not isinstance(page, np.ndarray) or page.dtype != np.uint8 or page.ndim != 1:
         raise TypeError("page must be a 1-D uint8 numpy array")
     if not page.flags.writeable:
         raise ValueError("page is read-only")
+    kernel = _compiled["_decode_records"] if force_path is None and _compiled else _decoder(force_path)
     buf = _as_buffer(data)
-    if force_path == "batch":  # (tests) the batch decoder on one record
-        decode_batch(buf, [0], [buf.size], page.reshape(1, -1), source=source, base_offset=base_offset)
-        return
-    _apply_record(buf, page, source, base_offset, "")
-
-
-def _apply_record(buf: np.ndarray, page: np.ndarray, source: str | None, offset: int, where: str) -> None:
-    """One record, parsed in Python (cheapest for a single record), copies as numpy slices."""
-    runs, err = _parse_record(buf.tobytes(), page.size)
+    length = np.array((buf.size,), np.int64)
+    err, _ = _run(kernel, buf, _START_0, length, page[None], source, base_offset, _no_record)
     if err is not None:
-        reason, at, detail = err
-        raise _reject(reason, offset + at, source, detail + where)
-    for d, s, c in runs:
-        page[d : d + c] = buf[s : s + c]
+        raise err
 
 
-_PAD = 4  # bytes after each record in the compact buffer: lets every header read stay in bounds
+_START_0 = np.zeros(1, np.int64)  # decode_page's record starts at 0 (never written)
 
 
-def _gather_records(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Copy the records into one buffer, each followed by _PAD zero bytes. Returns (cbuf, cstart)."""
-    n = lengths.size
-    span = lengths + _PAD
-    cstart = np.zeros(n, np.int64)
-    np.cumsum(span[:-1], out=cstart[1:])
-    M = int(cstart[-1] + span[-1])
-    cbuf = np.zeros(M + _PAD, np.uint8)
-    N = int(lengths.sum())
-    if N == 0:
-        return cbuf, cstart
-    ends = starts + lengths
-    if n == 1 or np.array_equal(starts[1:], ends[:-1]):  # back to back
-        src = buf[int(starts[0]) : int(ends[-1])]
-    elif bool(np.all(starts[1:] >= ends[:-1])):  # ordered and disjoint: select by mask
-        lo, hi = int(starts[0]), int(ends[-1])
-        nonempty = lengths > 0
-        edge = np.zeros(hi - lo + 1, np.int8)  # +1 at record starts, -1 at ends: a running sum
-        edge[starts[nonempty] - lo] = 1  # is 1 exactly inside the records
-        edge[ends[nonempty] - lo] -= 1
-        src = buf[lo:hi][np.cumsum(edge[:-1], dtype=np.int8).view(bool)]
-    else:  # overlapping or out of order: gather by index
-        idx = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        idx += np.arange(N)
-        src = buf[idx]
-    keep = np.ones(M, bool)
-    keep[((cstart + lengths)[:, None] + np.arange(_PAD)).reshape(-1)] = False
-    cbuf[:M][keep] = src
-    return cbuf, cstart
+def _no_record(k: int) -> str:
+    return ""
 
 
-class _Pairs:
-    """Validated pairs to apply: flat[dst : dst + cnt] = src[lit : lit + cnt] (flat = all pages)."""
-
-    __slots__ = ("src", "dst", "lit", "cnt")
-
-    def __init__(self, src: np.ndarray, dst: np.ndarray, lit: np.ndarray, cnt: np.ndarray):
-        self.src, self.dst, self.lit, self.cnt = src, dst, lit, cnt
-
-    def select(self, keep: np.ndarray) -> "_Pairs":
-        return _Pairs(self.src, self.dst[keep], self.lit[keep], self.cnt[keep])
-
-
-def _walk_pairs(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, steps: int, dlen: int, adaptive: bool):
-    """Decode up to ``steps`` pairs of every record, all records in step, with all of QEMU's checks.
-
-    Cheap when records have few pairs (each step costs the same whatever the record lengths).
-    ``adaptive``: give up after a step when the records look like they hold many more pairs.
-    Returns (pairs, failed record ids, the unfinished records as (ids, position, page offset), and
-    whether the walk gave up).
-    """
-    lim = buf.size - 1
-    rec = np.flatnonzero(ends > starts)
-    cur = starts[rec]
-    end = ends[rec]
-    d = np.zeros(rec.size, np.int64)
-    out: list[tuple[np.ndarray, ...]] = []
-    failed: list[np.ndarray] = []
-    for step in range(steps):
-        if rec.size == 0:
-            break
-        b0 = buf[cur]
-        b1 = buf[np.minimum(cur + 1, lim)]
-        zhi = b0 >> 7
-        z = b1.astype(np.int64)
-        z <<= 7
-        z -= 128
-        z *= zhi
-        z += b0
-        j = cur + 1 + zhi  # nzrun header
-        c0 = buf[np.minimum(j, lim)]
-        c1 = buf[np.minimum(j + 1, lim)]
-        nhi = c0 >> 7
-        nz = c1.astype(np.int64)
-        nz <<= 7
-        nz -= 128
-        nz *= nhi
-        nz += c0
-        lit = j + 1 + nhi
-        d += z
-        bad = end - cur < 2
-        bad |= (zhi & (b1 >> 7)).view(bool)
-        if step:
-            bad |= z == 0
-        bad |= d > dlen
-        bad |= end - j < 2
-        bad |= (nhi & (c1 >> 7)).view(bool)
-        bad |= nz == 0
-        bad |= d + nz > dlen
-        bad |= lit + nz > end
-        if bad.any():
-            failed.append(rec[bad])
-            ok = np.flatnonzero(~bad)
-            rec, cur, d, lit, nz, end = rec[ok], cur[ok], d[ok], lit[ok], nz[ok], end[ok]
-        out.append((rec * dlen + d, lit, nz))
-        pair_bytes = int((lit - cur).sum() + nz.sum())
-        cur = lit + nz
-        d += nz
-        more = np.flatnonzero(cur < end)
-        if more.size < rec.size:
-            rec, cur, d, end = rec[more], cur[more], d[more], end[more]
-        if adaptive and rec.size and int((end - cur).sum()) > 8 * pair_bytes:
-            return _collect(buf, out, failed), (rec, cur, d), True
-    return _collect(buf, out, failed), (rec, cur, d), False
-
-
-def _collect(buf: np.ndarray, out: list, failed: list) -> tuple[_Pairs | None, np.ndarray]:
-    pairs = None
-    if out:
-        pairs = _Pairs(buf, *(np.concatenate(col) for col in zip(*out)))
-    fail = np.concatenate(failed) if failed else np.zeros(0, np.int64)
-    return pairs, fail
-
-
-def _scan_pairs(
-    buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray, d0: np.ndarray, first: bool, rows: np.ndarray, dlen: int
-):
-    """Decode records with any number of pairs: evaluate a pair at every byte position, then follow.
-
-    Every position is evaluated as if a pair started there (its ULEBs, its size and every
-    position-local check), which turns decoding into following a pointer ``nxt`` from each record
-    start; all records are followed in step. The page-bound checks, which depend on the running page
-    offset (starting at ``d0``), are then a cumulative sum along each chain. ``first``: the records
-    start at their first pair (where QEMU allows a zero zrun). Record i goes to page ``rows[i]``.
-    Returns (pairs, failed local record indexes).
-    """
-    n = lengths.size
-    cbuf, cstart = _gather_records(buf, starts, lengths)
-    M = cbuf.size - _PAD
-    # Selections use masks and arithmetic, not np.where (which is branchy on random data).
-    b0 = cbuf[0:M]
-    b1 = cbuf[1 : M + 1]
-    b2 = cbuf[2 : M + 2]
-    zhi = b0 >> 7  # 1: two-byte zrun ULEB
-    m = np.subtract(np.uint8(0), zhi)  # 0xff where zhi
-    c0 = b2 & m
-    c0 |= b1 & ~m  # first byte of the nzrun ULEB
-    c1 = cbuf[3 : M + 3] & m
-    c1 |= b2 & ~m
-    nhi = c0 >> 7
-    z = b1.astype(np.int32)  # zrun: b0 if zhi == 0 else (b0 - 128) + (b1 << 7)
-    z <<= 7
-    z -= 128
-    z *= zhi
-    z += b0
-    nz = c1.astype(np.int32)
-    nz <<= 7
-    nz -= 128
-    nz *= nhi
-    nz += c0
-    hdr = zhi + nhi
-    hdr += 2  # header bytes of the pair
-    step = nz + hdr
-    rem = np.repeat((cstart + lengths).astype(np.int32), lengths + _PAD)
-    rem -= np.arange(M, dtype=np.int32)  # bytes left in the record from here (<= 0 in the padding)
-    # position-local failures (QEMU checks 1-3, 5-7 and the input half of 8); record ends stop too
-    stop = rem < 2
-    stop |= (zhi & (b1 >> 7)).view(bool)
-    stop |= rem < zhi + 3
-    stop |= (nhi & (c1 >> 7)).view(bool)
-    stop |= nz == 0
-    stop |= step > rem
-    zz = z == 0
-    if first:
-        zz[cstart] = False  # a zero zrun is allowed at a record's first byte
-    stop |= zz
-    step *= ~stop
-    nxt = np.arange(M, dtype=np.int64)
-    nxt += step  # next pair, or the position itself where the chain stops
-
-    # W[r, t]: the t-th node of record r; its terminal node (record end or failure) repeats.
-    # A pair takes at least 3 bytes, so a record has at most len // 3 pairs.
-    cap = int(lengths.max()) // 3 + 2
-    W = np.empty((n, cap), np.int64)
-    cur = cstart
-    W[:, 0] = cur
-    P = 1
-    chunk = 4
-    while P < cap:
-        for _ in range(min(chunk, cap - P)):
-            cur = nxt[cur]
-            W[:, P] = cur
-            P += 1
-        if np.array_equal(cur, W[:, P - 2]):
-            break
-        chunk = 16
-    W = np.ascontiguousarray(W[:, :P])
-    term = W[:, -1]  # each record's terminal node: its end, or a local failure
-
-    live = ~stop[W]  # a pair to apply (the terminal column never is)
-    zn = z[W]
-    zn *= live
-    nzn = nz[W]
-    nzn *= live
-    zn += nzn
-    d = np.cumsum(zn, axis=1, dtype=np.int32)  # page offset after each pair, from d0
-    # Rejected: a local failure at the terminal, or the running page offset passing the page end
-    # (QEMU checks 4 and 8). The offset only grows, so checking its final value is enough.
-    fail = (rem[term] != 0) | (d[:, -1] + d0 > dlen)
-    d -= nzn
-    base = d0 + rows * dlen  # page offset -> position in all pages
-    sel = np.flatnonzero(live)
-    cnt = nzn.ravel()[sel]
-    lit = W.ravel()[sel + 1]  # the next node ...
-    lit -= cnt  # ... minus the literal bytes
-    if int(base.max()) + dlen < 2**31:
-        d += base.astype(np.int32)[:, None]
-        dst = d.ravel()[sel]
-    else:
-        dst = (d + base[:, None]).ravel()[sel]
-    return _Pairs(cbuf, dst, lit, cnt), np.flatnonzero(fail)
+def _record(k: int) -> str:
+    return f" (record {k})"
 
 
 def decode_batch(
@@ -704,142 +678,183 @@ def decode_batch(
     The result is that of calling :func:`decode_page` for each record in order: the records before
     the first rejected one are applied, then :class:`DecodeError` is raised for it (``.offset`` =
     ``base_offset`` + position in ``data``, ``.record`` = k), and it and all later pages are left
-    untouched. ``pages`` is a writable uint8 array (n, page_size).
+    untouched. ``pages`` is a writable uint8 array (n, page_size). Records may lie anywhere in
+    ``data`` (overlapping, repeated, out of order).
 
-    The batch is parsed with array operations over all records at once: first pair by pair in step
-    (cheap while records have few pairs), then, for records with many pairs, by evaluating a pair at
-    every byte position and following the chains (see ``_scan_pairs``). A handful of records are
-    decoded one by one. ``force_path`` ("loop", "walk", "walk4" or "scan") pins one strategy, for
-    tests.
+    The records are decoded in order by a compiled loop (compiled on first use, or loaded from
+    numba's cache), which overlaps the parses of consecutive records with many pairs.
+    ``force_path="py"`` runs its Python source in the interpreter instead (slow; for tests).
     """
-    buf = _as_buffer(data)
     if not isinstance(pages, np.ndarray) or pages.dtype != np.uint8 or pages.ndim != 2:
         raise TypeError("pages must be a (n, page_size) uint8 numpy array")
     if not pages.flags.writeable:
         raise ValueError("pages is read-only")
-    starts = np.asarray(starts, np.int64).reshape(-1)
-    lengths = np.asarray(lengths, np.int64).reshape(-1)
-    n, ps = pages.shape
+    kernel = _decoder(force_path)
+    buf = _as_buffer(data)
+    starts = np.ascontiguousarray(starts, np.int64).reshape(-1)
+    lengths = np.ascontiguousarray(lengths, np.int64).reshape(-1)
+    n = pages.shape[0]
     if starts.size != n or lengths.size != n:
         raise ValueError(f"{n} pages but {starts.size} starts and {lengths.size} lengths")
     if n == 0:
         return
-    ends = starts + lengths
-    if int(starts.min()) < 0 or int(lengths.min()) < 0 or int(ends.max()) > buf.size:
+    if int(starts.min()) < 0 or int(lengths.min()) < 0 or int((starts + lengths).max()) > buf.size:
         raise ValueError("a record lies outside data")
-    _decode_records(buf, starts, lengths, pages, source, base_offset, force_path)
+    err, k = _run(kernel, buf, starts, lengths, pages, source, base_offset, _record)
+    if err is not None:
+        err.record = k  # type: ignore[attr-defined]
+        raise err
 
 
-_CHUNK_BYTES = 1 << 18  # record bytes per scan of the batch decoder (keeps its arrays cache-sized)
+# ----------------------------------------------------------------------------------------------------
+# Compilation
+# ----------------------------------------------------------------------------------------------------
+
+_LEGACY_PATHS = ("batch", "loop", "scan", "walk", "walk4")  # strategies of the former numpy decoder
 
 
-def _decode_records(
-    buf: np.ndarray,
-    starts: np.ndarray,
-    lengths: np.ndarray,
-    pages: np.ndarray,
-    source: str | None,
-    base_offset: int,
-    force_path: str | None,
-) -> None:
-    n, ps = pages.shape
-    ends = starts + lengths
-    dlen = ps
-    if force_path == "loop" or (force_path is None and n <= 4):  # a handful: one by one is cheaper
-        for k in range(n):
-            rec_buf = buf[int(starts[k]) : int(ends[k])]
-            try:
-                _apply_record(rec_buf, pages[k], source, base_offset + int(starts[k]), f" (record {k})")
-            except DecodeError as e:
-                e.record = k  # type: ignore[attr-defined]
-                raise
-        return
-
-    found: list[_Pairs] = []
-    failed = np.zeros(n, bool)
-    if force_path == "scan" or (force_path is None and int(lengths.sum()) < 256 * n):
-        rec, cur, d, first = np.arange(n), starts, np.zeros(n, np.int64), True  # short records
-    else:  # long records may still have few pairs: walk pair by pair while that stays cheap
-        if force_path == "walk":
-            steps, adaptive = 1 << 30, False
-        elif force_path == "walk4":  # (tests) walk 4 pairs, then scan the rest of each record
-            steps, adaptive = 4, False
-        else:
-            steps, adaptive = 16, True
-        (pairs, fail), (rec, cur, d), gave_up = _walk_pairs(buf, starts, ends, steps, dlen, adaptive)
-        failed[fail] = True
-        first = False
-        if gave_up:  # many pairs: scan the unfinished records from their start instead
-            if pairs is not None:
-                mine = np.ones(n, bool)
-                mine[rec] = False
-                pairs = pairs.select(np.flatnonzero(mine[pairs.dst // ps]))
-            cur, d, first = starts[rec], np.zeros(rec.size, np.int64), True
-        if pairs is not None:
-            found.append(pairs)
-    if rec.size:  # scanned in chunks of records, by bytes
-        todo = ends[rec] - cur
-        window = (np.cumsum(todo) - todo) // _CHUNK_BYTES
-        bounds = np.concatenate(([0], np.flatnonzero(np.diff(window)) + 1, [rec.size])).tolist()
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            pairs, fail = _scan_pairs(buf, cur[a:b], todo[a:b], d[a:b], first, rec[a:b], dlen)
-            failed[rec[a:b][fail]] = True
-            found.append(pairs)
-    bad = np.flatnonzero(failed)
-    first_bad = int(bad[0]) if bad.size else n
-
-    # Apply the pairs of every record before the first rejected one.
-    flat = pages.reshape(-1) if pages.flags.c_contiguous else np.ascontiguousarray(pages).reshape(-1)
-    for p in found:
-        if first_bad < n:
-            p = p.select(np.flatnonzero(p.dst < first_bad * ps))
-        if p.cnt.size:
-            _copy_runs(flat, p.dst, p.src, p.lit, p.cnt)
-    if not pages.flags.c_contiguous:
-        pages[...] = flat.reshape(n, ps)
-
-    if first_bad < n:
-        k = first_bad
-        rec_bytes = buf[int(starts[k]) : int(ends[k])].tobytes()
-        _, err = _parse_record(rec_bytes, dlen)
-        if err is None:  # pragma: no cover - the parsers disagree
-            raise AssertionError(f"XBZRLE batch decoder rejected record {k}, which QEMU's rules accept")
-        reason, at, detail = err
-        e = _reject(reason, base_offset + int(starts[k]) + at, source, f"{detail} (record {k})")
-        e.record = k  # type: ignore[attr-defined]
-        raise e
+def _decoder(force_path: str | None):
+    if force_path in _LEGACY_PATHS:
+        warnings.warn(
+            f"force_path={force_path!r} names a strategy of the former numpy decoder; there is one "
+            "decoder now, and the argument is ignored",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        force_path = None
+    return _kernel(_decode_records, force_path)
 
 
-def _copy_runs(flat: np.ndarray, dst: np.ndarray, src_buf: np.ndarray, src: np.ndarray, cnt: np.ndarray) -> None:
-    """flat[dst[i] : dst[i] + cnt[i]] = src_buf[src[i] : src[i] + cnt[i]] for every i."""
-    R = cnt.size
-    T = int(cnt.sum())
-    if R > 32 and T < 64 * R:
-        k = 0
-        if T <= 2 * R:  # mostly single bytes: copy byte k of every run at once, k = 0, 1, ...
-            while True:
-                flat[dst + k] = src_buf[src + k]
-                k += 1
-                more = np.flatnonzero(cnt > k)
-                if more.size < cnt.size:
-                    dst, src, cnt = dst[more], src[more], cnt[more]
-                if cnt.size <= 32 or k == 4:
-                    break
-        if cnt.size > 32:  # (the rest of) many short runs: by index arithmetic
-            cnt = cnt - k
-            T = int(cnt.sum())
-            shift = np.cumsum(cnt)
-            shift -= cnt
-            shift -= k
-            s = np.repeat(src - shift, cnt)
-            t = np.repeat(dst - shift, cnt)
-            ar = np.arange(T)
-            s += ar
-            t += ar
-            flat[t] = src_buf[s]
-            return
-        dst = dst + k
-        src = src + k
-        cnt = cnt - k
-    for a, b, c in zip(dst.tolist(), src.tolist(), cnt.tolist()):  # few or long runs: slices
-        flat[a : a + c] = src_buf[b : b + c]
+def _kernel(fn, force_path: str | None):
+    """The kernel ``fn``: compiled (force_path None), or its source, interpreted ("py")."""
+    if force_path is None:
+        return _jit(fn)
+    if force_path == "py":
+        return lambda *args: _interpreted(fn, *args)
+    raise ValueError(f"force_path must be None or 'py', got {force_path!r}")
+
+
+def _interpreted(fn, *args):
+    with np.errstate(over="ignore"):  # unsigned arithmetic wraps around, as in compiled code
+        return fn(*args)
+
+
+#: What the kernels call. Those marked True are inlined by numba where they are called: a call to a
+#: compiled function costs atomic reference-count updates of its array arguments (tens of ns).
+#: The others hold long loops, which compile to tighter code as functions of their own, and
+#: ``_next_pair`` (the uncommon pairs) is kept out of ``_finish``'s loop.
+_HELPERS = (
+    (_uleb, True),
+    (_encode_page, True),
+    (_pair, True),
+    (_check_few, True),
+    (_apply_valid, True),
+    (_tail_limits, True),
+    (_put, True),
+    (_start, True),
+    (_next_pair, False),
+    (_finish, False),
+    (_decode_one, False),
+    (_decode_two, False),
+)
+_KERNELS = (_encode_pages, _decode_records)
+
+_compiled: dict | None = None  # kernel name -> numba dispatcher, once _jit has been called
+_compile_lock = threading.Lock()
+
+
+def _jit(fn):
+    """The kernel ``fn`` compiled by numba (``cache=True``: the machine code is kept under
+    ``__pycache__``, and later processes load it instead of compiling it, which takes seconds).
+
+    The first call imports numba and sets the kernels up; each kernel is compiled (or loaded) the
+    first time it runs, for the argument types it gets.
+    """
+    global _compiled
+    if _compiled is None:
+        with _compile_lock:
+            if _compiled is None:
+                _compiled = _build()
+    return _compiled[fn.__name__]
+
+
+def _build() -> dict:
+    from numba import njit
+
+    # Compile copies of the functions whose globals name the compiled versions of each other and
+    # the intrinsics, leaving the module's Python functions as they are for the "py" path. A copy
+    # has the name, file and line numbers of its original, which is what numba's cache is keyed on.
+    namespace = dict(globals())
+    namespace.update(_intrinsics())
+
+    def copy(fn):
+        f = types.FunctionType(_uninstrumented(fn), namespace, fn.__name__)
+        f.__qualname__ = fn.__qualname__
+        return f
+
+    for fn, inline in _HELPERS:
+        namespace[fn.__name__] = njit(nogil=True, inline="always" if inline else "never")(copy(fn))
+    return {fn.__name__: njit(cache=True, nogil=True)(copy(fn)) for fn in _KERNELS}
+
+
+def _intrinsics() -> dict:
+    """Compiled versions of _copy16, _load8 and _ctz: single LLVM instructions."""
+    from llvmlite import ir
+    from numba import types as nbtypes
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    i64 = ir.IntType(64)
+
+    def address(context, builder, arrtype, arr, index):
+        return builder.gep(context.make_array(arrtype)(context, builder, arr).data, [index])
+
+    @intrinsic
+    def copy16(typingctx, dst, a, src, b):
+        def codegen(context, builder, sig, args):
+            i128p = ir.IntType(128).as_pointer()
+            sp = builder.bitcast(address(context, builder, sig.args[2], args[2], args[3]), i128p)
+            dp = builder.bitcast(address(context, builder, sig.args[0], args[0], args[1]), i128p)
+            builder.store(builder.load(sp, align=1), dp, align=1)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, a, src, b), codegen
+
+    @intrinsic
+    def load8(typingctx, a, i):
+        def codegen(context, builder, sig, args):
+            ptr = builder.bitcast(address(context, builder, sig.args[0], args[0], args[1]), i64.as_pointer())
+            return builder.load(ptr, align=1)
+
+        return nbtypes.uint64(a, i), codegen
+
+    @intrinsic
+    def ctz(typingctx, x):
+        def codegen(context, builder, sig, args):
+            cttz = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64"
+            )
+            return builder.call(cttz, [args[0], ir.Constant(ir.IntType(1), 0)])
+
+        return nbtypes.uint64(x), codegen
+
+    return {"_copy16": copy16, "_load8": load8, "_ctz": ctz}
+
+
+def _uninstrumented(fn) -> types.CodeType:
+    """The code of ``fn``, recompiled from its source file if a coverage fuzzer rewrote its bytecode.
+
+    numba compiles bytecode and cannot type the tracing calls that atheris inserts (tests/fuzz_xbzrle.py
+    instruments pagecodec).
+    """
+    code = fn.__code__
+    if not {"_trace_branch", "_trace_cmp"} & set(code.co_names):
+        return code
+    import ast
+    import inspect
+
+    path = inspect.getsourcefile(fn)
+    tree = ast.parse(Path(path).read_text(), path)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == fn.__name__)
+    module = compile(ast.Module([node], []), path, "exec")
+    return next(c for c in module.co_consts if isinstance(c, types.CodeType) and c.co_name == fn.__name__)
