@@ -648,18 +648,14 @@ def test_decode_batch_records_in_any_layout():
     decode_batch(b"", [], [], np.zeros((0, 16), np.uint8))
 
 
-def test_force_path_names_of_the_numpy_decoder_still_work():
-    """The old strategy names decode with the one compiled kernel (with a DeprecationWarning)."""
+def test_unknown_force_path_is_refused():
     page = np.zeros(16, np.uint8)
-    for path in ("batch",):
-        with pytest.warns(DeprecationWarning):
+    for path in ("batch", "walk4", "fast"):  # the former numpy decoder's strategies are gone
+        with pytest.raises(ValueError):
             decode_page(b"\x03\x01Z", page, force_path=path)
-    for path in ("loop", "scan", "walk", "walk4"):
-        with pytest.warns(DeprecationWarning):
+        with pytest.raises(ValueError):
             decode_batch(b"\x03\x01Z", [0], [3], page.reshape(1, -1), force_path=path)
-    assert page[3] == ord("Z")
-    with pytest.raises(ValueError):
-        decode_page(b"", page, force_path="fast")
+    assert not page.any()
 
 
 def test_numba_is_imported_and_the_kernel_compiled_only_on_first_use():

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import threading
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -710,18 +709,7 @@ def decode_batch(
 # Compilation
 # ----------------------------------------------------------------------------------------------------
 
-_LEGACY_PATHS = ("batch", "loop", "scan", "walk", "walk4")  # strategies of the former numpy decoder
-
-
 def _decoder(force_path: str | None):
-    if force_path in _LEGACY_PATHS:
-        warnings.warn(
-            f"force_path={force_path!r} names a strategy of the former numpy decoder; there is one "
-            "decoder now, and the argument is ignored",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        force_path = None
     return _kernel(_decode_records, force_path)
 
 
