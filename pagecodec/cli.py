@@ -24,10 +24,11 @@ CORPUS_ENV = "PAGECODEC_CORPORA"
 
 
 class Ctx:
-    def __init__(self, plugin_modules: Sequence[str], debug: bool, progress: bool) -> None:
+    def __init__(self, plugin_modules: Sequence[str], debug: bool, progress: bool, qemu_version: str | None = None) -> None:
         self.plugin_modules = tuple(plugin_modules)
         self.debug = debug
         self.progress = progress
+        self.qemu_version = qemu_version
         self._pm = None
 
     @property
@@ -38,10 +39,16 @@ class Ctx:
             self._pm = PluginManager(self.plugin_modules)
         return self._pm
 
+    def spec(self, spec: str) -> str:
+        """The SPEC with ``--qemu-version`` applied (a config key, so results record it)."""
+        if not self.qemu_version:
+            return spec
+        return f"{spec},qemu-version={self.qemu_version}" if spec.strip() else f"qemu-version={self.qemu_version}"
+
     def config(self, spec: str):  # type: ignore[no-untyped-def]
         from .chain.config import parse_spec
 
-        return parse_spec(spec, self.pm.presets)
+        return parse_spec(self.spec(spec), self.pm.presets)
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -52,10 +59,12 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--qemu-version", type=click.Choice(["7.2", "4.1"]), default=None,
+              help="Follow this QEMU's rules and counters (default 7.2; same as the config key qemu-version).")
 @click.pass_context
-def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool, progress: bool | None) -> None:
+def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool, progress: bool | None, qemu_version: str | None) -> None:
     """Replay QEMU's live-migration page encoders offline: real wire bytes, verified, benchmarked."""
-    ctx.obj = Ctx(plugins, debug, sys.stderr.isatty() if progress is None else progress)
+    ctx.obj = Ctx(plugins, debug, sys.stderr.isatty() if progress is None else progress, qemu_version)
 
 
 # --- progress ------------------------------------------------------------------------------------
@@ -120,7 +129,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
 
     trace_list = list(traces) or default_traces()
     specs = list(configs) or runnable_presets(c)
-    specs = expand_sweeps(specs, sweeps)
+    specs = [c.spec(s) for s in expand_sweeps(specs, sweeps)]
     for s in specs:
         c.config(s)  # refuse bad specs before any run
     done: list[dict[str, Any]] = []

@@ -107,3 +107,12 @@ def test_plugin_module_that_fails_to_import(trace):
 def test_debug_shows_traceback(trace):
     p = run("--debug", "verify", str(trace), "--config", "xbzrle-cache-size=banana")
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_qemu_version_option_reaches_the_config(trace, tmp_path):
+    out = tmp_path / "q.json"
+    p = run("--qemu-version", "4.1", "replay", str(trace), "--config", "xbzrle", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert res["config"]["qemu-version"] == "4.1" and res["config"]["capabilities"]["xbzrle"] is True
+    assert run("--qemu-version", "5.0", "plugins").returncode == 2
