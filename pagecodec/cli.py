@@ -245,7 +245,7 @@ def plugins(c: Ctx, as_json: bool) -> None:
 
     table = []
     for p in rows:
-        for cd in p["codecs"] or [{"name": "-", "slots": [], "format": "-", "description": ""}]:
+        for cd in p["codecs"] or ([] if p["presets"] else [{"name": "-", "slots": [], "format": "-", "description": ""}]):
             table.append([p["plugin"], p["version"], p["source"], cd["name"], ",".join(cd["slots"]), cd["format"], cd["description"]])
         if p["presets"]:
             table.append([p["plugin"], p["version"], p["source"], "presets: " + ", ".join(p["presets"]), "", "", ""])
