@@ -58,7 +58,8 @@ from ..wire.reader import StreamReader
 from .config import MigrationConfig
 from .ramstate import block_addresses
 
-__all__ = ["Receiver", "LoadStats", "PageObserver", "CompressedPageDecoder", "QemuXbzrleDecoder", "qemu_decoders"]
+__all__ = ["Receiver", "LoadStats", "PageObserver", "CompressedPageDecoder", "QemuXbzrleDecoder", "qemu_decoders",
+           "read_block_list"]
 
 #: Longest run of fixed-size records parsed in one vectorised step.
 _RUN = 4096
@@ -149,6 +150,37 @@ def qemu_decoders(page_size: int) -> list[RecordDecoder]:
 # --------------------------------------------------------------------------------------------------
 # the receiver
 # --------------------------------------------------------------------------------------------------
+def read_block_list(
+    r: StreamReader, total: int, page_size: int, ignore_shared: bool,
+    expect: Callable[[StreamReader, str, int, int], None] | None = None,
+) -> list[tuple[str, int]]:
+    """The MEM_SIZE block list read strictly in one layout (no postcopy page sizes): per block u8 len,
+    idstr, be64 used_length [, be64 address with ``ignore_shared``], lengths adding up to ``total``.
+    ``expect(r, name, used_length, offset)`` may check each block. Returns (name, used_length) per block
+    in list order; the first fault raises WireError at its block's offset."""
+    remaining = total
+    blocks: list[tuple[str, int]] = []
+    names: set[str] = set()
+    while remaining > 0:
+        bat = r.pos
+        name = r.get_counted_string("block idstr")
+        length = r.get_be64("block used_length")
+        if not name:
+            raise r.error("empty block idstr in MEM_SIZE", bat)
+        if name in names:
+            raise r.error(f"block {name!r} listed twice in MEM_SIZE", bat)
+        if expect is not None:
+            expect(r, name, length, bat)
+        if length == 0 or length % page_size or length > remaining:
+            raise r.error(f"block {name!r}: bad used_length {length:#x} ({remaining:#x} bytes of MEM_SIZE left)", bat)
+        names.add(name)
+        if ignore_shared:
+            r.get_be64("block address (x-ignore-shared)")
+        blocks.append((name, length))
+        remaining -= length
+    return blocks
+
+
 class Receiver:
     """Destination RAM plus the state ram_load keeps between records (the last block seen).
 
@@ -550,23 +582,7 @@ class Receiver:
 
     def _block_list_error(self, r: StreamReader, total: int, at: int, ign: bool) -> None:
         """No layout fits: re-read the plain layout strictly to name the first fault."""
-        remaining = total
-        names: set[str] = set()
-        while remaining > 0:
-            bat = r.pos
-            name = r.get_counted_string("block idstr")
-            length = r.get_be64("block used_length")
-            if not name:
-                raise r.error("empty block idstr in MEM_SIZE", bat)
-            if name in names:
-                raise r.error(f"block {name!r} listed twice in MEM_SIZE", bat)
-            self._expect(r, name, length, bat)
-            if length == 0 or length % self.page_size or length > remaining:
-                raise r.error(f"block {name!r}: bad used_length {length:#x} ({remaining:#x} bytes of MEM_SIZE left)", bat)
-            names.add(name)
-            if ign:
-                r.get_be64("block address (x-ignore-shared)")
-            remaining -= length
+        read_block_list(r, total, self.page_size, ign, self._expect)
         r.need(8, "RAM record header")
         raise r.error(
             "MEM_SIZE block list does not parse with any layout (with or without x-ignore-shared addresses"

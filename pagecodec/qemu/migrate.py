@@ -27,7 +27,7 @@ from .machine import VM
 from .qmp import QMP
 
 __all__ = ["MigrationSettings", "Progress", "MigrationResult", "PAGE_CAPABILITIES", "migrate_to_file",
-           "load_from_file", "configure"]
+           "load_from_file", "configure", "wait_for_migration"]
 
 #: Capabilities that change how pages travel (set explicitly, all off unless chosen). multifd and
 #: postcopy need other transports than exec:, auto-converge would throttle the guest's pattern.
@@ -113,6 +113,48 @@ def _progress(info: Mapping[str, Any], t0: float) -> Progress:
                     int(ram.get("transferred", 0)), int(ram.get("remaining", 0)), time.monotonic() - t0, info)
 
 
+def wait_for_migration(
+    qmp: QMP,
+    settings: MigrationSettings,
+    t0: float,
+    *,
+    progress: Callable[[Progress], None] | None,
+    timeout: float,
+    poll: float,
+    failed: Callable[[Progress], str],
+    timed_out: Callable[[Progress], str],
+) -> tuple[Progress, bool]:
+    """Poll ``query-migrate`` every ``poll`` seconds (``t0``: when ``migrate`` was issued) until the
+    migration completes; after ``settings.finish_after_passes`` dirty syncs raise the limits so it does.
+    ``failed``/``timed_out`` word the QemuError for a failed or cancelled migration and for one still
+    running after ``timeout`` seconds. On any error (also KeyboardInterrupt) the migration is cancelled.
+    Returns the last progress and whether the limits were raised."""
+    finished_early = False
+    try:
+        while True:
+            last = _progress(qmp.execute("query-migrate"), t0)
+            if progress is not None:
+                progress(last)
+            if last.status == "completed":
+                return last, finished_early
+            if last.status in ("failed", "cancelled"):
+                raise QemuError(failed(last))
+            if (not finished_early and settings.finish_after_passes is not None
+                    and last.passes >= settings.finish_after_passes):
+                qmp.execute("migrate-set-parameters", max_bandwidth=settings.finish_bandwidth,
+                            downtime_limit=settings.finish_downtime)
+                finished_early = True
+            if last.elapsed > timeout:
+                raise QemuError(timed_out(last))
+            time.sleep(poll)
+    except BaseException:
+        try:
+            qmp.execute("migrate_cancel", timeout=5)
+        except QemuError:
+            pass
+        raise
+
+
 def migrate_to_file(
     qmp: QMP,
     path: str | Path,
@@ -137,41 +179,18 @@ def migrate_to_file(
     # cat writes FILE.part and renames it when it has written everything: QEMU reports "completed"
     # when it closes the pipe, possibly before cat has drained it.
     qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(str(part))} && mv {shlex.quote(str(part))} {shlex.quote(str(path))}")
-    finished_early = False
-    last: Progress | None = None
-    try:
-        while True:
-            info = qmp.execute("query-migrate")
-            last = _progress(info, t0)
-            if progress is not None:
-                progress(last)
-            if last.status == "completed":
-                break
-            if last.status in ("failed", "cancelled"):
-                raise QemuError(f"migration to {path} {last.status}: {info.get('error-desc', 'no error-desc')}"
-                                + (f" ({alive()})" if alive and alive() else ""))
-            if (not finished_early and settings.finish_after_passes is not None
-                    and last.passes >= settings.finish_after_passes):
-                qmp.execute("migrate-set-parameters", max_bandwidth=settings.finish_bandwidth,
-                            downtime_limit=settings.finish_downtime)
-                finished_early = True
-            if last.elapsed > timeout:
-                raise QemuError(f"migration to {path} not completed after {timeout:g} s (status {last.status}, "
-                                f"{last.passes} passes, {last.transferred} bytes sent); cancelled")
-            time.sleep(poll)
-    except BaseException:
-        try:
-            qmp.execute("migrate_cancel", timeout=5)
-        except QemuError:
-            pass
-        raise
+    last, finished_early = wait_for_migration(
+        qmp, settings, t0, progress=progress, timeout=timeout, poll=poll,
+        failed=lambda p: (f"migration to {path} {p.status}: {p.info.get('error-desc', 'no error-desc')}"
+                          + (f" ({alive()})" if alive and alive() else "")),
+        timed_out=lambda p: (f"migration to {path} not completed after {timeout:g} s (status {p.status}, "
+                             f"{p.passes} passes, {p.transferred} bytes sent); cancelled"))
     # wait for cat to finish and rename
     deadline = time.monotonic() + 30
     while not path.exists():
         if time.monotonic() > deadline:
             raise QemuError(f"migration completed but {path} did not appear within 30 s (exec: cat failed?)")
         time.sleep(0.02)
-    assert last is not None
     return MigrationResult(path, path.stat().st_size, last.passes, last.transferred, last.elapsed, finished_early, last.info)
 
 

@@ -84,7 +84,6 @@ SYNC per channel before each EOS, optionally with the sync race), for tests and 
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -101,6 +100,7 @@ from typing import Any
 
 import numpy as np
 
+from ..chain.receiver import read_block_list
 from ..errors import DecodeError, PageCodecError, TraceError, WireError
 from ..wire import qevm
 from ..wire.flags import (
@@ -148,8 +148,6 @@ _KNOWN_PACKET_FLAGS = MULTIFD_FLAG_SYNC | MULTIFD_FLAG_COMPRESSION_MASK
 #: QEMU_VM_COMMANDs a precopy multifd stream may carry: OPEN_RETURN_PATH, PING, POSTCOPY_ADVISE without
 #: postcopy-ram data (dirty-bitmap postcopy only), SWITCHOVER_START.
 _HARMLESS_COMMANDS = {1: "OPEN_RETURN_PATH", 2: "PING", 3: "POSTCOPY_ADVISE", 11: "SWITCHOVER_START"}
-#: analyze-migration.py reads the last 10 MB for the VMDESCRIPTION trailer; so do we (a bit more).
-_VMDESC_SEARCH = 16 << 20
 
 
 def packet_slots(page_size: int) -> int:
@@ -467,17 +465,9 @@ def read_main_stream(path: str | os.PathLike[str], require_vmdesc: bool = True) 
     r = StreamReader.open(path)
     src = str(path)
     buf = r.view_np()
-    trailer = _find_vmdesc(buf)
+    trailer = qevm.find_vmdesc(buf)
     hdr = qevm.read_file_header(r)
-    ps = 4096
-    if hdr.target_page_bits is not None:
-        if not 9 <= hdr.target_page_bits <= 16:
-            raise r.error(f"implausible target-page-bits {hdr.target_page_bits}", 0)
-        ps = 1 << hdr.target_page_bits
-    if trailer is not None:
-        vps = trailer[1].get("page_size")
-        if isinstance(vps, int) and not isinstance(vps, bool) and 512 <= vps <= 65536 and not vps & (vps - 1):
-            ps = vps
+    ps = qevm.stream_page_size(r, hdr, trailer)
     ign = "x-ignore-shared" in hdr.capabilities
     pieces: list[tuple[int, int] | _RamSection] = []
     sections: list[_RamSection] = []
@@ -548,28 +538,6 @@ def read_main_stream(path: str | os.PathLike[str], require_vmdesc: bool = True) 
         raise r.error("VMDESCRIPTION trailer overlaps the RAM data", trailer[0])
     pieces.append((copy_from, len(r)))
     return MainStream(src, r, hdr, layout, pieces, sections, trailer is not None, commands)
-
-
-def _find_vmdesc(buf: np.ndarray) -> tuple[int, dict] | None:
-    """The trailer ``0x00 (EOF), 0x06, be32 len, JSON object`` ending exactly at the end of the file:
-    (offset of the 0x06 byte, the JSON) or None."""
-    n = len(buf)
-    if n < 7:
-        return None
-    lo = max(1, n - _VMDESC_SEARCH)
-    cand = np.flatnonzero(buf[lo : n - 5] == SectionType.VMDESCRIPTION) + lo
-    for c in cand[::-1].tolist():
-        if buf[c - 1] != SectionType.EOF or buf[c + 5] != ord("{"):
-            continue
-        if int.from_bytes(bytes(buf[c + 1 : c + 5]), "big") != n - c - 5:
-            continue
-        try:
-            desc = json.loads(bytes(buf[c + 5 : n]))
-        except ValueError:
-            continue
-        if isinstance(desc, dict):
-            return c, desc
-    return None
 
 
 def _ram_records(r: StreamReader, sec: _RamSection, layout: _Layout | None, ps: int, ign: bool,
@@ -662,25 +630,8 @@ def _mem_size(r: StreamReader, total: int, ps: int, ign: bool, at: int) -> _Layo
     """u8 len, idstr, be64 used_length [, be64 address with x-ignore-shared] per block, adding up to ``total``."""
     if total == 0:
         raise r.error("MEM_SIZE of 0 bytes: no RAM blocks", at)
-    remaining = total
-    names: list[str] = []
-    lengths: list[int] = []
-    while remaining > 0:
-        bat = r.pos
-        name = r.get_counted_string("block idstr")
-        length = r.get_be64("block used_length")
-        if not name:
-            raise r.error("empty block idstr in MEM_SIZE", bat)
-        if name in names:
-            raise r.error(f"block {name!r} listed twice in MEM_SIZE", bat)
-        if length == 0 or length % ps or length > remaining:
-            raise r.error(f"block {name!r}: bad used_length {length:#x} ({remaining:#x} bytes of MEM_SIZE left)", bat)
-        if ign:
-            r.get_be64("block address (x-ignore-shared)")
-        names.append(name)
-        lengths.append(length)
-        remaining -= length
-    return _Layout(ps, names, lengths)
+    blocks = read_block_list(r, total, ps, ign)
+    return _Layout(ps, [name for name, _ in blocks], [length for _, length in blocks])
 
 
 # --- merging main stream and channels ---------------------------------------------------------------
@@ -1403,9 +1354,8 @@ def capture_multifd(
     The source's multifd capability is switched off again afterwards. Returns a
     :class:`~pagecodec.trace.qemu_capture.CaptureResult` whose ``imported`` is a :class:`MultifdImportReport`."""
     from ..qemu import QemuError
-    from ..qemu.migrate import MigrationResult, MigrationSettings, Progress, configure
-    from ..qemu.qmp import QMP
-    from .qemu_capture import CaptureResult, capture_command
+    from ..qemu.migrate import MigrationResult, MigrationSettings, configure, wait_for_migration
+    from .qemu_capture import CaptureResult, capture_command, open_session
 
     if not 1 <= channels <= 255:
         raise QemuError(f"multifd channels {channels}: QEMU takes 1..255")
@@ -1414,13 +1364,7 @@ def capture_multifd(
                                  finish_after_passes=passes,
                                  parameters=multifd_parameters(channels, compression, compression_level))
     caps = [dict(c, state=True) if c["capability"] == "multifd" else c for c in settings.capability_list()]
-    own = qmp is None
-    if qmp is None:
-        if qmp_socket is None:
-            raise QemuError("capture_multifd: give a QMP socket or an open session")
-        session = QMP(qmp_socket, connect_timeout=connect_timeout)
-    else:
-        session = qmp
+    session, own = open_session(qmp, qmp_socket, connect_timeout, "capture_multifd")
     parent = output.resolve().parent
     tmpdir = Path(tempfile.mkdtemp(prefix=".pagecodec-capture-", dir=parent))
     command = capture_command(qmp_socket, output, settings) + f" --multifd {channels}"
@@ -1435,44 +1379,18 @@ def capture_multifd(
             configure(session, settings, caps)
             t0 = time.monotonic()
             session.execute("migrate", uri=rec.uri)
-            finished_early = False
-            last: Progress | None = None
-            try:
-                while True:
-                    info = session.execute("query-migrate")
-                    ram = info.get("ram", {})
-                    last = Progress(str(info.get("status", "none")), int(ram.get("dirty-sync-count", 0)),
-                                    int(ram.get("transferred", 0)), int(ram.get("remaining", 0)),
-                                    time.monotonic() - t0, info)
-                    if progress is not None:
-                        progress(last)
-                    if last.status == "completed":
-                        break
-                    if last.status in ("failed", "cancelled"):
-                        raise QemuError(f"multifd migration to {rec.uri} {last.status}: "
-                                        f"{info.get('error-desc', 'no error-desc')}"
-                                        + (f"; recorder: {rec.errors[0]}" if rec.errors else ""))
-                    if (not finished_early and settings.finish_after_passes is not None
-                            and last.passes >= settings.finish_after_passes):
-                        session.execute("migrate-set-parameters", max_bandwidth=settings.finish_bandwidth,
-                                        downtime_limit=settings.finish_downtime)
-                        finished_early = True
-                    if last.elapsed > timeout:
-                        raise QemuError(f"multifd migration not completed after {timeout:g} s (status "
-                                        f"{last.status}, {last.passes} passes); cancelled")
-                    time.sleep(poll)
-            except BaseException:
-                try:
-                    session.execute("migrate_cancel", timeout=5)
-                except QemuError:
-                    pass
-                raise
+            last, finished_early = wait_for_migration(
+                session, settings, t0, progress=progress, timeout=timeout, poll=poll,
+                failed=lambda p: (f"multifd migration to {rec.uri} {p.status}: "
+                                  f"{p.info.get('error-desc', 'no error-desc')}"
+                                  + (f"; recorder: {rec.errors[0]}" if rec.errors else "")),
+                timed_out=lambda p: (f"multifd migration not completed after {timeout:g} s (status "
+                                     f"{p.status}, {p.passes} passes); cancelled"))
             files = rec.finish(1 + channels, timeout=30)
         finally:
             rec.close()
         if len(files.channels) != channels:
             raise QemuError(f"recorded {len(files.channels)} multifd channels, expected {channels}")
-        assert last is not None
         total = sum(files.bytes.values())
         main_path, chan_paths = files.main, list(files.channels)
         kept = None

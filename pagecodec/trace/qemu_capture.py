@@ -23,7 +23,7 @@ from ..qemu import QemuError
 from ..qemu.migrate import MigrationResult, MigrationSettings, Progress, migrate_to_file
 from ..qemu.qmp import QMP
 
-__all__ = ["CaptureResult", "capture_qemu", "import_stream", "capture_command"]
+__all__ = ["CaptureResult", "capture_qemu", "import_stream", "capture_command", "open_session"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,17 @@ def capture_command(qmp_socket: Any, output: Any, settings: MigrationSettings) -
     if settings.xbzrle_cache_size is not None:
         args += ["--xbzrle-cache-size", str(settings.xbzrle_cache_size)]
     return " ".join(shlex.quote(a) for a in args)
+
+
+def open_session(qmp: QMP | None, qmp_socket: str | os.PathLike[str] | None, connect_timeout: float,
+                 caller: str) -> tuple[QMP, bool]:
+    """The QMP session a capture uses: ``qmp`` if given, else a new one to ``qmp_socket``; True if the
+    session is the caller's to close."""
+    if qmp is not None:
+        return qmp, False
+    if qmp_socket is None:
+        raise QemuError(f"{caller}: give a QMP socket or an open session")
+    return QMP(qmp_socket, connect_timeout=connect_timeout), True
 
 
 def capture_qemu(
@@ -101,13 +112,7 @@ def capture_qemu(
         capabilities=tuple(capabilities), max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
         xbzrle_cache_size=xbzrle_cache_size, finish_after_passes=passes,
     )
-    own = qmp is None
-    if qmp is None:
-        if qmp_socket is None:
-            raise QemuError("capture_qemu: give a QMP socket or an open session")
-        session = QMP(qmp_socket, connect_timeout=connect_timeout)
-    else:
-        session = qmp
+    session, own = open_session(qmp, qmp_socket, connect_timeout, "capture_qemu")
     tmpdir = Path(tempfile.mkdtemp(prefix=".pagecodec-capture-", dir=output.resolve().parent))
     try:
         stream = tmpdir / "stream.mig"

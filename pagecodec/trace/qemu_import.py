@@ -57,7 +57,7 @@ from ..chain.receiver import Receiver, qemu_decoders
 from ..errors import TraceError, WireError
 from ..wire import qevm
 from ..wire.flags import RAM_SAVE_FLAG_XBZRLE
-from ..wire.qevm import MIG_CMD_NAMES, find_vmdesc
+from ..wire.qevm import MIG_CMD_NAMES, find_vmdesc, stream_page_size
 from ..wire.reader import StreamReader
 from .format import DEFAULT_ROW_GROUP_PAGES, Provenance, TraceMeta, TraceWriter
 
@@ -139,25 +139,6 @@ def import_qemu_stream(
     return imp.run()
 
 
-def _page_size(r: StreamReader, hdr: qevm.FileHeader, trailer: tuple[int, dict] | None) -> int:
-    """The stream's target page size: target-page-bits if the configuration has it, else the vmdesc's
-    page_size, else 4096."""
-    ps = 4096
-    if hdr.target_page_bits is not None:
-        if not 9 <= hdr.target_page_bits <= 16:
-            raise r.error(f"implausible target-page-bits {hdr.target_page_bits}", 0)
-        ps = 1 << hdr.target_page_bits
-    if trailer is not None:
-        vps = trailer[1].get("page_size")
-        if isinstance(vps, int) and not isinstance(vps, bool):
-            if hdr.target_page_bits is not None and vps != ps:
-                raise r.error(f"vmdesc page_size {vps} disagrees with target-page-bits {hdr.target_page_bits}", trailer[0])
-            if vps < 512 or vps > 65536 or vps & (vps - 1):
-                raise r.error(f"implausible vmdesc page_size {vps}", trailer[0])
-            ps = vps
-    return ps
-
-
 class _Importer:
     """Drives a Receiver over the stream and cuts the page records it reports into rounds."""
 
@@ -201,7 +182,7 @@ class _Importer:
         trailer = find_vmdesc(r.view_np())
         hdr = qevm.read_file_header(r)
         r.pos = 0
-        self.ps = ps = _page_size(r, hdr, trailer)
+        self.ps = ps = stream_page_size(r, hdr, trailer)
         rc = self.rc = Receiver(
             ps, None, source=self.src, extra_decoders=qemu_decoders(ps), zero_fill="reject",
             before_pages=self._before, on_pages=self._pages,

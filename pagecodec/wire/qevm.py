@@ -32,6 +32,7 @@ __all__ = [
     "read_vmdesc",
     "read_command",
     "find_vmdesc",
+    "stream_page_size",
     "MIG_CMD_NAMES",
     "VMDESC_SEARCH_BYTES",
 ]
@@ -244,3 +245,22 @@ def find_vmdesc(buf: np.ndarray, search: int = VMDESC_SEARCH_BYTES) -> tuple[int
         if isinstance(desc, dict):
             return c, desc
     return None
+
+
+def stream_page_size(r: StreamReader, hdr: FileHeader, trailer: tuple[int, dict] | None) -> int:
+    """The stream's target page size: target-page-bits if the configuration has it, else the vmdesc's
+    page_size (``trailer`` as :func:`find_vmdesc` returns it), else 4096."""
+    ps = 4096
+    if hdr.target_page_bits is not None:
+        if not 9 <= hdr.target_page_bits <= 16:
+            raise r.error(f"implausible target-page-bits {hdr.target_page_bits}", 0)
+        ps = 1 << hdr.target_page_bits
+    if trailer is not None:
+        vps = trailer[1].get("page_size")
+        if isinstance(vps, int) and not isinstance(vps, bool):
+            if hdr.target_page_bits is not None and vps != ps:
+                raise r.error(f"vmdesc page_size {vps} disagrees with target-page-bits {hdr.target_page_bits}", trailer[0])
+            if vps < 512 or vps > 65536 or vps & (vps - 1):
+                raise r.error(f"implausible vmdesc page_size {vps}", trailer[0])
+            ps = vps
+    return ps
