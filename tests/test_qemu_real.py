@@ -386,7 +386,11 @@ def test_imported_trace_replays_into_qemu(captured, vms, slow_disk, config):
     res, ram = replay_and_load(vms, slow_disk, trace, config)
     assert diff_pages(final_images(trace)["pc.ram"], ram) == []
     if config == "xbzrle":
-        assert res["records"].get("xbzrle", 0) > 0, res["records"]
+        # XBZRLE can hit from the third pass on (pass 1: bulk stage, pass 2: misses fill the cache)
+        if res["trace"]["rounds"] >= 3:
+            assert res["records"].get("xbzrle", 0) > 0, res["records"]
+        else:
+            assert "xbzrle" not in res["records"] and res["xbzrle-cache"]["pages"] == 0, res
     if kind == "xbzrle":
         # pagecodec's chain makes QEMU's decisions on QEMU's own trace: same records, same XBZRLE bytes
         qemu_records = cap["out"].imported.records
