@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from .table import cpu_s_per_gib
+
 __all__ = ["write_plots"]
 
 
@@ -32,27 +34,24 @@ def write_plots(results: Sequence[dict[str, Any]], outdir: str | os.PathLike[str
         ax.bar([i + j * width for i in range(len(traces))], ys, width, label=c)
     ax.set_xticks([i + width * (len(configs) - 1) / 2 for i in range(len(traces))], traces, rotation=15, ha="right")
     ax.set_ylabel("bytes on the wire per byte of dirty pages")
-    ax.set_title("Wire size by configuration")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    p = out / f"wire.{fmt}"
-    fig.savefig(p)
-    plt.close(fig)
-    files.append(p)
+    files.append(_finish(plt, fig, ax, "Wire size by configuration", out / f"wire.{fmt}"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in configs:
         rr = [r for r in results if r["config"]["label"] == c]
-        xs = [sum(v for k, v in r["cpu_s_per_gib"].items() if k != "trace") for r in rr]
+        xs = [cpu_s_per_gib(r) for r in rr]
         ys = [r["ram"]["transferred"] / max(1, r["page_bytes"]) for r in rr]
         ax.scatter(xs, ys, label=c)
     ax.set_xlabel("CPU seconds per GiB of dirty pages")
     ax.set_ylabel("wire bytes per page byte")
-    ax.set_title("Bandwidth against CPU")
+    files.append(_finish(plt, fig, ax, "Bandwidth against CPU", out / f"cpu-vs-wire.{fmt}"))
+    return files
+
+
+def _finish(plt, fig, ax, title: str, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    p = out / f"cpu-vs-wire.{fmt}"
-    fig.savefig(p)
+    fig.savefig(path)
     plt.close(fig)
-    files.append(p)
-    return files
+    return path

@@ -25,7 +25,7 @@ HEADERS = [
 ]
 
 
-def _cpu_total(r: dict[str, Any]) -> float:
+def cpu_s_per_gib(r: dict[str, Any]) -> float:
     """CPU of the migration's own work: chain slots and wire assembly (not trace decoding)."""
     return sum(v for k, v in r.get("cpu_s_per_gib", {}).items() if k != "trace")
 
@@ -46,7 +46,7 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
                 ram["duplicate"],
                 ram["normal"],
                 r.get("xbzrle-cache", {}).get("pages", "-"),
-                _cpu_total(r),
+                cpu_s_per_gib(r),
                 ram["pages-per-second"],
                 r["wall_s"],
             ]
