@@ -29,7 +29,7 @@ from ..wire.reader import StreamReader
 from ..wire.records import RecordSet
 from .base import SLOT_ORDER, Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
 from .page_cache import Outcome, PageCache, check_xbzrle_cache_size, xbzrle_process
-from .xbzrle_kernel import decode_page
+from .xbzrle_kernel import decode_page, warm_up
 
 __all__ = ["XbzrleCodec", "XbzrleEncoder", "XbzrleDecoder"]
 
@@ -43,6 +43,7 @@ class XbzrleEncoder(SlotEncoder):
         size = int(ctx.config.param("xbzrle-cache-size"))
         check_xbzrle_cache_size(size, ctx.page_size)
         self.cache = PageCache(size, ctx.page_size)
+        warm_up(ctx.page_size)  # JIT load/compile belongs to set-up, not to the delta slot's CPU
         self.page_size = ctx.page_size
         self.qemu41 = ctx.config.qemu_version == "4.1"
         self.hits = 0
