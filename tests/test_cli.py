@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -116,3 +117,12 @@ def test_qemu_version_option_reaches_the_config(trace, tmp_path):
     res = json.loads(out.read_text())
     assert res["config"]["qemu-version"] == "4.1" and res["config"]["capabilities"]["xbzrle"] is True
     assert run("--qemu-version", "5.0", "plugins").returncode == 2
+
+
+def test_verify_mismatch_exits_1_naming_round_block_offset(trace):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "plugins_for_tests"))
+    p = subprocess.run([sys.executable, "-m", "pagecodec.cli", "--plugin", "pc_test_liar", "verify", str(trace),
+                        "--config", "raw-codec=liar"], capture_output=True, text=True, env=env)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "verify: FAILED" in p.stderr and "round 1, block 'pc.ram', offset 0x1000" in p.stderr
+    assert "+0x64" in p.stderr  # the flipped byte
