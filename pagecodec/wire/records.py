@@ -234,44 +234,38 @@ def assemble_segment(
     sets = [s for s in sets if len(s)]
     if not sets:
         return np.empty(0, np.uint8), {}, {}
-    idx = np.concatenate([s.index for s in sets]).astype(np.int64, copy=False)
-    set_of = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(sets)])
-    order = np.argsort(idx, kind="stable")
-    k = len(idx)
-    rank = np.empty(k, dtype=np.int64)  # position of each set member in record order
-    rank[order] = np.arange(k, dtype=np.int64)
-
+    # Record lengths laid out by page position: records are in page order, so the positions that
+    # hold a record, ascending, are the record order (no sort needed).
+    n = len(offsets)
+    rec_len_at = np.zeros(n, dtype=np.int64)
+    first_set = 0
+    for i, s in enumerate(sets):
+        rec_len_at[s.index] = 8 + s.prefix_len + s.payload_lengths()
+        if s.index[0] < sets[first_set].index[0]:
+            first_set = i
     extra = 0 if idstr is None else 1 + len(idstr.encode("ascii"))
-    prefix_lens = np.array([s.prefix_len for s in sets], dtype=np.int64)
-    payload = np.concatenate([s.payload_lengths() for s in sets])
-    rec_len = 8 + prefix_lens[set_of] + payload  # in set order
-    rec_len_ordered = rec_len[order]
-    rec_len_ordered[0] += extra
-    start_ordered = np.cumsum(rec_len_ordered) - rec_len_ordered
-    total = int(start_ordered[-1] + rec_len_ordered[-1])
+    first = int(sets[first_set].index[0])
+    rec_len_at[first] += extra
+    start_at = np.cumsum(rec_len_at) - rec_len_at  # a record's start; positions without one add 0
+    total = int(start_at[-1] + rec_len_at[-1])
     out = scratch.get(total) if scratch is not None else np.empty(total, dtype=np.uint8)
-
+    rank_at = np.cumsum(rec_len_at > 0) - 1  # every record has >= 8 bytes
     cont = np.uint64(RAM_SAVE_FLAG_CONTINUE)
     bytes_by_kind: dict[str, int] = {}
     records_by_kind: dict[str, int] = {}
-    base = 0
-    for i, s in enumerate(sets):
-        n = len(s)
-        ranks = rank[base : base + n]
-        starts = start_ordered[ranks]
-        hdr = (offsets[s.index].astype(np.uint64) | np.uint64(s.flag) | cont).astype(">u8").view(np.uint8).reshape(n, 8)
+    for s in sets:
+        k = len(s)
+        ranks = rank_at[s.index]
+        starts = start_at[s.index]
+        hdr = (offsets[s.index].astype(np.uint64) | np.uint64(s.flag) | cont).astype(">u8").view(np.uint8).reshape(k, 8)
         skip = 0
-        if extra and ranks[0] == 0:  # the record that names its block: written on its own
+        if extra and int(s.index[0]) == first:  # the record that names its block: written on its own
             _write_named_record(out, hdr[0], idstr, s, 0)  # type: ignore[arg-type]
             skip = 1
         if s.pages is not None or s.data is None:
             _write_fixed_runs(out, s, hdr, ranks, starts, skip)
         else:
             _write_variable(out, s, hdr, starts, skip)
-        nbytes = int(rec_len[base : base + n].sum())
-        bytes_by_kind[s.kind] = bytes_by_kind.get(s.kind, 0) + nbytes
-        records_by_kind[s.kind] = records_by_kind.get(s.kind, 0) + n
-        base += n
-    if extra:
-        bytes_by_kind[sets[int(set_of[order[0]])].kind] += extra
+        bytes_by_kind[s.kind] = bytes_by_kind.get(s.kind, 0) + int(rec_len_at[s.index].sum())
+        records_by_kind[s.kind] = records_by_kind.get(s.kind, 0) + k
     return out, bytes_by_kind, records_by_kind
