@@ -30,7 +30,7 @@ from ..wire.writer import Sink, WireWriter
 from .config import MigrationConfig
 from .ramstate import RAMState, block_addresses
 
-__all__ = ["Sender", "DEFAULT_MACHINE", "build_encoders"]
+__all__ = ["Sender", "DEFAULT_MACHINE", "build_encoders", "block_runs", "tap_progress"]
 
 DEFAULT_MACHINE = "pc-i440fx-7.2"
 
@@ -170,7 +170,7 @@ class Sender:
         """Send a whole trace: ``rounds`` yields (round number, batches) for rounds 0 … num_rounds-1."""
         self.save_setup()
         for r, batches in rounds:
-            self.save_round(r, _tap(batches, progress), last_stage=(r == num_rounds - 1))
+            self.save_round(r, tap_progress(batches, progress), last_stage=(r == num_rounds - 1))
         return self.finish()
 
     # -- the chain ------------------------------------------------------------------------------
@@ -181,11 +181,8 @@ class Sender:
         self.stats.pages_offered += n
         self.stats.page_bytes_offered += n * self.page_size
         rs.dirty_pages += n
-        blocks = batch.block
-        cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
-        bounds = [0, *cuts.tolist(), n]
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            bi = int(blocks[a])
+        for a, b in block_runs(batch.block):
+            bi = int(batch.block[a])
             for lo in range(a, b, SEGMENT_PAGES):
                 hi = min(b, lo + SEGMENT_PAGES)
                 seg = Segment(bi, self.block_addrs[bi], batch.offset[lo:hi], batch.pages[lo:hi])
@@ -237,7 +234,15 @@ class Sender:
         cpu.add("wire", time.thread_time_ns() - t0)
 
 
-def _tap(batches: Iterable[PageBatch], progress: Callable[[int], None] | None) -> Iterator[PageBatch]:
+def block_runs(blocks: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal block indices in a batch (pages of one block, in order)."""
+    cuts = np.flatnonzero(blocks[1:] != blocks[:-1]) + 1
+    bounds = [0, *cuts.tolist(), len(blocks)]
+    return list(zip(bounds[:-1], bounds[1:])) if len(blocks) else []
+
+
+def tap_progress(batches: Iterable[PageBatch], progress: Callable[[int], None] | None) -> Iterator[PageBatch]:
+    """Pass batches through, reporting each one's page count to ``progress``."""
     for b in batches:
         yield b
         if progress is not None:

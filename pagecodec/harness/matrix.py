@@ -69,13 +69,11 @@ def run_matrix(
 ) -> list[dict[str, Any]]:
     """Run everything not already in ``done``; results come back in plan order."""
     have = {_key(r["trace"]["sha256"], r["config"]["label"]) for r in done}
-    todo = []
-    for run in runs:
-        sha = TraceReader(run.trace).sha256() if have else ""
-        label = parse_spec(run.spec, PluginManager(plugin_modules).presets).label if have else run.spec
-        if have and _key(sha, label) in have:
-            continue
-        todo.append(run)
+    todo = list(runs)
+    if have:  # resume: one plugin manager and one hash per trace, not one per run
+        presets = PluginManager(plugin_modules).presets
+        sha = {t: TraceReader(t).sha256() for t in {run.trace for run in todo}}
+        todo = [run for run in todo if _key(sha[run.trace], parse_spec(run.spec, presets).label) not in have]
     results: list[dict[str, Any]] = []
     if jobs <= 1 or len(todo) <= 1:
         for run in todo:

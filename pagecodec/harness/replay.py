@@ -20,7 +20,7 @@ import numpy as np
 from .. import __version__
 from ..chain.config import MigrationConfig
 from ..chain.receiver import Receiver
-from ..chain.sender import DEFAULT_MACHINE, Sender
+from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceReader
 from ..wire.reader import StreamReader
@@ -157,7 +157,7 @@ def verify(
     pages = 0
     mismatch = None
     for r, batches in rounds_of(reader):
-        rs = sender.save_round(r, expect(_count(batches, progress)), last_stage=(r == reader.num_rounds - 1))
+        rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == reader.num_rounds - 1))
         pages += rs.dirty_pages
         feed(r, receiver.load_section)
         mismatch = _compare(expected, receiver, meta.blocks, ps, r)
@@ -171,20 +171,8 @@ def verify(
     return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, stats.to_json()))
 
 
-def _count(batches: Iterator[PageBatch], progress: Callable[[int], None] | None) -> Iterator[PageBatch]:
-    for b in batches:
-        yield b
-        if progress is not None:
-            progress(len(b))
-
-
 def _apply(expected: dict[str, np.ndarray], names: list[str], b: PageBatch, ps: int) -> None:
-    n = len(b)
-    if n == 0:
-        return
-    cuts = np.flatnonzero(b.block[1:] != b.block[:-1]) + 1
-    bounds = [0, *cuts.tolist(), n]
-    for a, z in zip(bounds[:-1], bounds[1:]):
+    for a, z in block_runs(b.block):
         mem = expected[names[int(b.block[a])]].reshape(-1, ps)
         mem[b.offset[a:z] // ps] = b.pages[a:z]
 
