@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import __version__
-from ..errors import PluginError, WireError
+from ..errors import PluginError
 from ..hookspecs import hookimpl
 from ..wire.flags import ENCODING_FLAG_XBZRLE, RAM_SAVE_FLAG_XBZRLE
 from ..wire.reader import StreamReader

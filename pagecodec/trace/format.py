@@ -30,7 +30,6 @@ read-only numpy views on Arrow's decoded buffers: no copy of the (large) page da
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import secrets

@@ -59,7 +59,7 @@ from ..wire import qevm
 from ..wire.flags import RAM_SAVE_FLAG_XBZRLE
 from ..wire.qevm import MIG_CMD_NAMES, find_vmdesc, stream_page_size
 from ..wire.reader import StreamReader
-from .format import DEFAULT_ROW_GROUP_PAGES, Provenance, TraceMeta, TraceWriter
+from .format import DEFAULT_ROW_GROUP_PAGES, Provenance, RAMBlockInfo, TraceMeta, TraceWriter
 
 __all__ = ["ImportReport", "import_qemu_stream", "find_vmdesc", "MIG_CMD_NAMES"]
 
