@@ -123,7 +123,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
     codecs are installed.
     """
-    from .harness.atomic import atomic_write_bytes, atomic_write_json
+    from .atomic import atomic_write_bytes, atomic_write_json
     from .harness.matrix import expand_sweeps, plan_runs, run_matrix
     from .report.table import HEADERS, format_table, summary_rows
 
@@ -218,7 +218,7 @@ def verify(c: Ctx, trace: str, spec: str, machine: str) -> None:
 @pass_ctx
 def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str | None, machine: str, fmt: str) -> None:
     """Replay TRACE with one configuration."""
-    from .harness.atomic import atomic_write_json
+    from .atomic import atomic_write_json
     from .harness.replay import replay as do_replay
     from .report.table import format_table
     from .trace.format import TraceReader
@@ -300,10 +300,10 @@ def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json
     """Import a QEMU migration stream (migrate "exec:cat > FILE") as a trace: one round per pass."""
     import shlex
 
-    from .trace.qemu_import import import_qemu_stream
+    from .sources.qemu_stream import import_qemu_stream
 
-    if channels:  # a multifd capture: main stream + channel files (pagecodec.trace.multifd)
-        from .trace.multifd import import_multifd
+    if channels:  # a multifd capture: main stream + channel files (pagecodec.sources.qemu_stream.multifd)
+        from .sources.qemu_stream import import_multifd
 
         mrep = import_multifd(stream, channels, output, require_vmdesc=not no_vmdesc)
         if as_json:
@@ -396,7 +396,7 @@ def _blocks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
 def trace_synth(output: str, ram_size: int, blocks: list[tuple[str, int]] | None, rounds: int, dirty_fraction: str,
                 patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int) -> None:
     """Generate a synthetic trace (deterministic for a seed)."""
-    from .trace.synth import parse_patterns, synthesize
+    from .sources.synth import parse_patterns, synthesize
 
     try:
         fr = [float(x) for x in dirty_fraction.split(",")]
@@ -447,7 +447,7 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
                  timeout: float, multifd: int | None, multifd_compression: str) -> None:
     """Migrate a running QEMU guest to a stream over QMP and import it as a trace."""
     from .trace.format import TraceReader
-    from .trace.qemu_capture import capture_qemu as do_capture
+    from .sources.qemu_live import capture_qemu as do_capture
 
     if keep_stream and not multifd and os.path.isdir(keep_stream):
         raise click.BadParameter(f"{keep_stream!r} is a directory (only --multifd keeps a directory)", param_hint="--stream")
@@ -502,7 +502,7 @@ def capture_process(c: Ctx, pid: int | None, output: str, interval: float, round
                     unreadable: str, as_json: bool, command: tuple[str, ...]) -> None:
     """Record a live process's writable memory every --interval seconds: --pid PID, or -- CMD … (launched,
     recorded after --warmup, then terminated)."""
-    from .trace.process import capture_process as do_capture
+    from .sources.process import capture_process as do_capture
 
     if (pid is None) == (not command):
         raise click.UsageError("give either --pid PID or -- CMD … (the command to launch)")

@@ -27,15 +27,14 @@ import pytest
 
 from pagecodec.errors import DecodeError, WireError
 from pagecodec.trace.format import TraceReader
-from pagecodec.trace.multifd import (
-    MULTIFD_FLAG_SYNC,
-    PACKET_HEADER_SIZE,
+from pagecodec.sources.qemu_stream import (
     import_multifd,
+    import_qemu_stream,
     read_channel,
     read_main_stream,
     split_stream,
 )
-from pagecodec.trace.qemu_import import import_qemu_stream
+from pagecodec.wire.multifd import MULTIFD_FLAG_SYNC, PACKET_HEADER_SIZE
 
 PS = 4096
 MIB = 1 << 20
@@ -428,7 +427,7 @@ def test_recorder_tees_and_names_connections(tmp_path, split2):
     import socket
     import threading
 
-    from pagecodec.trace.multifd import StreamRecorder
+    from pagecodec.sources.qemu_live import StreamRecorder
 
     main, chans = split2
     payloads = [main.read_bytes(), chans[1].read_bytes(), chans[0].read_bytes()]
@@ -472,7 +471,7 @@ def test_recorder_rejects_foreign_connections(tmp_path):
     import socket
 
     from pagecodec.qemu import QemuError
-    from pagecodec.trace.multifd import StreamRecorder
+    from pagecodec.sources.qemu_live import StreamRecorder
 
     with StreamRecorder(tmp_path / "rec") as rec:
         s = socket.create_connection(("127.0.0.1", rec.port))
@@ -486,7 +485,7 @@ def test_recorder_rejects_foreign_connections(tmp_path):
 
 def test_multifd_capture_takes_no_other_capability(tmp_path):
     from pagecodec.qemu import QemuError
-    from pagecodec.trace.qemu_capture import capture_qemu
+    from pagecodec.sources.qemu_live import capture_qemu
 
     with pytest.raises(QemuError, match="multifd captures take no other page capability"):
         capture_qemu(None, tmp_path / "t.parquet", multifd=2, capabilities=("xbzrle",))
@@ -549,7 +548,7 @@ def test_multifd_capture_matches_qemu_destination(qemu_dir, guest_disk, compress
     """Source → pagecodec's recorder (tee) → real destination, 2 channels: the trace's final pc.ram is the
     destination's, and the recording is what the destination loaded."""
     from pagecodec.qemu.machine import VM, wait_until
-    from pagecodec.trace.multifd import capture_multifd, listen_multifd_incoming
+    from pagecodec.sources.qemu_live import capture_multifd, listen_multifd_incoming
 
     d = qemu_dir
     trace = d / f"mfd-{compression}.parquet"

@@ -28,9 +28,9 @@ import pytest
 
 from pagecodec.chain.config import parse_spec
 from pagecodec.harness.replay import verify
-from pagecodec.trace import process as proc_mod
+from pagecodec.sources import process as proc_mod
 from pagecodec.trace.format import TraceReader
-from pagecodec.trace.process import (
+from pagecodec.sources.process import (
     PM_PRESENT,
     PM_SOFT_DIRTY,
     CaptureError,

@@ -22,7 +22,8 @@ from pagecodec.errors import DecodeError, PageCodecError, TraceError, WireError
 from pagecodec.harness.replay import replay, verify
 from pagecodec.trace.format import TraceReader
 from pagecodec.trace.image import block_image
-from pagecodec.trace.qemu_import import ImportReport, find_vmdesc, import_qemu_stream
+from pagecodec.sources.qemu_stream import ImportReport, import_qemu_stream
+from pagecodec.wire.qevm import find_vmdesc
 
 PS = 4096
 STREAMS = ("qemu72-paused-64m.mig", "qemu72-xbzrle-64m.mig")
@@ -335,7 +336,7 @@ def test_roundtrip_own_stream(seed, tmp_path, pm):
 
 @pytest.fixture(scope="module")
 def synth_trace(tmp_path_factory):
-    from pagecodec.trace.synth import synthesize
+    from pagecodec.sources.synth import synthesize
 
     p = tmp_path_factory.mktemp("synth") / "syn.parquet"
     synthesize(p, ram_size=4 << 20, rounds=8, dirty_fraction=0.05, patterns="sparse=4,rewrite=1,toggle=1,text=2,random=1",

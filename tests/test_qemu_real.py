@@ -77,11 +77,11 @@ def counter(vm: VM) -> int:
 def importer():
     """The QEMU stream importer (a colleague's module): required under CI."""
     try:
-        from pagecodec.trace.qemu_import import import_qemu_stream
+        from pagecodec.sources.qemu_stream import import_qemu_stream
     except ImportError as e:
         if in_ci():
-            pytest.fail(f"pagecodec.trace.qemu_import is missing under CI: {e}")
-        pytest.skip(f"pagecodec.trace.qemu_import not available yet: {e}")
+            pytest.fail(f"pagecodec.sources.qemu_stream is missing under CI: {e}")
+        pytest.skip(f"pagecodec.sources.qemu_stream not available yet: {e}")
     return import_qemu_stream
 
 
@@ -162,7 +162,7 @@ def capture(vms: VMs, disk: Path, name: str, capabilities: tuple[str, ...], via_
         assert p.returncode == 0, p.stderr
         out = p.stdout
     else:
-        from pagecodec.trace.qemu_capture import capture_qemu
+        from pagecodec.sources.qemu_live import capture_qemu
 
         res = capture_qemu(None, trace, passes=6, capabilities=capabilities, keep_stream=stream, timeout=90,
                            qmp=src.qmp)
@@ -355,7 +355,7 @@ def need_codec(config: str) -> None:
 @pytest.fixture(scope="module")
 def qemu_layout_trace(vms, slow_disk, workdir) -> Path:
     """A synthetic trace with exactly the RAM blocks QEMU 7.2's pc-i440fx-7.2 -m 64 has (info ramblock)."""
-    from pagecodec.trace.synth import synthesize
+    from pagecodec.sources.synth import synthesize
 
     vm = vms.start(disk=slow_disk, name="layout", paused=True)
     blocks = [(b.name, b.used) for b in vm.ram_blocks()]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pagecodec.chain.receiver import Receiver
+from pagecodec.chain.receiver import Receiver, RecordObserver
 from pagecodec.errors import WireError
 from pagecodec.trace.format import RAMBlockInfo
 from pagecodec.wire import qevm
@@ -165,19 +165,22 @@ def test_load_stream_stops_at_device_state_and_finds_vmdesc(shared, pm):
 
 
 def test_observers_see_every_page_record_in_stream_order(shared, pm):
-    """before_pages/on_pages: one call per record or vectorised run, pages ascending, each record's
+    """before_pages/pages: one call per record or vectorised run, pages ascending, each record's
     offset; before sees the old content, after the new one."""
     calls = []
 
-    def before(bi, idx, kind, at):
-        calls.append(["before", bi, idx.copy(), kind, at.copy(), rc.block_pages[bi][idx].copy()])
+    class Obs(RecordObserver):
+        def before_pages(self, rec):
+            calls.append(["before", rec.block, rec.index.copy(), rec.kind, rec.at.copy(),
+                          rc.block_pages[rec.block][rec.index].copy()])
 
-    def after(bi, idx, kind, at):
-        calls.append(["after", bi, idx.copy(), kind, at.copy(), rc.block_pages[bi][idx].copy()])
+        def pages(self, rec):
+            calls.append(["after", rec.block, rec.index.copy(), rec.kind, rec.at.copy(),
+                          rc.block_pages[rec.block][rec.index].copy()])
 
     path = shared / "streams" / "qemu72-xbzrle-64m.mig"
     r = StreamReader.open(path)
-    rc = Receiver(PS, pm, source=str(path), before_pages=before, on_pages=after)
+    rc = Receiver(PS, pm, source=str(path), observer=Obs())
     rc.load_stream(r)
     assert [c[0] for c in calls] == ["before", "after"] * (len(calls) // 2)
     done: dict[str, int] = {}
@@ -224,22 +227,23 @@ def test_zero_fill_byte_policy(pm, run):
 
 
 def test_compressed_pages_with_an_extra_decoder(pm):
-    """COMPRESS_PAGE: no codec plugin decodes it; CompressedPageDecoder given as an extra decoder does."""
+    """COMPRESS_PAGE: no registered codec plugin decodes it; the compress-threads codec, given in the
+    receiver's list of codecs, does."""
     import zlib
 
-    from pagecodec.chain.receiver import CompressedPageDecoder
+    from pagecodec.codecs.compress import CompressThreadsCodec
     from pagecodec.errors import DecodeError
 
     z = zlib.compress(b"\x09" * PS)
     rec = (3 * PS | 0x100).to_bytes(8, "big") + b"\x06pc.ram" + len(z).to_bytes(4, "big") + z
     data = stream(rec + eos_record())
     err(data, pm, "unknown combination of migration flags 0x100")
-    rc = Receiver(PS, pm, extra_decoders=[CompressedPageDecoder()])
+    rc = Receiver(PS, [*pm.codecs.values(), CompressThreadsCodec()])
     rc.load_stream(StreamReader(data))
     assert (rc.memory["pc.ram"].reshape(-1, PS)[3] == 9).all() and rc.stats.records == {"compress": 1}
     bad = stream(rec[:-4] + b"\x00\x00\x00\x00" + eos_record())
     with pytest.raises(DecodeError, match="compressed page"):
-        Receiver(PS, pm, extra_decoders=[CompressedPageDecoder()]).load_stream(StreamReader(bad))
+        Receiver(PS, [*pm.codecs.values(), CompressThreadsCodec()]).load_stream(StreamReader(bad))
 
 
 def test_commands_multifd_flush_and_eos_address(pm):
@@ -278,3 +282,57 @@ def test_mem_size_with_x_ignore_shared_addresses(pm, declared):
     rc = load(w.sink.getvalue(), pm)
     assert rc.ignore_shared and rc.shared_addr == {"pc.ram": 0x1000_0000, "pc.bios": 0xFFFE_0000}
     assert [b.name for b in rc.blocks] == ["pc.ram", "pc.bios"] and rc.stats.records == {"zero": 1}
+
+
+def test_observer_sees_sections_mem_size_eos_and_payloads(shared, pm):
+    """The structural hooks: every RAM section's start, body, EOS and end, the MEM_SIZE record's extent,
+    and each page record's payload offset (the page bytes as they stand in the stream)."""
+    events = []
+
+    class Obs(RecordObserver):
+        def ram_section(self, header, start, body):
+            events.append(("section", header.type, start, body))
+
+        def mem_size(self, at, end):
+            events.append(("mem_size", at, end))
+
+        def pages(self, rec):
+            events.append(("pages", rec))
+            if rec.kind == "page":
+                for i, p in zip(rec.index.tolist(), rec.payload_at.tolist()):
+                    assert np.array_equal(data[p : p + PS], rc.block_pages[rec.block][i])
+
+        def eos(self, at):
+            events.append(("eos", at))
+
+        def ram_section_end(self, header, end):
+            events.append(("end", header.type, end))
+
+    path = shared / "streams" / "qemu72-paused-64m.mig"
+    r = StreamReader.open(path)
+    data = r.view_np()
+    rc = Receiver(PS, pm, source=str(path), observer=Obs())
+    rc.load_stream(r)
+    kinds = [e[0] for e in events]
+    assert kinds.count("section") == kinds.count("end") == kinds.count("eos") == rc.stats.sections == 3
+    assert kinds.count("mem_size") == 1 and kinds.index("mem_size") == 1
+    prev_end = None
+    for e in events:
+        if e[0] == "section":
+            _, st, start, body = e
+            assert data[start] == st and body > start
+            if prev_end is not None:
+                assert start >= prev_end
+        elif e[0] == "mem_size":
+            word = int.from_bytes(data[e[1] : e[1] + 8].tobytes(), "big")
+            assert word & 0xFFF == 0x04 and e[2] > e[1] + 8
+        elif e[0] == "eos":
+            assert int.from_bytes(data[e[1] : e[1] + 8].tobytes(), "big") == 0x10
+        elif e[0] == "end":
+            prev_end = e[2]
+        else:
+            rec = e[1]
+            for a, p in zip(rec.at.tolist(), rec.payload_at.tolist()):
+                cont = data[a + 7] & 0x20
+                assert p == a + 8 + (0 if cont else 1 + int(data[a + 8]))
+    assert rc.device_state_at == prev_end  # device state follows the RAM END section

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pagecodec.errors import TraceError
 from pagecodec.trace.format import TraceReader, open_trace
-from pagecodec.trace.synth import (
+from pagecodec.sources.synth import (
     PATTERNS,
     SYNTH_DATE,
     PatternError,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from conftest import ROOT
 from pagecodec.chain.config import parse_spec
 from pagecodec.harness.replay import verify
 from pagecodec.trace.format import TraceReader
-from pagecodec.trace.synth import PATTERNS, synthesize
+from pagecodec.sources.synth import PATTERNS, synthesize
 
 CORPORA = ROOT / "corpora"
 
@@ -81,3 +82,65 @@ def test_verify_large_generated(tmp_path, pm):
                zero_fraction=0.4, seed=11)
     res = verify(TraceReader(path), parse_spec("none"), pm)
     assert res.ok, res.mismatch
+
+
+def _synth(path, rounds=4):
+    synthesize(path, ram_size=0, blocks=[("pc.ram", 64 * 4096), ("pc.bios", 8 * 4096)], rounds=rounds,
+               dirty_fraction=0.2, patterns="sparse=1,random=1", zero_fraction=0.3, unchanged_fraction=0.1,
+               seed=5, row_group_pages=64)
+
+
+def test_verify_compares_the_pages_a_round_touched(tmp_path, pm):
+    """The per-round compare covers the pages the stream wrote, not only those the trace dirtied: round
+    1 dirties page 0 without changing it, and the stream is tampered so that its record lands on page 5
+    instead. Page 0 is still right; page 5, which the trace did not dirty, is caught in round 1."""
+    from conftest import write_trace
+
+    ps = 4096
+    pages = np.arange(1, 9, dtype=np.uint8).repeat(ps).reshape(8, ps)
+    path = tmp_path / "t.trace.parquet"
+    write_trace(path, [("pc.ram", 8 * ps)], [
+        {0: (np.arange(8) * ps, pages)},
+        {0: (np.array([0]), pages[:1])},          # dirtied, same content
+        {0: (np.array([3 * ps]), pages[3:4] ^ 1)},
+    ])
+    cont_page = (0x08 | 0x20).to_bytes(8, "big")  # PAGE|CONTINUE at offset 0
+
+    def tamper(r, chunk):
+        if r != 1:
+            return chunk
+        at = chunk.index(cont_page)
+        return chunk[:at] + (5 * ps | 0x28).to_bytes(8, "big") + chunk[at + 8 :]
+
+    res = verify(TraceReader(path), parse_spec("none"), pm, tamper=tamper)
+    assert not res.ok and res.mismatch.round == 1 and res.mismatch.offset == 5 * ps
+
+
+def test_verify_catches_a_stray_write_at_the_final_compare(tmp_path, pm, monkeypatch):
+    """A decoder that writes outside the pages its records name is not seen by the per-round compare
+    (that page is in neither the trace's nor the stream's set for the round) but by the comparison of
+    all of RAM after the last round."""
+    from conftest import write_trace
+    from pagecodec.codecs import raw
+
+    ps = 4096
+    pages = np.arange(1, 9, dtype=np.uint8).repeat(ps).reshape(8, ps)
+    path = tmp_path / "t.trace.parquet"
+    write_trace(path, [("pc.ram", 8 * ps)], [
+        {0: (np.arange(8) * ps, pages)},                   # round 0: every page (non-zero)
+        {0: (np.array([0, ps]), pages[:2] ^ 0x11)},         # round 1: pages 0 and 1, sent as one run
+        {0: (np.array([0]), pages[:1] ^ 0x22)},             # round 2: page 0
+    ])
+    real = raw.RawPageDecoder.load_batch
+    hit = []
+
+    def stray(self, payloads, pages_, index):
+        real(self, payloads, pages_, index)
+        if index[0] == 0 and not hit:  # round 1's run (round 0's run starts at page 1)
+            pages_[7, 0] ^= 0xFF
+            hit.append(7)
+
+    monkeypatch.setattr(raw.RawPageDecoder, "load_batch", stray)
+    res = verify(TraceReader(path), parse_spec("none"), pm)
+    assert hit and not res.ok
+    assert res.mismatch.round == 2 and res.mismatch.offset == 7 * ps and "first at +0x0" in res.mismatch.detail

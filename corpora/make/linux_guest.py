@@ -29,7 +29,7 @@ capability off (pagecodec.qemu.migrate.migrate_to_file: ``exec:cat > FILE``, tin
 at ``--bulk-bandwidth``; near the end of the bulk pass (``ram.remaining`` ≤ ``--switch-at``) lower
 max-bandwidth to ``--max-bandwidth`` for the later passes; after ``--passes`` dirty-bitmap syncs
 migrate_to_file raises both limits so it completes. Import the stream with
-pagecodec.trace.qemu_import.import_qemu_stream (provenance ``qemu-stream``, command: this command line)
+pagecodec.sources.qemu_stream.import_qemu_stream (provenance ``qemu-stream``, command: this command line)
 and print a JSON summary (what corpora/MANIFEST.json records).
 A TCG guest is not deterministic, so a re-run gives a trace of the same kind, not the same bytes.
 """
@@ -60,7 +60,7 @@ from pagecodec.qemu.find import require_qemu  # noqa: E402
 from pagecodec.qemu.machine import VM  # noqa: E402
 from pagecodec.qemu.migrate import MigrationSettings, migrate_to_file  # noqa: E402
 from pagecodec.trace.format import TraceReader  # noqa: E402
-from pagecodec.trace.qemu_import import import_qemu_stream  # noqa: E402
+from pagecodec.sources.qemu_stream import import_qemu_stream  # noqa: E402
 
 #: Debian bookworm packages the guest is made of: (package, version, sha256 of the .deb).
 KERNEL_VERSION = "6.1.192-2"

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..codecs.base import SLOT_ORDER, Slot
 from ..errors import ConfigError
+from .slots import SLOT_ORDER, Slot
 
 __all__ = ["MigrationConfig", "parse_spec", "parse_size", "CAPABILITIES", "PARAMETERS", "QEMU_VERSIONS"]
 

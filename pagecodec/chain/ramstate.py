@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..harness.metrics import RamCounters
+from .metrics import RamCounters
 
 __all__ = ["RAMState", "block_addresses", "RAM_ADDR_ALIGN"]
 

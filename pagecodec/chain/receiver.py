@@ -1,9 +1,11 @@
 """The load side (QEMU's ram_load_precopy and the QEVM container around it): parse the stream, rebuild
 each RAM block in memory.
 
-Each RAM block lives in a numpy array. Records are dispatched on their flag to the decoder a codec
-plugin registered for it (or one given as ``extra_decoders``, e.g. :class:`CompressedPageDecoder`);
-runs of fixed-size records (raw pages, zero pages) of one block are parsed and applied as one batch.
+Each RAM block lives in a numpy array. Records are dispatched on their flag to the decoder of the codec
+that writes them: the receiver gets its codecs from the plugin manager (``verify``: what the sender
+could have used) or as a list (readers of real QEMU streams: :func:`pagecodec.codecs.qemu.qemu_codecs`),
+never a decoder by name. Runs of fixed-size records (raw pages, zero pages) of one block are parsed
+and applied as one batch.
 
 Besides what pagecodec's own sender writes, the receiver reads what QEMU 4.1 … 10.x writes in a
 precopy stream: QEMU_VM_COMMAND sections (return path, pings, the postcopy *advice*, 10.0's
@@ -17,32 +19,29 @@ VMDESCRIPTION trailer is located from the end of the stream instead (:meth:`Rece
 A ZERO record's fill byte is applied as QEMU 7.2 does (the page is filled with it); newer QEMU
 rejects anything but 0 (``zero_fill="reject"``).
 
-Observers (``before_pages``/``on_pages``) see every page record in stream order, a vectorised run as
-one call. Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
+This is the one RAM-record walker of pagecodec. Whoever needs to know where records are (the importer
+cutting passes into rounds, the multifd import splicing channel pages back in, ``verify`` comparing the
+pages a round touched) passes a :class:`RecordObserver`: it sees every section, control record and
+page record in stream order (a vectorised run as one call) with block, page indexes and byte
+positions. Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
 byte offset: unknown flags, a CONTINUE with no previous block, an unknown block, an offset outside its
 block, a MEM_SIZE list that disagrees with the expected blocks, a truncated record, a missing footer.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
-from ..codecs.base import CodecContext, RecordDecoder
-from ..codecs.raw import RawPageDecoder
-from ..codecs.xbzrle import XbzrleDecoder
-from ..codecs.zero import ZeroPageDecoder
-from ..errors import DecodeError, PageCodecError, PluginError
+from ..codecs.base import Codec, CodecContext, RecordDecoder
+from ..errors import PageCodecError, PluginError
 from ..plugins import PluginManager
 from ..trace.format import RAMBlockInfo
 from ..wire import qevm
 from ..wire.flags import (
-    ENCODING_FLAG_XBZRLE,
     PAGE_RECORD_FLAGS,
-    RAM_SAVE_FLAG_COMPRESS_PAGE,
     RAM_SAVE_FLAG_CONTINUE,
     RAM_SAVE_FLAG_EOS,
     RAM_SAVE_FLAG_HOOK,
@@ -52,22 +51,15 @@ from ..wire.flags import (
     RAM_SECTION_IDSTR,
     RAM_SECTION_VERSION,
     SectionType,
-    compress_bound,
 )
 from ..wire.reader import StreamReader
 from .config import MigrationConfig
 from .ramstate import block_addresses
 
-__all__ = ["Receiver", "LoadStats", "PageObserver", "CompressedPageDecoder", "QemuXbzrleDecoder", "qemu_decoders",
-           "read_block_list"]
+__all__ = ["Receiver", "LoadStats", "RecordObserver", "PageRecords", "read_block_list"]
 
 #: Longest run of fixed-size records parsed in one vectorised step.
 _RUN = 4096
-
-#: ``observer(block_index, page_indexes, kind, record_offsets)``: pages (int64 indexes into the block,
-#: strictly ascending: a run never holds a page twice) of one record or one vectorised run of records,
-#: ``kind`` as in :attr:`LoadStats.records`, and the stream offset of each page's record.
-PageObserver = Callable[[int, np.ndarray, str, np.ndarray], None]
 
 #: Commands a precopy stream may carry: return-path set-up and pings, the postcopy *advice* (sent
 #: whenever postcopy-ram is on, whether or not the migration ever switches to postcopy), and 10.0's
@@ -91,60 +83,49 @@ class LoadStats:
     multifd_flush: int = 0
 
 
-# --------------------------------------------------------------------------------------------------
-# decoders for QEMU's records that no built-in codec plugin writes, or checks as QEMU's loader does
-# --------------------------------------------------------------------------------------------------
-class CompressedPageDecoder(RecordDecoder):
-    """COMPRESS_PAGE (compress threads, QEMU ≤ 9.0): be32 len ≤ compressBound(page), then one zlib
-    stream that inflates to exactly one page (``decompress_data_with_multi_threads``)."""
+@dataclass(frozen=True)
+class PageRecords:
+    """Page records of one block as the receiver meets them: one record, or a vectorised run of
+    records (same flags, CONTINUE, ascending offsets). Offsets are stream offsets (``base`` included)."""
 
-    flag = RAM_SAVE_FLAG_COMPRESS_PAGE
-
-    def load(self, r: StreamReader, page: np.ndarray) -> None:
-        ps = page.shape[0]
-        lat = r.pos
-        n = r.get_be32("compressed length")
-        bound = compress_bound(ps)
-        if n > bound:
-            raise DecodeError(f"compressed page of {n} bytes, more than compressBound({ps}) = {bound}", r.base + lat, r.source)
-        dat = r.base + r.pos
-        d = zlib.decompressobj()
-        try:
-            out = d.decompress(bytes(r.get_bytes(n, "compressed page")), ps + 1)
-        except zlib.error as e:
-            raise DecodeError(f"compressed page is not a valid zlib stream: {e}", dat, r.source) from None
-        if not d.eof:
-            raise DecodeError(f"compressed page: zlib stream incomplete after {len(out)} bytes of output", dat, r.source)
-        if len(out) != ps or d.unused_data:
-            what = f"{len(out)} bytes of output" if len(out) != ps else f"{len(d.unused_data)} bytes after the zlib stream"
-            raise DecodeError(f"compressed page: {what}, expected exactly one page of {ps} bytes", dat, r.source)
-        page[:] = np.frombuffer(out, np.uint8)
+    block: int               # index into Receiver.blocks (MEM_SIZE order)
+    index: np.ndarray        # int64 page indexes in the block, strictly ascending (a run holds a page once)
+    kind: str                # "zero", "page", "xbzrle", "compress", or the flag in hex for a plugin's record
+    at: np.ndarray           # int64 offset of each record's header
+    payload_at: np.ndarray   # int64 offset of each record's payload (after header and idstr)
 
 
-class QemuXbzrleDecoder(XbzrleDecoder):
-    """The xbzrle codec's decoder with ``load_xbzrle``'s header checks raised as :class:`DecodeError`
-    (encoding byte 0x01, length ≤ page size); counts the encoded bytes (``data_bytes``)."""
+class RecordObserver:
+    """What the receiver shows of the stream as it walks it, in stream order. Override what you need;
+    every method here does nothing. A method that raises stops the load with that error.
 
-    def __init__(self) -> None:
-        self.data_bytes = 0
+    Offsets are stream offsets. ``before_pages`` is called once a page record's header is checked and
+    just before its pages are written (the old content is still in ``Receiver.block_pages``),
+    ``pages`` once they are written."""
 
-    def load(self, r: StreamReader, page: np.ndarray) -> None:
-        at = r.pos
-        r.need(3, "XBZRLE record header")
-        enc, hi, lo = r.view_np()[at : at + 3].tolist()
-        n = hi << 8 | lo
-        if enc != ENCODING_FLAG_XBZRLE:
-            msg = f"XBZRLE record with encoding flag {enc:#04x}, expected {ENCODING_FLAG_XBZRLE:#04x}"
-            raise DecodeError(msg, r.base + at, r.source)
-        if n > page.shape[0]:
-            raise DecodeError(f"XBZRLE record of {n} bytes, more than a page ({page.shape[0]})", r.base + at + 1, r.source)
-        super().load(r, page)
-        self.data_bytes += n
+    def command(self, name: str, data: bytes, at: int) -> None:
+        """A QEMU_VM_COMMAND section the receiver accepted (``name`` as in ``qevm.MIG_CMD_NAMES``)."""
 
+    def ram_section(self, header: qevm.SectionHeader, start: int, body: int) -> None:
+        """A RAM section's header (START/PART/END) at ``start``; its first record is at ``body``."""
 
-def qemu_decoders(page_size: int) -> list[RecordDecoder]:
-    """Every page record QEMU writes, checked as its loader checks them, without codec plugins."""
-    return [ZeroPageDecoder(), RawPageDecoder(page_size), QemuXbzrleDecoder(), CompressedPageDecoder()]
+    def mem_size(self, at: int, end: int) -> None:
+        """The MEM_SIZE record at ``at`` with its block list, which ends at ``end`` (blocks are set)."""
+
+    def before_pages(self, records: PageRecords) -> None:
+        """Page records about to be applied."""
+
+    def pages(self, records: PageRecords) -> None:
+        """Page records applied."""
+
+    def multifd_flush(self, at: int) -> None:
+        """A MULTIFD_FLUSH record (QEMU 8.1+)."""
+
+    def eos(self, at: int) -> None:
+        """The EOS record that ends a RAM section's data."""
+
+    def ram_section_end(self, header: qevm.SectionHeader, end: int) -> None:
+        """The RAM section is over (footer read, if the stream has footers); the next section is at ``end``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,25 +165,22 @@ def read_block_list(
 class Receiver:
     """Destination RAM plus the state ram_load keeps between records (the last block seen).
 
-    ``plugins`` supplies decoders (None: only ``extra_decoders``); ``extra_decoders`` serve the flags no
-    plugin decodes. ``zero_fill``: "fill" applies a ZERO record's fill byte (QEMU 7.2), "reject"
-    refuses a non-zero one (newer QEMU). ``before_pages``/``on_pages`` (:data:`PageObserver`) are
-    called for every page record or vectorised run, in stream order, once its header is checked and
-    just before its pages are written, and once they are written.
+    ``codecs``: where the decoders come from — a plugin manager (every codec it registered) or a list
+    of codecs (e.g. :func:`pagecodec.codecs.qemu.qemu_codecs`); None: no page record decodes.
+    ``zero_fill``: "fill" applies a ZERO record's fill byte (QEMU 7.2), "reject" refuses a non-zero one
+    (newer QEMU). ``observer`` sees the stream as it is walked (:class:`RecordObserver`).
     """
 
     def __init__(
         self,
         page_size: int,
-        plugins: PluginManager | None,
+        codecs: PluginManager | Iterable[Codec] | None,
         config: MigrationConfig | None = None,
         expected_blocks: Iterable[RAMBlockInfo] | None = None,
         source: str | None = None,
         *,
-        extra_decoders: Iterable[RecordDecoder] = (),
         zero_fill: str = "fill",
-        before_pages: PageObserver | None = None,
-        on_pages: PageObserver | None = None,
+        observer: RecordObserver | None = None,
     ) -> None:
         if zero_fill not in ("fill", "reject"):
             raise ValueError(f"zero_fill must be 'fill' or 'reject', not {zero_fill!r}")
@@ -217,8 +195,7 @@ class Receiver:
         self._last: int | None = None
         self.source = source
         self.zero_fill = zero_fill
-        self.before_pages = before_pages
-        self.on_pages = on_pages
+        self.observer = observer
         self.stats = LoadStats()
         self.header: qevm.FileHeader | None = None
         self.ignore_shared: bool | None = None  # None: not declared, both MEM_SIZE layouts are tried
@@ -234,25 +211,24 @@ class Receiver:
         self.vmdesc_offset: int | None = None
         blocks = tuple(self.expected.values()) if self.expected else ()
         ctx = CodecContext(config or MigrationConfig(), page_size, blocks, block_addresses([b.used_length for b in blocks]))
+        if isinstance(codecs, PluginManager):
+            named = [(c, codecs.plugin_of(c.name)) for c in codecs.codecs.values()]
+        else:
+            named = [(c, None) for c in (codecs or ())]
         self.decoders: dict[int, RecordDecoder] = {}
         self._decoder_codec: dict[int, str] = {}
-        for name, codec in (plugins.codecs if plugins is not None else {}).items():
+        for codec, owner in named:
             try:
                 decs = codec.decoders(ctx)
             except Exception as e:
-                owner = plugins.plugin_of(name) if plugins is not None else None
-                raise PluginError(f"codec {name!r} (plugin {owner!r}) failed to build its decoder: {e}") from e
+                raise PluginError(f"codec {codec.name!r} (plugin {owner or 'built-in'!r}) failed to build its decoder: {e}") from e
             for d in decs:
                 if d.flag in self.decoders:
                     raise PluginError(
-                        f"codecs {self._decoder_codec[d.flag]!r} and {name!r} both decode flag {d.flag:#x}"
+                        f"codecs {self._decoder_codec[d.flag]!r} and {codec.name!r} both decode flag {d.flag:#x}"
                     )
                 self.decoders[d.flag] = d
-                self._decoder_codec[d.flag] = name
-        for d in extra_decoders:
-            if d.flag not in self.decoders:
-                self.decoders[d.flag] = d
-                self._decoder_codec[d.flag] = type(d).__name__
+                self._decoder_codec[d.flag] = codec.name
 
     # -- stream level ---------------------------------------------------------------------------
     def load_stream(
@@ -329,6 +305,8 @@ class Receiver:
             if hdr.version_id != RAM_SECTION_VERSION:
                 raise r.error(f"RAM section version {hdr.version_id}, expected {RAM_SECTION_VERSION}", at)
             self.ram_section_id = sid
+        if self.observer is not None:
+            self.observer.ram_section(hdr, r.base + at, r.base + r.pos)
         self.load_ram(r)
         if self.footers is None:
             self.footers = r.peek_byte() == SectionType.SECTION_FOOTER
@@ -337,6 +315,8 @@ class Receiver:
         self.stats.sections += 1
         if st == SectionType.SECTION_END:
             self.ram_ended = True
+        if self.observer is not None:
+            self.observer.ram_section_end(hdr, r.base + r.pos)
         return hdr
 
     def _load_command(self, r: StreamReader) -> None:
@@ -364,6 +344,8 @@ class Receiver:
         elif cmd in (qevm.MIG_CMD_OPEN_RETURN_PATH, qevm.MIG_CMD_SWITCHOVER_START) and n != 0:
             raise r.error(f"{name} with {n} bytes of data (expected 0)", at)
         self.commands[name] = self.commands.get(name, 0) + 1
+        if self.observer is not None:
+            self.observer.command(name, data, r.base + at)
 
     def locate_vmdesc(self, r: StreamReader, found: tuple[int, dict] | None = None) -> dict | None:
         """The VMDESCRIPTION trailer at the end of the stream (:func:`qevm.find_vmdesc`; ``found``: its
@@ -384,7 +366,7 @@ class Receiver:
         ps = self.page_size
         mask = ps - 1
         count = self.stats.records
-        observed = self.before_pages is not None or self.on_pages is not None
+        obs = self.observer
         while True:
             at = r.pos
             word = r.get_be64("RAM record header")
@@ -400,12 +382,18 @@ class Receiver:
                 if addr:
                     raise r.error(f"EOS record with a non-zero address {addr:#x}", at)
                 self.stats.eos += 1
+                if obs is not None:
+                    obs.eos(r.base + at)
                 return
             if kind == RAM_SAVE_FLAG_MEM_SIZE:
                 self._load_mem_size(r, addr, at)
+                if obs is not None:
+                    obs.mem_size(r.base + at, r.base + r.pos)
                 continue
             if kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:  # 8.1+: multifd channels sync; nothing to load here
                 self.stats.multifd_flush += 1
+                if obs is not None:
+                    obs.multifd_flush(r.base + at)
                 continue
             dec = self.decoders.get(kind)
             if dec is None:
@@ -421,10 +409,10 @@ class Receiver:
             if kind == RAM_SAVE_FLAG_ZERO and self.zero_fill == "reject" and r.peek_byte():
                 raise r.error(f"zero page record with fill byte {r.peek_byte():#04x} (QEMU only sends 0)")
             i = addr // ps
-            if observed:
-                idx, ats = np.array([i], np.int64), np.array([r.base + at], np.int64)
-                if self.before_pages is not None:
-                    self.before_pages(bi, idx, name, ats)
+            if obs is not None:
+                rec = PageRecords(bi, np.array([i], np.int64), name, np.array([r.base + at], np.int64),
+                                  np.array([r.base + r.pos], np.int64))
+                obs.before_pages(rec)
             try:
                 dec.load(r, pages[i])
             except PageCodecError:
@@ -435,8 +423,8 @@ class Receiver:
                     f"on block {self.block_order[bi]!r} offset {addr:#x}: {type(e).__name__}: {e}"
                 ) from e
             count[name] = count.get(name, 0) + 1
-            if self.on_pages is not None:
-                self.on_pages(bi, idx, name, ats)
+            if obs is not None:
+                obs.pages(rec)
 
     def _load_run(self, r: StreamReader, word: int, dec: RecordDecoder, bi: int, name: str) -> int:
         """Vectorised: a run of records with the same flags (CONTINUE), a fixed payload size and
@@ -467,14 +455,15 @@ class Receiver:
         if k < 2:
             return 0
         idx = (offs[:k] // np.uint64(ps)).astype(np.int64)
-        if self.before_pages is not None or self.on_pages is not None:
+        obs = self.observer
+        if obs is not None:
             ats = r.base + start + stride * np.arange(k, dtype=np.int64)
-            if self.before_pages is not None:
-                self.before_pages(bi, idx, name, ats)
+            rec = PageRecords(bi, idx, name, ats, ats + 8)
+            obs.before_pages(rec)
         dec.load_batch(payloads[:k], pages, idx)
         r.pos = start + k * stride
-        if self.on_pages is not None:
-            self.on_pages(bi, idx, name, ats)
+        if obs is not None:
+            obs.pages(rec)
         return k
 
     def _block_from_stream(self, r: StreamReader, flags: int, at: int) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..codecs.base import CodecContext, Segment, Slot, SlotEncoder, Stage
 from ..errors import PageCodecError, PluginError
-from ..harness.metrics import MigrationStats, RoundStats
+from .metrics import MigrationStats, RoundStats
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceMeta
 from ..wire import qevm

@@ -8,40 +8,28 @@ run of dirty pages of one RAM block in QEMU's order, as numpy arrays. They claim
 
 The batch is a performance device only: every encoder must give exactly the result that offering the
 pages one by one in QEMU's order would give (the tests check this).
+
+:class:`Slot` and :data:`SLOT_ORDER` are defined by the chain (:mod:`pagecodec.chain.slots`) and
+offered here too, since a plugin names the slots it fills.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
+from ..chain.config import MigrationConfig
+from ..chain.slots import SLOT_ORDER, Slot
 from ..wire.records import RecordSet
 
 if TYPE_CHECKING:
-    from ..chain.config import MigrationConfig
     from ..trace.format import RAMBlockInfo
     from ..wire.reader import StreamReader
 
 __all__ = ["Slot", "SLOT_ORDER", "Stage", "Segment", "SlotEncoder", "RecordDecoder", "Codec", "CodecContext"]
-
-
-class Slot(str, Enum):
-    """The stages of ram_save_target_page, named after what fills them."""
-
-    CONTROL = "control"  # control_save_page (RDMA hook)
-    COMPRESS = "compress"  # save_compress_page (compress threads)
-    ZERO = "zero"  # save_zero_page
-    MULTIFD = "multifd"  # ram_save_multifd_page
-    DELTA = "delta"  # save_xbzrle_page inside ram_save_page
-    RAW = "raw"  # save_normal_page
-
-
-#: QEMU's order (migration/ram.c, ram_save_target_page).
-SLOT_ORDER: tuple[Slot, ...] = (Slot.CONTROL, Slot.COMPRESS, Slot.ZERO, Slot.MULTIFD, Slot.DELTA, Slot.RAW)
 
 
 @dataclass(frozen=True)
@@ -58,7 +46,7 @@ class Stage:
 class CodecContext:
     """What an encoder or decoder is built with."""
 
-    config: "MigrationConfig"
+    config: MigrationConfig
     page_size: int
     blocks: tuple["RAMBlockInfo", ...]
     block_addrs: tuple[int, ...]  # global RAM address (ram_addr_t) of each block's start

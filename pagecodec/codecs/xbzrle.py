@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import __version__
-from ..errors import PluginError
+from ..errors import DecodeError, PluginError
 from ..hookspecs import hookimpl
 from ..wire.flags import ENCODING_FLAG_XBZRLE, RAM_SAVE_FLAG_XBZRLE
 from ..wire.reader import StreamReader
@@ -116,20 +116,30 @@ class XbzrleEncoder(SlotEncoder):
 
 
 class XbzrleDecoder(RecordDecoder):
-    """load_xbzrle: encoding byte 0x01, be16 len ≤ page size, then the record patched onto the page."""
+    """load_xbzrle: encoding byte 0x01, be16 len ≤ page size, then the record patched onto the page.
+
+    Header faults raise :class:`DecodeError` at the faulty byte; the payload is validated before the
+    page is written (:func:`~pagecodec.codecs.xbzrle_kernel.decode_page`). ``data_bytes`` counts the
+    encoded bytes of the records loaded (the importer reports it)."""
 
     flag = RAM_SAVE_FLAG_XBZRLE
+    data_bytes: int = 0  # per instance once a record is loaded
 
     def load(self, r: StreamReader, page: np.ndarray) -> None:
         at = r.pos
-        enc = r.get_byte("XBZRLE encoding flag")
-        n = r.get_be16("XBZRLE length")
+        r.need(3, "XBZRLE record header")
+        enc, hi, lo = r.view_np()[at : at + 3].tolist()
+        n = hi << 8 | lo
         if enc != ENCODING_FLAG_XBZRLE:
-            raise r.error(f"XBZRLE record with encoding flag {enc:#04x} (expected 0x01)", at)
+            raise DecodeError(f"XBZRLE record with encoding flag {enc:#04x}, expected {ENCODING_FLAG_XBZRLE:#04x}",
+                              r.base + at, r.source)
         if n > page.shape[0]:
-            raise r.error(f"XBZRLE record of {n} bytes exceeds the page size {page.shape[0]}", at + 1)
+            raise DecodeError(f"XBZRLE record of {n} bytes exceeds the page size {page.shape[0]} (more than a page "
+                              f"cannot be a delta of one)", r.base + at + 1, r.source)
+        r.pos = at + 3
         data = r.get_array(n, "XBZRLE data")
         decode_page(data, page, source=r.source, base_offset=r.base + r.pos - n)
+        self.data_bytes += n
 
 
 class XbzrleCodec(Codec):

@@ -4,6 +4,12 @@
 stream round by round on a :class:`~pagecodec.chain.receiver.Receiver` and compares the destination's
 memory with the trace's RAM image after every round; the first difference is reported by round,
 block and offset.
+
+After a round only two kinds of page can differ: those the trace dirtied in the round (the expected
+image changed) and those the stream wrote (the destination changed; the receiver's observer reports
+them). So each round compares just those pages, in block and page order, and the whole of RAM is
+compared once, after the last round: a decoder that wrote outside the pages its records name is
+caught there.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..chain.config import MigrationConfig
-from ..chain.receiver import Receiver
+from ..chain.receiver import PageRecords, Receiver, RecordObserver
 from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceReader
@@ -122,7 +128,8 @@ def verify(
     progress: Callable[[int], None] | None = None,
     tamper: Callable[[int, bytes], bytes] | None = None,
 ) -> VerifyResult:
-    """Replay, decode each round's section, compare every block with the trace after every round.
+    """Replay, decode each round's section, compare the destination with the trace after every round
+    (the pages the round touched on either side; all of RAM after the last round).
 
     ``tamper(round, chunk) -> chunk`` lets tests corrupt the stream between sender and receiver.
     """
@@ -130,9 +137,11 @@ def verify(
     ps = meta.page_size
     sink = MemorySink()
     sender = Sender(meta, config, plugins, sink, machine=machine)
-    receiver = Receiver(ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream")
-    expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
     names = [b.name for b in meta.blocks]
+    touched = _Touched(names)
+    receiver = touched.receiver = Receiver(
+        ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream", observer=touched)
+    expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
     offset = 0
 
     def feed(r: int, loader: Callable[[StreamReader], Any]) -> None:
@@ -148,20 +157,23 @@ def verify(
 
     def expect(batches: Iterator[PageBatch]) -> Iterator[PageBatch]:
         for b in batches:
-            _apply(expected, names, b, ps)
+            _apply(expected, names, b, ps, touched)
             yield b
 
     sender.save_setup()
     feed(-1, lambda sr: (receiver.load_header(sr), receiver.load_section(sr)))
+    touched.clear()
     pages = 0
     mismatch = None
     for r, batches in rounds_of(reader):
         rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == reader.num_rounds - 1))
         pages += rs.dirty_pages
         feed(r, receiver.load_section)
-        mismatch = _compare(expected, receiver, meta.blocks, ps, r)
+        mismatch = _compare(expected, receiver, meta.blocks, ps, r, touched.take())
         if mismatch is not None:
             break
+    if mismatch is None and reader.num_rounds:
+        mismatch = _compare(expected, receiver, meta.blocks, ps, reader.num_rounds - 1, None)
     stats = sender.finish()
     if mismatch is None:
         feed(reader.num_rounds, receiver.load_section)
@@ -170,25 +182,73 @@ def verify(
     return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, stats.to_json()))
 
 
-def _apply(expected: dict[str, np.ndarray], names: list[str], b: PageBatch, ps: int) -> None:
+#: Pages compared in one step (bounds the comparison's temporaries to a few MiB).
+_COMPARE_PAGES = 1024
+
+
+class _Touched(RecordObserver):
+    """The pages a round touched, per block: written by the stream (the receiver reports them) or
+    dirtied by the trace (:func:`_apply` adds them)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.index = {n: i for i, n in enumerate(names)}  # block name -> the trace's block index
+        self.parts: list[list[np.ndarray]] = [[] for _ in names]
+        self.receiver: Receiver | None = None
+
+    def pages(self, records: PageRecords) -> None:
+        assert self.receiver is not None  # the stream's block order need not be the trace's
+        self.parts[self.index[self.receiver.block_order[records.block]]].append(records.index)
+
+    def add(self, block: int, index: np.ndarray) -> None:
+        self.parts[block].append(index)
+
+    def clear(self) -> None:
+        for p in self.parts:
+            p.clear()
+
+    def take(self) -> list[np.ndarray]:
+        """Each block's touched pages (sorted, unique) since the last call."""
+        out = [np.unique(np.concatenate(p)) if p else np.empty(0, np.int64) for p in self.parts]
+        self.clear()
+        return out
+
+
+def _apply(expected: dict[str, np.ndarray], names: list[str], b: PageBatch, ps: int, touched: _Touched) -> None:
     for a, z in block_runs(b.block):
-        mem = expected[names[int(b.block[a])]].reshape(-1, ps)
-        mem[b.offset[a:z] // ps] = b.pages[a:z]
+        bi = int(b.block[a])
+        mem = expected[names[bi]].reshape(-1, ps)
+        idx = b.offset[a:z] // ps
+        mem[idx] = b.pages[a:z]
+        touched.add(bi, idx)
 
 
-def _compare(expected: dict[str, np.ndarray], receiver: Receiver, blocks, ps: int, r: int) -> Mismatch | None:  # type: ignore[no-untyped-def]
-    for b in blocks:
+def _compare(  # type: ignore[no-untyped-def]
+    expected: dict[str, np.ndarray], receiver: Receiver, blocks, ps: int, r: int, touched: list[np.ndarray] | None
+) -> Mismatch | None:
+    """The first page (block order, then page order) where the destination differs from the trace,
+    among ``touched`` pages per block (None: all pages)."""
+    for bi, b in enumerate(blocks):
         got = receiver.memory.get(b.name)
         if got is None:
             return Mismatch(r, b.name, 0, "block missing at the destination")
-        exp = expected[b.name]
-        if not np.array_equal(got, exp):
-            diff = (got.reshape(-1, ps) != exp.reshape(-1, ps)).any(axis=1)
-            page = int(np.flatnonzero(diff)[0])
-            pg, pe = got.reshape(-1, ps)[page], exp.reshape(-1, ps)[page]
+        g2, e2 = got.reshape(-1, ps), expected[b.name].reshape(-1, ps)
+        cand = touched[bi] if touched is not None else None
+        n = len(g2) if cand is None else len(cand)
+        for lo in range(0, n, _COMPARE_PAGES):  # bounded temporaries: one batch of pages at a time
+            if cand is None:
+                c = np.arange(lo, min(n, lo + _COMPARE_PAGES))
+                gs, es = g2[lo : lo + _COMPARE_PAGES], e2[lo : lo + _COMPARE_PAGES]
+            else:
+                c = cand[lo : lo + _COMPARE_PAGES]
+                gs, es = g2[c], e2[c]
+            if np.array_equal(gs, es):
+                continue
+            page = int(c[int(np.flatnonzero((gs != es).any(axis=1))[0])])
+            pg, pe = g2[page], e2[page]
             first = int(np.flatnonzero(pg != pe)[0])
             return Mismatch(
                 r, b.name, page * ps,
-                f"{int((pg != pe).sum())} byte(s) differ, first at +{first:#x} (got {int(pg[first]):#04x}, trace has {int(pe[first]):#04x})",
+                f"{int((pg != pe).sum())} byte(s) differ, first at +{first:#x} (got {int(pg[first]):#04x}, "
+                f"trace has {int(pe[first]):#04x})",
             )
     return None

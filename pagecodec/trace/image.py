@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TraceError
-from ..harness.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .format import TraceReader
 
 __all__ = ["block_image", "write_block_image"]

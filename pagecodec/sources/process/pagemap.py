@@ -10,9 +10,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from pagecodec.trace.process.maps import PAGE_SIZE, Block
-from pagecodec.trace.process.memory import _Notes, _read_ranges, _zero_fill_note
-from pagecodec.trace.process.target import _Proc
+from pagecodec.sources.process.maps import PAGE_SIZE, Block
+from pagecodec.sources.process.memory import _Notes, _read_ranges, _zero_fill_note
+from pagecodec.sources.process.target import _Proc
 
 __all__ = ["soft_dirty_supported", "PM_SOFT_DIRTY", "PM_SWAPPED", "PM_PRESENT"]
 

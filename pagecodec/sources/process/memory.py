@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pagecodec.trace.process.errors import CaptureError
-from pagecodec.trace.process.maps import PAGE_SIZE, Block
-from pagecodec.trace.process.target import _Proc
+from pagecodec.sources.process.errors import CaptureError
+from pagecodec.sources.process.maps import PAGE_SIZE, Block
+from pagecodec.sources.process.target import _Proc
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

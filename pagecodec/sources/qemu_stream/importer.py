@@ -4,8 +4,10 @@ The file is a QEVM stream (QEMU 4.1 … 10.x, precopy): header and configuration
 QEMU_VM_COMMAND sections, the iterable "ram" section as START (MEM_SIZE block list), PART… and END,
 then device sections (FULL, not length-prefixed), EOF and the VMDESCRIPTION JSON trailer. The load side
 (``ram_load_precopy`` in QEMU's migration/ram.c) is :class:`pagecodec.chain.receiver.Receiver`, run
-with QEMU's own decoders and checks (no codec plugins); it rebuilds RAM as one numpy array per block
-and shows this module every page record in stream order, which cuts them into rounds:
+with the decoders of QEMU's own record formats (:func:`pagecodec.codecs.qemu.qemu_codecs`, no
+third-party plugins); it rebuilds RAM as one numpy array per block and shows this module, its
+:class:`~pagecodec.chain.receiver.RecordObserver`, every page record in stream order, which it cuts
+into rounds:
 
 * **Rounds are passes.** QEMU's page search sweeps RAM in block order (MEM_SIZE order), offsets
   ascending, and wraps to the first block when it reaches the end; a new round starts where the
@@ -53,15 +55,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..chain.receiver import Receiver, qemu_decoders
-from ..errors import TraceError, WireError
-from ..wire import qevm
-from ..wire.flags import RAM_SAVE_FLAG_XBZRLE
-from ..wire.qevm import MIG_CMD_NAMES, find_vmdesc, stream_page_size
-from ..wire.reader import StreamReader
-from .format import DEFAULT_ROW_GROUP_PAGES, Provenance, RAMBlockInfo, TraceMeta, TraceWriter
+from ...chain.receiver import PageRecords, Receiver, RecordObserver
+from ...codecs.qemu import qemu_codecs
+from ...errors import TraceError, WireError
+from ...wire import qevm
+from ...wire.flags import RAM_SAVE_FLAG_XBZRLE
+from ...wire.qevm import find_vmdesc, stream_page_size
+from ...wire.reader import StreamReader
+from ...trace.format import DEFAULT_ROW_GROUP_PAGES, Provenance, RAMBlockInfo, TraceMeta, TraceWriter
 
-__all__ = ["ImportReport", "import_qemu_stream", "find_vmdesc", "MIG_CMD_NAMES"]
+__all__ = ["ImportReport", "import_qemu_stream"]
 
 _RECORD_KEYS = ("mem_size", "eos", "zero", "page", "xbzrle", "xbzrle_bytes", "compress", "multifd_flush")
 
@@ -139,7 +142,7 @@ def import_qemu_stream(
     return imp.run()
 
 
-class _Importer:
+class _Importer(RecordObserver):
     """Drives a Receiver over the stream and cuts the page records it reports into rounds."""
 
     def __init__(
@@ -148,7 +151,7 @@ class _Importer:
         self.stream = stream
         self.trace = trace
         self.progress = progress
-        self.command = command
+        self.provenance_command = command
         self.require_vmdesc = require_vmdesc
         self.src = str(stream)
         self.writer: TraceWriter | None = None
@@ -183,10 +186,7 @@ class _Importer:
         hdr = qevm.read_file_header(r)
         r.pos = 0
         self.ps = ps = stream_page_size(r, hdr, trailer)
-        rc = self.rc = Receiver(
-            ps, None, source=self.src, extra_decoders=qemu_decoders(ps), zero_fill="reject",
-            before_pages=self._before, on_pages=self._pages,
-        )
+        rc = self.rc = Receiver(ps, qemu_codecs(), source=self.src, zero_fill="reject", observer=self)
         rc.load_stream(r, lambda _: self._tick(r), until_ram_end=True)
         ram_end = r.pos
         if not rc.blocks:
@@ -228,7 +228,7 @@ class _Importer:
             ignored_blocks=list(self.ignored),
             commands=dict(rc.commands),
             record_order="compress-threads" if self.relaxed else "sequential",
-            command=self.command,
+            command=self.provenance_command,
         )
 
     def _tick(self, r: StreamReader) -> None:
@@ -244,19 +244,21 @@ class _Importer:
         self.total_pages = int(self.starts[-1])
         self.seen = np.zeros(self.total_pages, bool)
 
-    def _before(self, bi: int, idx: np.ndarray, kind: str, at: np.ndarray) -> None:
+    def before_pages(self, records: PageRecords) -> None:
         """Pages of this round the record is about to overwrite: it sends them again, so the round
         ends inside it; keep their content for the round."""
+        bi, idx = records.block, records.index
         if self.seen is None:
             self._setup()
         hit = self.seen[idx + self.starts[bi]]
         if hit.any():
             self.undo = (bi, idx[hit], self.rc.block_pages[bi][idx[hit]])
 
-    def _pages(self, bi: int, idx: np.ndarray, kind: str, at: np.ndarray) -> None:
-        """Pages loaded (ascending, of block ``bi``): start a round where they cannot belong to the
+    def pages(self, records: PageRecords) -> None:
+        """Pages loaded (ascending, of one block): start a round where they cannot belong to the
         current pass, count them in the pass they belong to."""
-        g = idx + self.starts[bi]
+        bi, at = records.block, records.at
+        g = records.index + self.starts[bi]
         j = self._wrap(g, bi)
         if j is not None:
             if j:
@@ -361,5 +363,5 @@ class _Importer:
         self.trace_index = np.full(nb, -1, np.int64)
         for ti, si in enumerate(keep):
             self.trace_index[si] = ti
-        meta = TraceMeta(self.ps, tuple(blocks[i] for i in keep), Provenance.now("qemu-stream", self.command))
+        meta = TraceMeta(self.ps, tuple(blocks[i] for i in keep), Provenance.now("qemu-stream", self.provenance_command))
         self.writer = TraceWriter(self.trace, meta)

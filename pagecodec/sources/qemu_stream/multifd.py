@@ -10,7 +10,7 @@ MULTIFD_FLUSH record instead; such streams are refused.)
 
 **Rounds.** The import rebuilds the single stream QEMU would have written without multifd — same
 sections, every page record where QEMU's page search sent it — and imports that with
-:func:`pagecodec.trace.qemu_import.import_qemu_stream`, so a round is one pass over RAM exactly as for
+:func:`pagecodec.sources.qemu_stream.importer.import_qemu_stream`, so a round is one pass over RAM exactly as for
 ``exec:`` captures (a new round starts where the page order wraps or a page repeats). The order
 inside a section is recovered from QEMU's search rule, not from arrival times:
 
@@ -54,7 +54,9 @@ import numpy as np
 
 from ...errors import PageCodecError, TraceError, WireError
 from ...wire.flags import RAM_SAVE_FLAG_CONTINUE, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_ZERO
-from .channel import MULTIFD_FLAG_SYNC, ChannelFile, _PageSource, read_channel
+from ...wire.multifd import MULTIFD_FLAG_SYNC
+from .channel import ChannelFile, _PageSource, read_channel
+from .importer import import_qemu_stream
 from .main_stream import MainStream, _RamSection, read_main_stream
 
 # --- merging main stream and channels ---------------------------------------------------------------
@@ -348,7 +350,7 @@ def import_multifd(
 
     The channel pages are merged into the main stream's RAM sections in QEMU's send order (module
     docstring), giving the single stream QEMU would have written without multifd; that stream is
-    imported with :func:`~pagecodec.trace.qemu_import.import_qemu_stream` (rounds = passes). With
+    imported with :func:`~pagecodec.sources.qemu_stream.importer.import_qemu_stream` (rounds = passes). With
     ``single_stream`` the rebuilt stream is kept there (a QEVM file a QEMU destination without multifd
     loads). Raises WireError/DecodeError naming the file and byte offset, or TraceError; nothing is
     written on error."""
@@ -371,8 +373,6 @@ def import_multifd(
     try:
         merged = tmp / "single.mig"
         st = _merge(ms, chans, merged)
-        from ..qemu_import import import_qemu_stream
-
         try:
             rep = import_qemu_stream(merged, trace, command=command, require_vmdesc=require_vmdesc)
         except PageCodecError as e:

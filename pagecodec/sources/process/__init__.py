@@ -74,8 +74,8 @@ the round loop), ``errors``.
 
 from __future__ import annotations
 
-from pagecodec.trace.process.errors import CaptureError, ProcessGoneError, _Gone
-from pagecodec.trace.process.maps import (
+from pagecodec.sources.process.errors import CaptureError, ProcessGoneError, _Gone
+from pagecodec.sources.process.maps import (
     _MAX_NAME,
     DEFAULT_MAX_BYTES,
     PAGE_SIZE,
@@ -85,11 +85,11 @@ from pagecodec.trace.process.maps import (
     parse_maps,
     select_blocks,
 )
-from pagecodec.trace.process.target import _permission_error, _Proc
-from pagecodec.trace.process.memory import _alive, _Notes, _read_diff, _read_ranges, _runs, _zero_fill_note
-from pagecodec.trace.process.pagemap import PM_PRESENT, PM_SOFT_DIRTY, PM_SWAPPED, _read_soft_dirty, soft_dirty_supported
-from pagecodec.trace.process.report import BlockReport, ProcessCaptureReport
-from pagecodec.trace.process.capture import (
+from pagecodec.sources.process.target import _permission_error, _Proc
+from pagecodec.sources.process.memory import _alive, _Notes, _read_diff, _read_ranges, _runs, _zero_fill_note
+from pagecodec.sources.process.pagemap import PM_PRESENT, PM_SOFT_DIRTY, PM_SWAPPED, _read_soft_dirty, soft_dirty_supported
+from pagecodec.sources.process.report import BlockReport, ProcessCaptureReport
+from pagecodec.sources.process.capture import (
     DEFAULT_ROUNDS,
     METHODS,
     _capture,

@@ -561,7 +561,7 @@ def _apply(
 
 
 # --------------------------------------------------------------------------------------------------
-# python -m pagecodec.trace.synth
+# python -m pagecodec.sources.synth
 # --------------------------------------------------------------------------------------------------
 
 
@@ -579,7 +579,7 @@ def _dirty_arg(text: str) -> float | list[float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line front end; the parameters map one to one onto :func:`synthesize`."""
-    ap = argparse.ArgumentParser(prog="python -m pagecodec.trace.synth", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pagecodec.sources.synth", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ram-size", type=parse_size, default=0, help="size of the single block pc.ram (K/M/G suffixes)")
     ap.add_argument("--block", type=_block_arg, action="append", default=[], metavar="NAME=SIZE",
                     help="RAM blocks in migration order, instead of a single pc.ram (repeatable)")

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from pagecodec.trace.process.errors import CaptureError, _Gone
-from pagecodec.trace.process.maps import PAGE_SIZE, Mapping, parse_maps
+from pagecodec.sources.process.errors import CaptureError, _Gone
+from pagecodec.sources.process.maps import PAGE_SIZE, Mapping, parse_maps
 
 
 def _permission_error(pid: int, what: str, e: OSError) -> CaptureError:

@@ -3,71 +3,32 @@
 Migrates the guest to a temporary file with every page capability off (or the chosen ones) at a low
 ``max-bandwidth`` and a tiny ``downtime-limit`` so that QEMU makes several passes over RAM, raises the
 limits after ``passes`` dirty-bitmap syncs so the migration completes, and imports the stream into a
-trace with :func:`pagecodec.trace.qemu_import.import_qemu_stream`. The guest is left paused
+trace with :func:`pagecodec.sources.qemu_stream.import_qemu_stream`. The guest is left paused
 (``postmigrate``) unless ``cont`` is asked for.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..qemu import QemuError
-from ..qemu.migrate import MigrationResult, MigrationSettings, Progress, migrate_to_file
-from ..qemu.qmp import QMP
+from ...qemu import QemuError
+from ...qemu.migrate import MigrationSettings, Progress, migrate_to_file
+from ...qemu.qmp import QMP
+from ..qemu_stream import import_qemu_stream
+from .multifd import capture_multifd
+from .session import CaptureResult, capture_command, open_session
 
-__all__ = ["CaptureResult", "capture_qemu", "import_stream", "capture_command", "open_session"]
-
-
-@dataclass(frozen=True)
-class CaptureResult:
-    trace: Path
-    migration: MigrationResult
-    stream: Path | None      # kept stream file, if asked for
-    imported: Any            # what import_qemu_stream returned
-    resumed: bool
+__all__ = ["capture_qemu", "import_stream"]
 
 
 def import_stream(stream: str | os.PathLike[str], trace: str | os.PathLike[str], command: str | None = None) -> Any:
-    """Import a QEMU migration stream file into a trace (the QEMU importer, issue #4); ``command`` is
-    the provenance to record, if the importer takes one."""
-    try:
-        from .qemu_import import import_qemu_stream
-    except ImportError as e:  # pragma: no cover - until the importer lands
-        raise QemuError(f"cannot import QEMU streams: pagecodec.trace.qemu_import is not available ({e})") from None
-    if command is not None and "command" in inspect.signature(import_qemu_stream).parameters:
-        return import_qemu_stream(stream, trace, command=command)
-    return import_qemu_stream(stream, trace)
-
-
-def capture_command(qmp_socket: Any, output: Any, settings: MigrationSettings) -> str:
-    """The ``pagecodec capture qemu`` command line equivalent to a capture (trace provenance)."""
-    args = ["pagecodec", "capture", "qemu", "--qmp", str(qmp_socket or "SOCKET"), "-o", str(output),
-            "--max-bandwidth", str(settings.max_bandwidth), "--downtime-limit", str(settings.downtime_limit),
-            "--passes", str(settings.finish_after_passes or 0)]
-    for c in settings.capabilities:
-        args += ["--capability", c]
-    if settings.xbzrle_cache_size is not None:
-        args += ["--xbzrle-cache-size", str(settings.xbzrle_cache_size)]
-    return " ".join(shlex.quote(a) for a in args)
-
-
-def open_session(qmp: QMP | None, qmp_socket: str | os.PathLike[str] | None, connect_timeout: float,
-                 caller: str) -> tuple[QMP, bool]:
-    """The QMP session a capture uses: ``qmp`` if given, else a new one to ``qmp_socket``; True if the
-    session is the caller's to close."""
-    if qmp is not None:
-        return qmp, False
-    if qmp_socket is None:
-        raise QemuError(f"{caller}: give a QMP socket or an open session")
-    return QMP(qmp_socket, connect_timeout=connect_timeout), True
+    """Import a QEMU migration stream file into a trace; ``command`` is the provenance to record."""
+    return import_qemu_stream(stream, trace, command=command)
 
 
 def capture_qemu(
@@ -94,15 +55,13 @@ def capture_qemu(
     syncs; None leaves them as set. ``keep_stream``: also keep the raw migration stream there.
     ``qmp``: an open session to use instead of connecting to ``qmp_socket``.
     ``multifd``: migrate with this many multifd channels (``multifd_compression`` none/zlib/zstd) over
-    loopback TCP to pagecodec's recorder (:func:`pagecodec.trace.multifd.capture_multifd`); ``keep_stream``
+    loopback TCP to pagecodec's recorder (:func:`pagecodec.sources.qemu_live.multifd.capture_multifd`); ``keep_stream``
     is then a directory for ``main.mig`` and ``channel-<k>.bin``.
     """
     if multifd:
         if capabilities or xbzrle_cache_size is not None:
             raise QemuError("multifd captures take no other page capability (QEMU 7.2 sends no XBZRLE or "
                             "compressed pages through multifd)")
-        from .multifd import capture_multifd
-
         return capture_multifd(qmp_socket, output, channels=multifd, compression=multifd_compression,
                                max_bandwidth=max_bandwidth, downtime_limit=downtime_limit, passes=passes,
                                cont=cont, keep_dir=keep_stream, timeout=timeout, progress=progress, qmp=qmp,

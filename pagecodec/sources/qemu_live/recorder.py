@@ -4,7 +4,7 @@ The recorder names each connection's file by its first bytes (QEVM → ``main.mi
 ``channel-<id>.bin``). Without the return-path capability a 7.2 precopy source never reads from its
 connections, so a recorder that only reads is enough and QEMU completes. With ``forward_to`` the recorder
 is a tee proxy to a real destination (``-incoming defer`` with the same multifd settings, see
-:func:`~pagecodec.trace.multifd.capture.listen_multifd_incoming`): every connection is forwarded both ways
+:func:`~pagecodec.sources.qemu_live.multifd.listen_multifd_incoming`): every connection is forwarded both ways
 and the source → destination bytes are recorded. A 7.2 destination takes its *first* connection as the
 main stream (it does not look at the magic), so the proxy connects to the destination in the order it
 accepts from the source.
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...wire.flags import QEMU_VM_FILE_MAGIC
-from .channel import INIT_PACKET_SIZE, MULTIFD_MAGIC
+from ...wire.multifd import INIT_PACKET_SIZE, MULTIFD_MAGIC
 
 # --- recording over TCP -----------------------------------------------------------------------------
 @dataclass

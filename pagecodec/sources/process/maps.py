@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pagecodec.trace.process.errors import CaptureError
+from pagecodec.sources.process.errors import CaptureError
 
 __all__ = ["Mapping", "Block", "parse_maps", "select_blocks", "PAGE_SIZE", "DEFAULT_MAX_BYTES"]
 

@@ -4,7 +4,7 @@
 127.0.0.1 (ephemeral port), switches ``multifd`` on at the source with ``multifd-channels`` and
 ``multifd-compression``, runs ``migrate uri=tcp:127.0.0.1:PORT`` and records each accepted connection
 to its own file, named by its first bytes (QEVM → ``main.mig``; multifd magic → ``channel-<id>.bin``).
-See :mod:`pagecodec.trace.multifd.recorder` for the recorder and its tee mode.
+See :mod:`pagecodec.sources.qemu_live.recorder` for the recorder and its tee mode.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .channel import COMPRESSION_FLAGS
-from .merge import import_multifd
+from ...qemu import QemuError
+from ...qemu.migrate import MigrationResult, MigrationSettings, configure, wait_for_migration
+from ...wire.multifd import COMPRESSION_FLAGS
+from ..qemu_stream.multifd import import_multifd
 from .recorder import StreamRecorder
+from .session import CaptureResult, capture_command, open_session
 
 # --- capture over QMP -------------------------------------------------------------------------------
 def multifd_parameters(channels: int, compression: str = "none", level: int | None = None) -> dict[str, Any]:
@@ -36,8 +39,6 @@ def listen_multifd_incoming(qmp: Any, channels: int, compression: str = "none", 
                             level: int | None = None) -> tuple[str, int]:
     """Make a destination started with ``-incoming defer`` listen for a multifd migration on ``host``
     (ephemeral port); returns (host, port)."""
-    from ...qemu import QemuError
-
     qmp.execute("migrate-set-capabilities", capabilities=[{"capability": "multifd", "state": True}])
     qmp.execute("migrate-set-parameters", arguments=multifd_parameters(channels, compression, level))
     qmp.execute("migrate-incoming", uri=f"tcp:{host}:0")
@@ -68,16 +69,12 @@ def capture_multifd(
 ) -> Any:
     """Migrate the VM behind ``qmp_socket`` with multifd to pagecodec's recorder and import the capture.
 
-    Like :func:`pagecodec.trace.qemu_capture.capture_qemu` (low bandwidth and downtime so QEMU makes several
+    Like :func:`pagecodec.sources.qemu_live.capture.capture_qemu` (low bandwidth and downtime so QEMU makes several
     passes; limits raised after ``passes`` dirty syncs), with ``channels`` multifd channels and
     ``compression`` (none, zlib, zstd). ``keep_dir``: keep ``main.mig`` and ``channel-<k>.bin`` there.
     ``forward_to``: also migrate to a real destination (listening, see :func:`listen_multifd_incoming`).
     The source's multifd capability is switched off again afterwards. Returns a
-    :class:`~pagecodec.trace.qemu_capture.CaptureResult` whose ``imported`` is a :class:`MultifdImportReport`."""
-    from ...qemu import QemuError
-    from ...qemu.migrate import MigrationResult, MigrationSettings, configure, wait_for_migration
-    from ..qemu_capture import CaptureResult, capture_command, open_session
-
+    :class:`~pagecodec.sources.qemu_live.session.CaptureResult` whose ``imported`` is a :class:`MultifdImportReport`."""
     if not 1 <= channels <= 255:
         raise QemuError(f"multifd channels {channels}: QEMU takes 1..255")
     output = Path(output)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .channel import (
+from ...wire.multifd import (
     COMPRESSION_FLAGS,
     MULTIFD_FLAG_SYNC,
     encode_initial_packet,
@@ -24,7 +24,7 @@ from .channel import (
     packet_slots,
 )
 from .main_stream import read_main_stream
-from .merge import _merge
+from .multifd import _merge
 
 # --- the reverse: a single stream as a 7.2 multifd capture ------------------------------------------
 def split_stream(

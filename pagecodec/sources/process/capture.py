@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-import pagecodec.trace.process as _package  # soft_dirty_supported is looked up there (tests patch it)
+import pagecodec.sources.process as _package  # soft_dirty_supported is looked up there (tests patch it)
 from pagecodec.trace.format import Provenance, RAMBlockInfo, TraceMeta, TraceWriter
-from pagecodec.trace.process.errors import CaptureError, ProcessGoneError, _Gone
-from pagecodec.trace.process.maps import DEFAULT_MAX_BYTES, PAGE_SIZE, Mapping, select_blocks
-from pagecodec.trace.process.memory import _alive, _Notes, _read_diff
-from pagecodec.trace.process.pagemap import PM_PRESENT, PM_SWAPPED, _read_soft_dirty
-from pagecodec.trace.process.report import BlockReport, ProcessCaptureReport
-from pagecodec.trace.process.target import _Proc
+from pagecodec.sources.process.errors import CaptureError, ProcessGoneError, _Gone
+from pagecodec.sources.process.maps import DEFAULT_MAX_BYTES, PAGE_SIZE, Mapping, select_blocks
+from pagecodec.sources.process.memory import _alive, _Notes, _read_diff
+from pagecodec.sources.process.pagemap import PM_PRESENT, PM_SWAPPED, _read_soft_dirty
+from pagecodec.sources.process.report import BlockReport, ProcessCaptureReport
+from pagecodec.sources.process.target import _Proc
 
 __all__ = ["capture_command", "capture_process", "METHODS", "DEFAULT_ROUNDS"]
 
