@@ -59,7 +59,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Load a plugin module (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--qemu-version", type=click.Choice(["7.2", "4.1"]), default=None,
+@click.option("--qemu-version", type=click.Choice(["7.2", "4.1", "10.2"]), default=None,
               help="Follow this QEMU's rules and counters (default 7.2; same as the config key qemu-version).")
 @click.pass_context
 def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool, progress: bool | None, qemu_version: str | None) -> None:

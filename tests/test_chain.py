@@ -262,3 +262,29 @@ def test_sender_reproduces_qemus_paused_stream(shared, pm, tmp_path):
     assert ours[:ram_end] == real[:ram_end]
     assert ours[ram_end] == SectionType.EOF and ours[ram_end + 1] == SectionType.VMDESCRIPTION
     assert (res["ram"]["duplicate"], res["ram"]["normal"]) == (16465, 49)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("multifd,compress", "Multifd is not compatible with compress"),
+    ("compress,qemu-version=10.2", "Parameter 'capability' does not accept value 'compress'"),
+    ("multifd,xbzrle,qemu-version=10.2", "Multifd is not compatible with xbzrle"),
+    ("zero-page-detection=none", "QEMU 7.2 has no such parameter"),
+    ("zero-page-detection=none,qemu-version=4.1", "QEMU 4.1 has no such parameter"),
+])
+def test_config_refuses_what_qemu_refuses(spec, match):
+    from pagecodec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        parse_spec(spec)
+
+
+def test_zero_page_detection_decides_the_zero_slot():
+    """QEMU 9.0+: ``none`` sends zero pages as normal pages; ``multifd`` leaves them to the channels when
+    multifd is on, else to the migration thread; 7.2 always detects them in the migration thread."""
+    def has_zero(spec):
+        return Slot.ZERO in parse_spec(spec).slot_codecs()
+
+    assert has_zero("none") and has_zero("multifd") and has_zero("qemu-version=10.2")
+    assert not has_zero("qemu-version=10.2,zero-page-detection=none")
+    assert not has_zero("qemu-version=10.2,multifd")
+    assert has_zero("qemu-version=10.2,multifd,zero-page-detection=legacy")

@@ -32,7 +32,11 @@ PARAMETERS: dict[str, Any] = {
     "multifd-compression": "none",
     "multifd-zlib-level": 1,
     "multifd-zstd-level": 1,
+    "zero-page-detection": "multifd",  # QEMU 9.0+ only (qemu-version=10.2)
 }
+
+#: Parameters that only exist from some QEMU version on: parameter -> the versions that have it.
+_VERSIONED_PARAMS = {"zero-page-detection": ("10.2",)}
 
 _SIZE_PARAMS = {"xbzrle-cache-size"}
 _BOOL_PARAMS = {"compress-wait-thread"}
@@ -44,10 +48,10 @@ _INT_RANGES = {
     "multifd-zlib-level": (0, 9),
     "multifd-zstd-level": (0, 20),
 }
-_CHOICES = {"multifd-compression": ("none", "zlib", "zstd")}
+_CHOICES = {"multifd-compression": ("none", "zlib", "zstd"), "zero-page-detection": ("none", "legacy", "multifd")}
 
 #: QEMU versions whose rules pagecodec reproduces.
-QEMU_VERSIONS = ("7.2", "4.1")
+QEMU_VERSIONS = ("7.2", "4.1", "10.2")
 
 _TRUE = {"on", "true", "yes", "1"}
 _FALSE = {"off", "false", "no", "0"}
@@ -87,9 +91,20 @@ class MigrationConfig:
     def param(self, name: str) -> Any:
         return self.parameters[name]
 
+    def main_thread_zero_detection(self) -> bool:
+        """Whether the migration thread looks for zero pages (``save_zero_page``). QEMU 9.0+'s
+        ``zero-page-detection``: ``none`` sends zero pages as normal pages; ``multifd`` (the default)
+        leaves them to the multifd channels when multifd is on, else to the migration thread."""
+        if self.qemu_version != "10.2":
+            return True
+        zpd = self.param("zero-page-detection")
+        return zpd == "legacy" or (zpd == "multifd" and not self.cap("multifd"))
+
     def slot_codecs(self) -> dict[Slot, str]:
         """Which codec fills each active slot, as QEMU would with these capabilities."""
-        slots: dict[Slot, str] = {Slot.ZERO: "zero", Slot.RAW: "raw"}
+        slots: dict[Slot, str] = {Slot.RAW: "raw"}
+        if self.main_thread_zero_detection():
+            slots[Slot.ZERO] = "zero"
         if self.cap("compress"):
             slots[Slot.COMPRESS] = "compress-threads"
         if self.cap("multifd"):
@@ -154,9 +169,26 @@ def parse_spec(spec: str, presets: Mapping[str, Any] | None = None, _depth: int 
         else:
             known = sorted(list(CAPABILITIES) + list(PARAMETERS) + list(presets) + ["qemu-version", "<slot>-codec"])
             raise ConfigError(f"unknown config item {item!r} in {spec!r}; known: {', '.join(known)}")
-    if caps["multifd"] and caps["compress"]:
-        raise ConfigError("multifd and compress cannot be on together (QEMU refuses the pair)")
+    _check_combination(caps, params, qemu_version, spec)
     return MigrationConfig(caps, params, overrides, qemu_version, label=spec.strip() or "none")
+
+
+def _check_combination(caps: Mapping[str, bool], params: Mapping[str, Any], qemu_version: str, spec: str) -> None:
+    """Refuse what the modelled QEMU refuses, with QEMU's own words (``migrate_caps_check`` and the
+    QAPI schema of that version)."""
+    where = f"(qemu-version={qemu_version}, config {spec!r})"
+    for key, versions in _VERSIONED_PARAMS.items():
+        if params[key] != PARAMETERS[key] and qemu_version not in versions:
+            raise ConfigError(f"{key}: QEMU {qemu_version} has no such parameter (it exists in "
+                              f"qemu-version={'/'.join(versions)}) {where}")
+    if qemu_version == "10.2":
+        if caps["compress"]:  # the capability left the QAPI schema in 9.1
+            raise ConfigError(f"Parameter 'capability' does not accept value 'compress': QEMU 10.2 has no compress "
+                              f"threads (removed in 9.1; use multifd-compression) {where}")
+        if caps["multifd"] and caps["xbzrle"]:
+            raise ConfigError(f"Multifd is not compatible with xbzrle {where}")
+    elif caps["multifd"] and caps["compress"]:
+        raise ConfigError(f"Multifd is not compatible with compress (QEMU's migrate_caps_check refuses the pair) {where}")
 
 
 def _parse_param(key: str, value: str) -> Any:
