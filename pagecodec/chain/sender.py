@@ -14,11 +14,11 @@ framing bytes), and each pass starts at the first block (QEMU resumes where its 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..codecs.base import CodecContext, Segment, Slot, SlotEncoder, Stage
+from ..codecs.base import CodecContext, Emission, Segment, Slot, SlotEncoder, Stage
 from ..errors import PageCodecError, PluginError
 from .metrics import MigrationStats, RoundStats
 from ..plugins import PluginManager
@@ -129,9 +129,12 @@ class Sender:
             if batch.round != round_no:
                 raise PageCodecError(f"batch of round {batch.round} offered while sending round {round_no}")
             self._save_batch(batch, stage, rs)
+        for slot, name, enc in self.encoders:
+            em = self._call(slot, name, stage, None, lambda e=enc: e.end_of_pass(stage))
+            if em is not None:
+                self._write_emission(em, stage, rs)
+        rs.skipped = rs.dirty_pages - sum(rs.records.values())
         if not last_stage:
-            for _slot, _name, enc in self.encoders:
-                enc.end_of_pass(stage)
             ram.complete_round()
         with self.stats.cpu.stage("wire"):
             w.put(eos_record(), "eos")
@@ -158,6 +161,8 @@ class Sender:
         for _slot, _name, enc in self.encoders:
             for group, values in enc.counters(w.bytes_by_kind, w.records_by_kind).items():
                 st.groups.setdefault(group, {}).update(values)
+            for key, n in enc.ram_counters().items():
+                setattr(st.ram, key, getattr(st.ram, key) + n)
         st.wall_s = time.perf_counter() - (self._wall0 or time.perf_counter())
         return st
 
@@ -188,36 +193,53 @@ class Sender:
                 seg = Segment(bi, self.block_addrs[bi], batch.offset[lo:hi], batch.pages[lo:hi])
                 self._save_segment(seg, stage, rs)
 
+    def _call(self, slot: Slot, name: str, stage: Stage, seg: Segment | None, fn: Callable[[], Any]) -> Any:
+        """Run one encoder call, charge its CPU (own thread + its workers) to the slot, name it on error."""
+        t0 = time.thread_time_ns()
+        try:
+            out = fn()
+        except PageCodecError:
+            raise
+        except Exception as e:
+            where = (f"block {self._idstr[seg.block_index]!r}, pages {int(seg.offsets[0]):#x}..{int(seg.offsets[-1]):#x}"
+                     if seg is not None else "end of the pass")
+            raise PluginError(
+                f"codec {name!r} (plugin {self.plugins.plugin_of(name)!r}) raised in the {slot.value} slot "
+                f"at round {stage.round}, {where}: {type(e).__name__}: {e}"
+            ) from e
+        self.stats.cpu.add(slot.value, time.thread_time_ns() - t0)
+        for s, _n, enc in self.encoders:
+            if s is slot:
+                self.stats.cpu.add(slot.value, enc.take_worker_cpu_ns())
+        return out
+
     def _save_segment(self, seg: Segment, stage: Stage, rs: RoundStats) -> None:
-        cpu = self.stats.cpu
+        seg.last_sent_block = self.ram.last_sent_block
         for slot, name, enc in self.encoders:
             # every slot sees every segment, even when no page is left pending: a later slot may act on
             # pages an earlier one claimed (XBZRLE's cache learns the zero pages)
-            t0 = time.thread_time_ns()
-            try:
-                enc.encode(seg, stage)
-            except PageCodecError:
-                raise
-            except Exception as e:
-                raise PluginError(
-                    f"codec {name!r} (plugin {self.plugins.plugin_of(name)!r}) raised in the {slot.value} slot "
-                    f"at round {stage.round}, block {self._idstr[seg.block_index]!r}, pages "
-                    f"{int(seg.offsets[0]):#x}..{int(seg.offsets[-1]):#x}: {type(e).__name__}: {e}"
-                ) from e
-            cpu.add(slot.value, time.thread_time_ns() - t0)
+            self._call(slot, name, stage, seg, lambda e=enc: e.encode(seg, stage))
+        for em in seg.before:
+            self._write_emission(em, stage, rs)
         left = np.flatnonzero(seg.claimed_by < 0)
         if len(left):
             raise PluginError(
                 f"{len(left)} page(s) of block {self._idstr[seg.block_index]!r} left unclaimed by every slot "
                 f"(first at offset {int(seg.offsets[left[0]]):#x}); the raw slot must take what the others leave"
             )
+        self._write_records(seg.block_index, seg.offsets, seg.records, stage, rs)
+
+    def _write_emission(self, em: Emission, stage: Stage, rs: RoundStats) -> None:
+        self._write_records(em.block_index, em.offsets, em.sets, stage, rs)
+
+    def _write_records(self, bi: int, offsets: np.ndarray, sets: list, stage: Stage, rs: RoundStats) -> None:
+        """Assemble records of block ``bi`` (the first names the block if it is not the last one sent),
+        write them, count them as QEMU's counters do."""
         t0 = time.thread_time_ns()
-        need_idstr = seg.block_index != self.ram.last_sent_block
-        data, by_kind, recs = assemble_segment(
-            seg.offsets, self._idstr[seg.block_index] if need_idstr else None, seg.records, self._scratch
-        )
+        need_idstr = bi != self.ram.last_sent_block
+        data, by_kind, recs = assemble_segment(offsets, self._idstr[bi] if need_idstr else None, sets, self._scratch)
         if data.nbytes:
-            self.ram.last_sent_block = seg.block_index
+            self.ram.last_sent_block = bi
             self.writer.put_counted(data, by_kind, recs)
             c = self.ram.counters
             c.transferred += data.nbytes
@@ -230,8 +252,7 @@ class Sender:
             rs.transferred += data.nbytes
             rs.wire.update(by_kind)
             rs.records.update(recs)
-        rs.skipped += len(seg) - sum(recs.values())
-        cpu.add("wire", time.thread_time_ns() - t0)
+        self.stats.cpu.add("wire", time.thread_time_ns() - t0)
 
 
 def block_runs(blocks: np.ndarray) -> list[tuple[int, int]]:

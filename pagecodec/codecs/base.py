@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..trace.format import RAMBlockInfo
     from ..wire.reader import StreamReader
 
-__all__ = ["Slot", "SLOT_ORDER", "Stage", "Segment", "SlotEncoder", "RecordDecoder", "Codec", "CodecContext"]
+__all__ = ["Slot", "SLOT_ORDER", "Stage", "Segment", "Emission", "SlotEncoder", "RecordDecoder", "Codec", "CodecContext"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class Segment:
     claimed_by: np.ndarray = field(init=False)  # int8 (n,): index into SLOT_ORDER, or UNCLAIMED
     records: list[RecordSet] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # slot-to-slot facts (e.g. which pages are zero)
+    last_sent_block: int | None = None  # block of the last page record written before this segment
+    before: list["Emission"] = field(default_factory=list)  # records written before the segment's own
 
     def __post_init__(self) -> None:
         self.claimed_by = np.full(len(self.offsets), UNCLAIMED, dtype=np.int8)
@@ -96,6 +98,20 @@ class Segment:
             self.records.append(records)
 
 
+@dataclass
+class Emission:
+    """Records a slot writes outside the page order of a segment: the output QEMU's compress threads
+    hand to the stream when they are flushed (block change, end of a pass).
+
+    ``offsets`` are byte offsets in block ``block_index`` in stream order; each RecordSet's ``index``
+    are positions in ``offsets``. ``duplicate`` adds pages to QEMU's ``duplicate`` counter without a
+    """
+
+    block_index: int
+    offsets: np.ndarray
+    sets: list[RecordSet]
+
+
 class SlotEncoder(ABC):
     """The sending half of a codec in one slot, for one migration (owns its state, e.g. a cache)."""
 
@@ -103,8 +119,21 @@ class SlotEncoder(ABC):
     def encode(self, seg: Segment, stage: Stage) -> None:
         """Claim what this slot handles among ``seg.pending()``."""
 
-    def end_of_pass(self, stage: Stage) -> None:
-        """The dirty-page search wrapped around (QEMU flushes compress threads here)."""
+    def end_of_pass(self, stage: Stage) -> Emission | None:
+        """The pass is over: the dirty-page search wrapped around, or (``stage.last_stage``)
+        ``ram_save_complete`` has offered the last page. Records still held back go out now, before
+        the section's EOS (QEMU flushes its compress threads at both points)."""
+        return None
+
+    def ram_counters(self) -> dict[str, int]:
+        """Additions to query-migrate's ``ram`` counters that no record on the wire shows (QEMU's compress
+        threads count a page as ``duplicate`` on every flush of a thread whose last page was zero)."""
+        return {}
+
+    def take_worker_cpu_ns(self) -> int:
+        """Thread CPU nanoseconds this encoder's worker threads spent since the last call (the sender
+        charges them to the slot's stage, beside the calling thread's own time)."""
+        return 0
 
     def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         """Counter groups keyed as QEMU's query-migrate keys them (e.g. ``xbzrle-cache``).

@@ -91,7 +91,9 @@ def mem_size_record(blocks: list[tuple[str, int]]) -> bytes:
 class RecordSet:
     """Records of one kind that a chain slot produced for some pages of a segment.
 
-    ``index`` are positions in the segment (ascending). The payload is either ``pages`` (k, w) rows
+    ``index`` are positions in the segment (ascending). A record is written at its position; its
+    header names ``offsets[i]`` when given (a record of an earlier page of the same block, handed over
+    late: what QEMU's compress threads do), else the offset of the page at that position. The payload is either ``pages`` (k, w) rows
     (raw pages; with ``rows``, record i's payload is ``pages[rows[i]]``, so a slot can point at the
     segment's pages instead of copying them) or variable-length slices ``data[starts[i]:starts[i]+lengths[i]]``, or absent; an
     optional fixed-width ``prefix`` (k, p) precedes it (ZERO's fill byte, XBZRLE's 0x01 + be16 len).
@@ -106,6 +108,7 @@ class RecordSet:
     data: np.ndarray | None = None
     starts: np.ndarray | None = None
     lengths: np.ndarray | None = None
+    offsets: np.ndarray | None = None  # byte offset named by record i's header (default: its position's page)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -257,7 +260,8 @@ def assemble_segment(
         k = len(s)
         ranks = rank_at[s.index]
         starts = start_at[s.index]
-        hdr = (offsets[s.index].astype(np.uint64) | np.uint64(s.flag) | cont).astype(">u8").view(np.uint8).reshape(k, 8)
+        named = offsets[s.index] if s.offsets is None else s.offsets
+        hdr = (named.astype(np.uint64) | np.uint64(s.flag) | cont).astype(">u8").view(np.uint8).reshape(k, 8)
         skip = 0
         if extra and int(s.index[0]) == first:  # the record that names its block: written on its own
             _write_named_record(out, hdr[0], idstr, s, 0)  # type: ignore[arg-type]
