@@ -433,6 +433,8 @@ def capture() -> None:
 @click.option("--capability", "capabilities", multiple=True, type=click.Choice(["xbzrle", "compress"]),
               help="Page capability to switch on (default: all off).")
 @click.option("--xbzrle-cache-size", default=None, callback=_size, help="xbzrle-cache-size (with --capability xbzrle).")
+@click.option("--parameter", "parameters", multiple=True, metavar="KEY=VALUE",
+              help="Another migrate-set-parameters value by QMP name, e.g. compress-threads=2 (repeatable).")
 @click.option("--cont", is_flag=True, help="Resume the guest afterwards (it is left paused otherwise).")
 @click.option("--stream", "keep_stream", type=click.Path(), help="Also keep the raw migration stream "
               "(with --multifd: a directory for main.mig and channel-<k>.bin).")
@@ -444,11 +446,17 @@ def capture() -> None:
 @pass_ctx
 def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downtime_limit: int, passes: int,
                  capabilities: tuple[str, ...], xbzrle_cache_size: int | None, cont: bool, keep_stream: str | None,
-                 timeout: float, multifd: int | None, multifd_compression: str) -> None:
+                 timeout: float, multifd: int | None, multifd_compression: str, parameters: tuple[str, ...]) -> None:
     """Migrate a running QEMU guest to a stream over QMP and import it as a trace."""
     from .trace.format import TraceReader
     from .sources.qemu_live import capture_qemu as do_capture
 
+    params: dict[str, Any] = {}
+    for item in parameters:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--parameter")
+        params[key] = int(value) if value.isdigit() else {"on": True, "off": False}.get(value, value)
     if keep_stream and not multifd and os.path.isdir(keep_stream):
         raise click.BadParameter(f"{keep_stream!r} is a directory (only --multifd keeps a directory)", param_hint="--stream")
 
@@ -456,6 +464,7 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
         return do_capture(qmp_socket, output, max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
                           passes=passes or None, capabilities=capabilities, xbzrle_cache_size=xbzrle_cache_size,
                           cont=cont, keep_stream=keep_stream, timeout=timeout, progress=progress,
+                          parameters=params,
                           **({"multifd": multifd, "multifd_compression": multifd_compression} if multifd else {}))
 
     if c.progress:

@@ -136,8 +136,8 @@ def test_batch_size_does_not_change_the_stream(small_trace, pm):
 
 
 def test_unfilled_slot_is_refused(small_trace, pm):
-    with pytest.raises(PluginError, match="'compress' slot needs codec 'compress-threads'"):
-        replay(TraceReader(small_trace), parse_spec("compress"), pm)
+    with pytest.raises(PluginError, match="'control' slot needs codec 'rdma'"):
+        replay(TraceReader(small_trace), parse_spec("control-codec=rdma"), pm)
     with pytest.raises(PluginError, match="'delta' slot needs codec 'nosuch'"):
         replay(TraceReader(small_trace), parse_spec("delta-codec=nosuch"), pm)
 

@@ -226,24 +226,28 @@ def test_zero_fill_byte_policy(pm, run):
     assert not rc.memory["pc.ram"].any()
 
 
-def test_compressed_pages_with_an_extra_decoder(pm):
-    """COMPRESS_PAGE: no registered codec plugin decodes it; the compress-threads codec, given in the
-    receiver's list of codecs, does."""
+def test_compressed_pages_decode_through_the_compress_threads_codec(pm):
+    """COMPRESS_PAGE: the compress-threads codec (a built-in plugin) decodes it, from the plugin manager
+    or given in a list of codecs; a receiver without it refuses the record."""
     import zlib
 
     from pagecodec.codecs.compress import CompressThreadsCodec
+    from pagecodec.codecs.raw import RawPageCodec
+    from pagecodec.codecs.zero import ZeroPageCodec
     from pagecodec.errors import DecodeError
 
     z = zlib.compress(b"\x09" * PS)
     rec = (3 * PS | 0x100).to_bytes(8, "big") + b"\x06pc.ram" + len(z).to_bytes(4, "big") + z
     data = stream(rec + eos_record())
-    err(data, pm, "unknown combination of migration flags 0x100")
-    rc = Receiver(PS, [*pm.codecs.values(), CompressThreadsCodec()])
-    rc.load_stream(StreamReader(data))
-    assert (rc.memory["pc.ram"].reshape(-1, PS)[3] == 9).all() and rc.stats.records == {"compress": 1}
+    with pytest.raises(WireError, match="unknown combination of migration flags 0x100"):
+        Receiver(PS, [ZeroPageCodec(), RawPageCodec()]).load_stream(StreamReader(data))
+    for codecs in (pm, [ZeroPageCodec(), RawPageCodec(), CompressThreadsCodec()]):
+        rc = Receiver(PS, codecs)
+        rc.load_stream(StreamReader(data))
+        assert (rc.memory["pc.ram"].reshape(-1, PS)[3] == 9).all() and rc.stats.records == {"compress": 1}
     bad = stream(rec[:-4] + b"\x00\x00\x00\x00" + eos_record())
     with pytest.raises(DecodeError, match="compressed page"):
-        Receiver(PS, [*pm.codecs.values(), CompressThreadsCodec()]).load_stream(StreamReader(bad))
+        Receiver(PS, pm).load_stream(StreamReader(bad))
 
 
 def test_commands_multifd_flush_and_eos_address(pm):

@@ -1,27 +1,343 @@
-"""QEMU's compress threads (``compress`` capability, QEMU 4.1 … 9.0): COMPRESS_PAGE records.
+"""QEMU's compress threads (``compress`` capability, QEMU 4.1 … 9.0) in the chain's compress slot.
 
-The record: ``be64 offset|COMPRESS_PAGE [idstr]``, ``be32 len``, then one zlib stream (``deflateReset``
-per page at ``compress-level``) that inflates to exactly one page. The load side
-(``decompress_data_with_multi_threads``) refuses ``len > compressBound(page size)``.
+What QEMU 7.2 does (migration/ram.c: ``save_compress_page``, ``compress_page_with_multi_thread``,
+``do_data_compress``, ``flush_compressed_data``, ``update_compress_thread_counts``):
 
-This module holds the codec's decoder, used by every destination that reads QEMU's streams (the
-importer of real captures and ``verify``). The chain's compress slot is not filled by it yet: the
-codec declares no slot, so a config with ``compress=on`` is still refused with the slot named.
+* **When.** Compression is used while the capability is on and XBZRLE is not yet enabled (with
+  xbzrle on too: only in the bulk stage). The first page of a block other than the last one sent is
+  not compressed: the threads are flushed first and the page goes on down the chain (zero page or raw
+  page), so that its header can name the block before compressed records ``CONTINUE`` it.
+* **Threads.** Each of ``compress-threads`` threads owns one deflate stream at ``compress-level``,
+  reset for every page: a page is ``COMPRESS_PAGE | be32 len | zlib stream`` (independent per page),
+  or a ``ZERO`` record when the thread finds the page all zero. The thread writes into its own buffer;
+  the buffer reaches the stream when the thread is next given a page, or at a flush (block change,
+  end of a pass, ``ram_save_complete``), threads in index order. So records appear in the order the
+  threads are reused, not in page order, and a page's record may follow later pages' records.
+* **Which thread.** ``compress_page_with_multi_thread`` gives the page to the lowest-numbered idle
+  thread; with ``compress-wait-thread`` on it waits for one, off it gives up: the page falls through
+  the chain (zero or raw page) and counts as ``busy``.
+* **Counters** (``update_compress_thread_counts``), whenever a thread's buffer is handed over,
+  including at every flush of every thread, even an empty buffer: ``transferred`` += its bytes; if the
+  thread's last page was zero ``duplicate`` += 1, else ``compression.pages`` += 1 and
+  ``compressed-size`` += bytes − 8. So each flush adds one count per thread that has no page behind
+  it (QEMU-FACTS: "the per-flush quirk"). QEMU 4.1 has the same function; ``qemu-version=4.1`` keeps
+  these semantics.
+* **Flushes, modelled**: the first page of the migration and of every block change; every time QEMU's
+  page search wraps: QEMU resumes a pass where its search stopped, so a pass wraps once in the middle
+  when it has pages below that point, and once more at its end (the search that finds nothing else);
+  ``ram_save_complete`` flushes once more before its EOS. QEMU also flushes in iterations that find no
+  dirty page at all (the search goes round once); a trace does not show those, except the completion
+  (an empty last round), so with N threads pagecodec's ``compression.pages`` + ``duplicate`` can be
+  lower than QEMU's by N per such iteration.
+
+**Which thread, modelled.** Whether a thread is idle is a matter of timing in QEMU. With
+``compress-wait-thread`` on (QEMU's default), pagecodec models threads that take longer to compress a
+page than the migration thread takes to hand a page to each of the others: after a flush (all threads
+idle) pages go to threads 0, 1, …, N−1, 0, 1, … — the lowest-numbered idle thread at every step under
+that model. Wire bytes and counters then depend only on the pages, never on this machine's timing;
+the compression itself runs on ``compress-threads`` real worker threads (zlib releases the GIL), each
+compressing the pages its QEMU thread would. With ``compress-wait-thread`` off, QEMU's result depends
+on timing by definition: pagecodec then asks real worker threads whether they are done at each page,
+and the result says ``timing-dependent`` under ``threads``.
+
+The decoder (:class:`CompressedPageDecoder`) is QEMU's ``decompress_data_with_multi_threads`` check:
+``len ≤ compressBound(page)``, exactly one page of zlib output (inflation stops one byte past a page).
 """
 
 from __future__ import annotations
 
+import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 
 from .. import __version__
-from ..errors import DecodeError, PluginError
-from ..wire.flags import RAM_SAVE_FLAG_COMPRESS_PAGE, compress_bound
+from ..errors import DecodeError
+from ..hookspecs import hookimpl
+from ..wire.flags import RAM_SAVE_FLAG_COMPRESS_PAGE, RAM_SAVE_FLAG_ZERO, compress_bound
 from ..wire.reader import StreamReader
-from .base import Codec, CodecContext, RecordDecoder, Slot, SlotEncoder
+from ..wire.records import RecordSet
+from .base import Codec, CodecContext, Emission, RecordDecoder, Segment, Slot, SlotEncoder, Stage
+from .zero import zero_page_mask
 
-__all__ = ["CompressedPageDecoder", "CompressThreadsCodec"]
+__all__ = ["CompressedPageDecoder", "CompressThreadsEncoder", "CompressThreadsCodec", "compress_pages"]
+
+_ZERO_FILL = np.zeros((1, 1), np.uint8)
+
+
+@dataclass
+class _Output:
+    """What a thread's buffer holds: the record of one page (QEMU keeps at most one per thread)."""
+
+    offset: int          # byte offset in the block
+    zero: bool           # a ZERO record (else COMPRESS_PAGE)
+    data: bytes = b""    # the zlib stream (COMPRESS_PAGE)
+
+    @property
+    def wire_bytes(self) -> int:
+        return 9 if self.zero else 12 + len(self.data)
+
+
+def compress_pages(pages: np.ndarray, level: int) -> tuple[list[bytes], int]:
+    """zlib streams of each page (deflateInit(level): zlib wrapper, windowBits 15, memLevel 8, reset per
+    page, Z_FINISH) and the calling thread's CPU nanoseconds. Runs on a worker thread: zlib releases the
+    GIL while it deflates."""
+    t0 = time.thread_time_ns()
+    out = [zlib.compress(p, level) for p in pages]
+    return out, time.thread_time_ns() - t0
+
+
+class CompressThreadsEncoder(SlotEncoder):
+    """One migration's compress threads: what each thread's buffer holds, which thread is next, the
+    counters, and the worker pool that does the deflating."""
+
+    def __init__(self, ctx: CodecContext) -> None:
+        cfg = ctx.config
+        self.threads = int(cfg.param("compress-threads"))
+        self.level = int(cfg.param("compress-level"))
+        self.wait = bool(cfg.param("compress-wait-thread"))
+        self.xbzrle = cfg.cap("xbzrle")
+        self.page_size = ctx.page_size
+        self.held: list[_Output | None] = [None] * self.threads
+        self.last_zero = [False] * self.threads  # CompressParam.zero_page: the thread's last page was zero
+        self.block: int | None = None             # block of the held outputs
+        self.next = 0                             # the rotation model's next thread
+        self.pending: list[Future[Any] | None] = [None] * self.threads  # wait=off: a thread's work in flight
+        self.pages = 0
+        self.busy = 0
+        self.compressed_size = 0
+        self.extra_duplicate = 0
+        self.offered = 0                          # pages offered while compression was in use
+        self.flushes = 0
+        self._cpu_ns = 0
+        self._pool: ThreadPoolExecutor | None = None
+        # QEMU's page search position (global page index after the last page it sent), to know where
+        # its search wraps (each wrap flushes): see :meth:`_search_wraps`
+        self.resume = 0
+        self.round: int | None = None
+        self.max_below = -1
+        self.max_all = -1
+
+    # -- the chain ------------------------------------------------------------------------------
+    def _in_use(self, stage: Stage) -> bool:
+        """save_page_use_compression: off once XBZRLE is enabled (after the first pass)."""
+        return not (self.xbzrle and not stage.bulk_stage)
+
+    def _search_wraps(self, seg: Segment, stage: Stage) -> bool:
+        """Follow QEMU's page search over this segment's pages; True if its search wrapped before them.
+
+        QEMU resumes each pass where its search stopped (after the last page it sent) and sends the
+        pages at or after that point first, then wraps (a flush) and sends the rest; the search that
+        finds nothing more wraps again (the flush of :meth:`end_of_pass`). pagecodec sends a pass in
+        page order from the first block, so it flushes for the first wrap when the pass begins below
+        the resume point, which gives QEMU's number of flushes."""
+        keys = seg.addrs // self.page_size
+        first = self.round != stage.round
+        if first:
+            self.round = stage.round
+            self.max_below = self.max_all = -1
+        below = keys[keys < self.resume]
+        if len(below):
+            self.max_below = max(self.max_below, int(below.max()))
+        self.max_all = max(self.max_all, int(keys.max()))
+        return first and int(keys[0]) < self.resume
+
+    def encode(self, seg: Segment, stage: Stage) -> None:
+        wrapped = self._search_wraps(seg, stage)
+        if not self._in_use(stage):
+            return
+        if wrapped:
+            em = self.flush()
+            if em is not None:
+                seg.before.append(em)
+        pend = seg.pending()
+        if len(pend) == 0:
+            return
+        self.offered += len(pend)
+        if seg.last_sent_block != seg.block_index:
+            # save_compress_page: a new block's first page is sent as a normal page, after a flush
+            em = self.flush()
+            if em is not None:
+                seg.before.append(em)
+            pend = pend[1:]
+            if len(pend) == 0:
+                return
+        if self.wait:
+            self._dispatch_rotating(seg, pend)
+        else:
+            self._dispatch_first_idle(seg, pend)
+
+    def end_of_pass(self, stage: Stage) -> Emission | None:
+        """The search wrapped: flush. ``ram_save_complete`` flushes twice: its last search wraps (the
+        flush in ``find_dirty_block``) and it flushes once more before EOS (the second is empty, but
+        counts, see the module docstring)."""
+        if self.round == stage.round and self.max_all >= 0:  # where QEMU's search stops in this pass
+            self.resume = (self.max_below if self.max_below >= 0 else self.max_all) + 1
+        if not self._in_use(stage):
+            return None
+        em = self.flush()
+        if stage.last_stage:
+            self.flush()
+        return em
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def _dispatch_rotating(self, seg: Segment, pos: np.ndarray) -> None:
+        """compress-wait-thread on: thread (next + j) mod N takes the j-th page (the model above)."""
+        n, k = self.threads, len(pos)
+        thread_of = (self.next + np.arange(k)) % n
+        self.next = int((self.next + k) % n)
+        pages = seg.pages[pos]
+        zero = zero_page_mask(pages)
+        data: list[bytes | None] = [None] * k
+        nz = np.flatnonzero(~zero)
+        if len(nz):
+            groups = [nz[thread_of[nz] == t] for t in range(n)]
+            jobs = [(g, self._submit(pages[g])) for g in groups if len(g)]
+            for g, fut in jobs:
+                outs, ns = fut.result()
+                self._cpu_ns += ns
+                for j, z in zip(g.tolist(), outs):
+                    data[j] = z
+        self._hand_over(seg, pos, thread_of, zero, data)
+
+    def _dispatch_first_idle(self, seg: Segment, pos: np.ndarray) -> None:
+        """compress-wait-thread off: at each page, the lowest-numbered thread whose work is done takes
+        it; none done: the page falls through and counts busy (timing-dependent, as in QEMU)."""
+        zero = zero_page_mask(seg.pages[pos])
+        out: list[tuple[int, _Output]] = []
+        took: list[int] = []
+        for j, p in enumerate(pos.tolist()):
+            t = next((i for i, f in enumerate(self.pending) if f is None or f.done()), None)
+            if t is None:
+                self.busy += 1
+                continue
+            prev = self._take(t)
+            if prev is not None:
+                out.append((p, prev))
+            z = bool(zero[j])
+            self.held[t] = _Output(int(seg.offsets[p]), z)
+            self.last_zero[t] = z
+            if not z:
+                self.pending[t] = self._submit(seg.pages[p : p + 1])
+            took.append(p)
+        if took:
+            self.block = seg.block_index
+            seg.claim(Slot.COMPRESS, np.array(took, np.int64), None)
+            seg.records.extend(self._record_sets(out))
+
+    # -- buffers --------------------------------------------------------------------------------
+    def _hand_over(self, seg: Segment, pos: np.ndarray, thread_of: np.ndarray, zero: np.ndarray,
+                   data: list[bytes | None]) -> None:
+        """Page ``pos[j]`` goes to thread ``thread_of[j]``; that thread's buffer is written at ``pos[j]``."""
+        out: list[tuple[int, _Output]] = []
+        bo = seg.offsets
+        for j, (p, t) in enumerate(zip(pos.tolist(), thread_of.tolist())):
+            prev = self._take(t)
+            if prev is not None:
+                out.append((p, prev))
+            self.held[t] = _Output(int(bo[p]), bool(zero[j]), data[j] or b"")
+            self.last_zero[t] = bool(zero[j])
+        self.block = seg.block_index
+        seg.claim(Slot.COMPRESS, pos, None)
+        seg.records.extend(self._record_sets(out))
+
+    def _settle(self, t: int) -> None:
+        """Wait for thread ``t``'s work and put its zlib stream into its held output."""
+        fut = self.pending[t]
+        if fut is None:
+            return
+        outs, ns = fut.result()
+        self._cpu_ns += ns
+        h = self.held[t]
+        if h is not None and not h.zero:
+            h.data = outs[0]
+        self.pending[t] = None
+
+    def _take(self, t: int) -> _Output | None:
+        """update_compress_thread_counts for thread ``t``'s buffer as it is handed over."""
+        self._settle(t)
+        prev = self.held[t]
+        self.held[t] = None
+        if self.last_zero[t]:
+            if prev is None:
+                self.extra_duplicate += 1  # an empty buffer of a thread whose last page was zero
+        else:
+            self.pages += 1
+            self.compressed_size += (prev.wire_bytes if prev is not None else 0) - 8
+        return prev
+
+    def flush(self) -> Emission | None:
+        """flush_compressed_data: every thread's buffer, in thread order; the rotation starts again at
+        thread 0 (all threads are idle after it)."""
+        self.flushes += 1
+        out = [(t, h) for t in range(self.threads) if (h := self._take(t)) is not None]
+        self.next = 0
+        block = self.block
+        if not out or block is None:
+            return None
+        offsets = np.array([h.offset for _, h in out], np.int64)
+        return Emission(block, offsets, self._record_sets([(i, h) for i, (_, h) in enumerate(out)]))
+
+    def _record_sets(self, out: list[tuple[int, _Output]]) -> list[RecordSet]:
+        """RecordSets for outputs handed over at the given positions (headers name the pages' own offsets)."""
+        sets: list[RecordSet] = []
+        zs = [(p, h) for p, h in out if h.zero]
+        cs = [(p, h) for p, h in out if not h.zero]
+        if zs:
+            idx = np.array([p for p, _ in zs], np.int64)
+            sets.append(RecordSet("zero", RAM_SAVE_FLAG_ZERO, idx, prefix=_ZERO_FILL,
+                                  offsets=np.array([h.offset for _, h in zs], np.int64)))
+        if cs:
+            idx = np.array([p for p, _ in cs], np.int64)
+            lengths = np.array([len(h.data) for _, h in cs], np.int64)
+            prefix = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
+            data = np.frombuffer(b"".join(h.data for _, h in cs), np.uint8)
+            starts = np.cumsum(lengths) - lengths
+            sets.append(RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, idx, prefix=prefix, data=data,
+                                  starts=starts, lengths=lengths,
+                                  offsets=np.array([h.offset for _, h in cs], np.int64)))
+        return sets
+
+    def _submit(self, pages: np.ndarray) -> Future[Any]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="compress")
+        return self._pool.submit(compress_pages, pages, self.level)
+
+    # -- results --------------------------------------------------------------------------------
+    def take_worker_cpu_ns(self) -> int:
+        ns, self._cpu_ns = self._cpu_ns, 0
+        return ns
+
+    def ram_counters(self) -> dict[str, int]:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        return {"duplicate": self.extra_duplicate}
+
+    def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        """query-migrate's ``compression`` (rates over the whole migration; QEMU's are per sync period)
+        and how the threads were used."""
+        size = self.compressed_size
+        return {
+            "compression": {
+                "pages": self.pages,
+                "busy": self.busy,
+                "busy-rate": self.busy / self.offered if self.offered else 0.0,
+                "compressed-size": size,
+                "compression-rate": self.pages * self.page_size / size if size > 0 else 0.0,
+            },
+            "threads": {
+                "compress": self.threads,
+                "compress-wait-thread": self.wait,
+                "compress-assignment": "rotation (deterministic model)" if self.wait
+                else "first idle thread at each page (timing-dependent)",
+                "timing-dependent": not self.wait,
+                "compress-flushes": self.flushes,
+            },
+        }
 
 
 class CompressedPageDecoder(RecordDecoder):
@@ -38,30 +354,38 @@ class CompressedPageDecoder(RecordDecoder):
         if n > bound:
             raise DecodeError(f"compressed page of {n} bytes, more than compressBound({ps}) = {bound}", r.base + lat, r.source)
         dat = r.base + r.pos
-        d = zlib.decompressobj()
-        try:
-            out = d.decompress(bytes(r.get_bytes(n, "compressed page")), ps + 1)
-        except zlib.error as e:
-            raise DecodeError(f"compressed page is not a valid zlib stream: {e}", dat, r.source) from None
-        if not d.eof:
-            raise DecodeError(f"compressed page: zlib stream incomplete after {len(out)} bytes of output", dat, r.source)
-        if len(out) != ps or d.unused_data:
-            what = f"{len(out)} bytes of output" if len(out) != ps else f"{len(d.unused_data)} bytes after the zlib stream"
-            raise DecodeError(f"compressed page: {what}, expected exactly one page of {ps} bytes", dat, r.source)
-        page[:] = np.frombuffer(out, np.uint8)
+        page[:] = inflate_page(bytes(r.get_bytes(n, "compressed page")), ps, dat, r.source)
+
+
+def inflate_page(data: bytes, page_size: int, at: int, source: str | None) -> np.ndarray:
+    """One COMPRESS_PAGE payload inflated and checked (exactly one page, nothing after the stream)."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, page_size + 1)
+    except zlib.error as e:
+        raise DecodeError(f"compressed page is not a valid zlib stream: {e}", at, source) from None
+    if not d.eof:
+        raise DecodeError(f"compressed page: zlib stream incomplete after {len(out)} bytes of output", at, source)
+    if len(out) != page_size or d.unused_data:
+        what = f"{len(out)} bytes of output" if len(out) != page_size else f"{len(d.unused_data)} bytes after the zlib stream"
+        raise DecodeError(f"compressed page: {what}, expected exactly one page of {page_size} bytes", at, source)
+    return np.frombuffer(out, np.uint8)
 
 
 class CompressThreadsCodec(Codec):
-    """COMPRESS_PAGE records, decode side only for now (it fills no chain slot)."""
-
     name = "compress-threads"
-    slots: tuple[Slot, ...] = ()
+    slots = (Slot.COMPRESS,)
     qemu_format = True
-    description = "zlib-compressed pages (COMPRESS_PAGE), QEMU's compress threads: decoder"
+    description = "zlib compress threads (COMPRESS_PAGE), QEMU 4.1 … 9.0"
     version = __version__
 
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
-        raise PluginError(f"codec {self.name!r} decodes COMPRESS_PAGE records but fills no chain slot")
+        return CompressThreadsEncoder(ctx)
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [CompressedPageDecoder()]
+
+
+@hookimpl
+def register_codecs(register) -> None:  # type: ignore[no-untyped-def]
+    register(CompressThreadsCodec())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,14 @@ def capture_qemu(
     connect_timeout: float = 5.0,
     multifd: int | None = None,
     multifd_compression: str = "none",
+    parameters: Mapping[str, Any] | None = None,
 ) -> CaptureResult:
     """Migrate the VM behind ``qmp_socket`` into a temporary stream and import it as ``output``.
 
     ``passes``: raise the limits (so the migration completes) once QEMU has made this many dirty-bitmap
     syncs; None leaves them as set. ``keep_stream``: also keep the raw migration stream there.
-    ``qmp``: an open session to use instead of connecting to ``qmp_socket``.
+    ``qmp``: an open session to use instead of connecting to ``qmp_socket``. ``parameters``: more
+    ``migrate-set-parameters`` values by QMP name (e.g. ``{"compress-threads": 2}``).
     ``multifd``: migrate with this many multifd channels (``multifd_compression`` none/zlib/zstd) over
     loopback TCP to pagecodec's recorder (:func:`pagecodec.sources.qemu_live.multifd.capture_multifd`); ``keep_stream``
     is then a directory for ``main.mig`` and ``channel-<k>.bin``.
@@ -69,7 +71,7 @@ def capture_qemu(
     output = Path(output)
     settings = MigrationSettings(
         capabilities=tuple(capabilities), max_bandwidth=max_bandwidth, downtime_limit=downtime_limit,
-        xbzrle_cache_size=xbzrle_cache_size, finish_after_passes=passes,
+        xbzrle_cache_size=xbzrle_cache_size, finish_after_passes=passes, parameters=dict(parameters or {}),
     )
     session, own = open_session(qmp, qmp_socket, connect_timeout, "capture_qemu")
     tmpdir = Path(tempfile.mkdtemp(prefix=".pagecodec-capture-", dir=output.resolve().parent))

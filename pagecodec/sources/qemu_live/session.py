@@ -33,6 +33,8 @@ def capture_command(qmp_socket: Any, output: Any, settings: MigrationSettings) -
         args += ["--capability", c]
     if settings.xbzrle_cache_size is not None:
         args += ["--xbzrle-cache-size", str(settings.xbzrle_cache_size)]
+    for k, v in settings.parameters.items():
+        args += ["--parameter", f"{k}={v}"]
     return " ".join(shlex.quote(a) for a in args)
 
 

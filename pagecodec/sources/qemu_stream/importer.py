@@ -59,7 +59,7 @@ from ...chain.receiver import PageRecords, Receiver, RecordObserver
 from ...codecs.qemu import qemu_codecs
 from ...errors import TraceError, WireError
 from ...wire import qevm
-from ...wire.flags import RAM_SAVE_FLAG_XBZRLE
+from ...wire.flags import RAM_SAVE_FLAG_XBZRLE, SectionType
 from ...wire.qevm import find_vmdesc, stream_page_size
 from ...wire.reader import StreamReader
 from ...trace.format import DEFAULT_ROW_GROUP_PAGES, Provenance, RAMBlockInfo, TraceMeta, TraceWriter
@@ -167,6 +167,8 @@ class _Importer(RecordObserver):
         self.last_b = -1
         self.undo: tuple[int, np.ndarray, np.ndarray] | None = None
         self._reported = 0
+        self.section: SectionType | None = None
+        self.end_pages = 0  # page records of the RAM END section (ram_save_complete)
 
     # -- driver ---------------------------------------------------------------------------------
     def run(self) -> ImportReport:
@@ -202,6 +204,10 @@ class _Importer(RecordObserver):
             )
 
         self._end_round(ram_end, final=True)
+        if self.end_pages == 0 and self.pages_per_round:
+            # ram_save_complete found nothing dirty: the trace ends with that empty pass, so a replay
+            # sends the last pass as an iteration (guest running), as QEMU did
+            self._end_round(ram_end, final=True)
         assert self.writer is not None
         self.writer.close()
         if self.progress is not None and len(r) > self._reported:
@@ -244,6 +250,9 @@ class _Importer(RecordObserver):
         self.total_pages = int(self.starts[-1])
         self.seen = np.zeros(self.total_pages, bool)
 
+    def ram_section(self, header: qevm.SectionHeader, start: int, body: int) -> None:
+        self.section = header.type
+
     def before_pages(self, records: PageRecords) -> None:
         """Pages of this round the record is about to overwrite: it sends them again, so the round
         ends inside it; keep their content for the round."""
@@ -258,6 +267,8 @@ class _Importer(RecordObserver):
         """Pages loaded (ascending, of one block): start a round where they cannot belong to the
         current pass, count them in the pass they belong to."""
         bi, at = records.block, records.at
+        if self.section == SectionType.SECTION_END:
+            self.end_pages += len(records.index)
         g = records.index + self.starts[bi]
         j = self._wrap(g, bi)
         if j is not None:
@@ -317,6 +328,8 @@ class _Importer(RecordObserver):
             ub, ui, old = self.undo
             new = self.rc.block_pages[ub][ui]
             self.rc.block_pages[ub][ui] = old
+        if len(g) == 0 and self.round > 0:  # a pass that sent nothing: declare the empty round
+            self.writer.write(self.round, 0, np.empty(0, np.int64), np.empty((0, ps), np.uint8))
         local = g - self.starts[b]
         cuts = np.flatnonzero(np.diff(b)) + 1
         bounds = [0, *cuts.tolist(), len(g)]
