@@ -37,9 +37,9 @@ that fills the packet (all 128 offset slots), ``multifd_send_pages`` hands the p
 and takes that channel's empty structure in exchange, and then the function tests ``pages->block !=
 block`` — on the packet it has just given away. If the channel thread has already taken that packet
 (it sets ``block`` to NULL once the header is filled), the test is true and the page is queued
-*again*, as the first page of the next packet. Real captures show it often (most full packets of the
-tiny guest on a 2-core host, see ``tests/test_multifd_import.py``; 149 times in a 256 MiB Linux
-guest). The merge accepts exactly this pattern: the last page of a full, non-SYNC data packet is the
+*again*, as the first page of the next packet. Real captures show it often (10–90 % of the full
+packets of the busy tiny guest on a 2-core host, see ``tests/test_multifd_import.py``; 149 times in a
+256 MiB Linux guest). The merge accepts exactly this pattern: the last page of a full, non-SYNC data packet is the
 first page of the data packet that follows it in packet_num order in the same window (that one may be
 a SYNC packet with pages from the sync race: the sync flushes the requeued page within the section).
 Anything else stays an error, and so does a page sent both as a ZERO record and in a channel packet:
