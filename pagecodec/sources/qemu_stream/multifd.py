@@ -242,7 +242,7 @@ def _requeued(wp: _WindowPages, chans: list[ChannelFile], slots: int) -> tuple[n
         return np.empty(0, np.int64), np.empty(0, bool)
     full = np.array([chans[ci].normal[k] == slots and not chans[ci].flags[k] & MULTIFD_FLAG_SYNC
                      for ci, k in wp.pk])
-    last = np.flatnonzero(np.diff(wp.pkt)) # last page of each packet but the window's last
+    last = np.flatnonzero(np.diff(wp.pkt))  # last page of each packet but the window's last
     hit = last[(wp.g[last] == wp.g[last + 1]) & full[wp.pkt[last]]]
     differ = (wp.data[hit] != wp.data[hit + 1]).any(axis=1)
     return hit, differ
