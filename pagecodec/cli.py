@@ -288,6 +288,15 @@ def trace_info(path: str, as_json: bool) -> None:
     click.echo(json.dumps(d, indent=1, default=str) if as_json else format_info(d))
 
 
+def _queued_twice(mrep: Any) -> str:
+    """The import report's duplicate pages (7.2's requeue race, see pagecodec.sources.qemu_stream.multifd)."""
+    n = mrep.duplicate_pages
+    if not n:
+        return "no page queued twice"
+    return (f"{n} pages queued twice (later packet's copy kept; {mrep.duplicate_pages_differing} with differing "
+            f"copies, {mrep.duplicate_pages_not_resent} of them not sent again)")
+
+
 @trace.command("import-qemu")
 @click.argument("stream", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
@@ -311,8 +320,8 @@ def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json
             return
         click.echo(
             f"imported {stream} + {len(channels)} multifd channels ({mrep.compression}; {mrep.sections} RAM sections, "
-            f"{mrep.packets} packets; zero {mrep.zero_pages}, normal {mrep.channel_pages}) -> {output}: "
-            f"{mrep.rounds} rounds, pages per round {mrep.pages_per_round}"
+            f"{mrep.packets} packets; zero {mrep.zero_pages}, normal {mrep.channel_pages}; {_queued_twice(mrep)}) "
+            f"-> {output}: {mrep.rounds} rounds, pages per round {mrep.pages_per_round}"
         )
         return
 

@@ -14,10 +14,11 @@ sections, every page record where QEMU's page search sent it — and imports tha
 ``exec:`` captures (a new round starts where the page order wraps or a page repeats). The order
 inside a section is recovered from QEMU's search rule, not from arrival times:
 
-* Within one section no page is sent twice: the dirty bitmap is only synced between sections
+* Within one section the search sends a page once: the dirty bitmap is only synced between sections
   (``ram_save_pending``, ``ram_save_complete``'s start), never during one, and the search clears each
   bit it sends. So a section's pages — ZERO records of the main stream plus channel pages of the
-  window — are a set (a page in both, or twice, is an error).
+  window — are a set, except for the pages 7.2 queues twice (below); any other page a section carries
+  twice is an error naming both copies.
 * The search sweeps RAM in MEM_SIZE block order, offsets ascending, and resumes where the previous
   section stopped: 7.2 leaves ``last_page`` one page *past* the last page sent (``pss_find_next_dirty``
   bounded to the host page), so a section's order is its page set sorted by global page index and
@@ -31,11 +32,44 @@ inside a section is recovered from QEMU's search rule, not from arrival times:
   rotation that fits its ZERO records and is counted as ``order_conflicts``; ZERO records that wrap
   twice in one section cannot come from one sweep and are an error.
 
-Limits: the destination's RAM is fully determined by the files (pages are unique per section and
-sections are applied in order), so the trace's images are exact; only *where* a pass boundary falls
-inside a section can be off, and only if the section has no ZERO record and its channel pages contradict
-the resume rule (counted, never silent). XBZRLE and COMPRESS_PAGE records (not used with multifd in
-7.2), postcopy, RDMA and 8.1+ MULTIFD_FLUSH streams are refused.
+**Pages queued twice.** 7.2's ``multifd_queue_page`` adds the page to the packet being filled; when
+that fills the packet (all 128 offset slots), ``multifd_send_pages`` hands the packet to a channel
+and takes that channel's empty structure in exchange, and then the function tests ``pages->block !=
+block`` — on the packet it has just given away. If the channel thread has already taken that packet
+(it sets ``block`` to NULL once the header is filled), the test is true and the page is queued
+*again*, as the first page of the next packet. Real captures show it often (10–90 % of the full
+packets of the busy tiny guest on a 2-core host, see ``tests/test_multifd_import.py``; 149 times in a
+256 MiB Linux guest). The merge accepts exactly this pattern: the last page of a full, non-SYNC data packet is the
+first page of the data packet that follows it in packet_num order in the same window (that one may be
+a SYNC packet with pages from the sync race: the sync flushes the requeued page within the section).
+Anything else stays an error, and so does a page sent both as a ZERO record and in a channel packet:
+7.2 never does that (zero pages are detected before a page reaches multifd), and on the destination the
+main thread's ``ram_handle_compressed`` (clear the page unless it is zero) would race with the
+receive thread writing it.
+
+The rebuilt stream carries such a page once, at its place in the search order, with the **later
+packet's copy**. On the destination each channel's receive thread (``multifd_recv_thread``) reads its
+packets and writes their pages straight into guest RAM (``readv`` into the host pages, or inflating
+into them); channels are ordered only by the SYNC packets at each EOS, so of two copies in one
+section the one written last stays. Packet order is the order of the two reads on the source, which
+a destination handling packets in the order they were sent follows: the page is queued again only
+after the first packet's thread has taken it — with zlib/zstd its pages are compressed by then;
+without compression its ``writev`` starts right then — and the next packet goes out only after up to
+127 more pages or the section's sync flush. The copies differ only if the guest wrote the page after
+this pass cleared its dirty bit; the dirty log has that write, so a later section sends the page
+again (the END section at the latest, with the guest stopped) and the choice does not reach the final
+image. The report counts the duplicates (``duplicate_pages``), those whose copies differ
+(``duplicate_pages_differing``) and, of these, the ones no later section sends again
+(``duplicate_pages_not_resent``; e.g. a write TCG failed to log: there the destination holds
+either copy, depending on thread timing, the trace the later one). A page once per section also keeps
+the importer's rounds right: it starts a new round at a page repeated within the current one.
+
+Limits: the destination's RAM is determined by the files (pages are unique per section, or queued
+twice and then equal or resent later, and sections are applied in order), so the trace's images are
+exact; only *where* a pass boundary falls inside a section can be off, and only if the section has no
+ZERO record and its channel pages contradict the resume rule (counted, never silent). XBZRLE and
+COMPRESS_PAGE records (not used with multifd in 7.2), postcopy, RDMA and 8.1+ MULTIFD_FLUSH streams
+are refused.
 """
 
 from __future__ import annotations
@@ -54,7 +88,7 @@ import numpy as np
 
 from ...errors import PageCodecError, TraceError, WireError
 from ...wire.flags import RAM_SAVE_FLAG_CONTINUE, RAM_SAVE_FLAG_PAGE, RAM_SAVE_FLAG_ZERO
-from ...wire.multifd import MULTIFD_FLAG_SYNC
+from ...wire.multifd import MULTIFD_FLAG_SYNC, PACKET_HEADER_SIZE, packet_slots
 from .channel import ChannelFile, _PageSource, read_channel
 from .importer import import_qemu_stream
 from .main_stream import MainStream, _RamSection, read_main_stream
@@ -142,153 +176,245 @@ class _MergeStats:
     main_pages: int = 0
     channel_pages: int = 0
     packets: int = 0
+    duplicates: int = 0              # pages queued twice (multifd_queue_page's race), earlier copy dropped
+    duplicates_differing: int = 0    # ... whose two copies differ
+    duplicates_not_resent: int = 0   # ... differing, and no later section sends the page again
+
+
+@dataclass
+class _WindowPages:
+    """The channel pages of one sync window (= one RAM section), data packets in packet_num order."""
+
+    pk: list[tuple[int, int]]  # (channel, packet index) of each data packet, in packet_num order
+    g: np.ndarray              # global page index of every page
+    data: np.ndarray           # (pages, page size): their contents
+    pkt: np.ndarray            # index into ``pk`` of every page
+    slot_at: np.ndarray        # file offset of every page's offset slot (for errors)
+    sync: np.ndarray           # per page: its packet carries SYNC (its number is the sync's, not its queue position)
+
+
+def _window_packets(chans: list[ChannelFile], sections: int) -> list[list[tuple[int, int]]]:
+    """The data packets of each sync window, in packet_num order (the order the migration thread queued them)."""
+    per: list[list[tuple[int, int]]] = [[] for _ in range(sections)]
+    for ci, c in enumerate(chans):
+        for k in range(c.packets):
+            if c.normal[k] and c.window[k] < sections:
+                per[c.window[k]].append((ci, k))
+    for pk in per:
+        pk.sort(key=lambda x: chans[x[0]].num[x[1]])
+    return per
+
+
+def _window_pages(pk: list[tuple[int, int]], chans: list[ChannelFile], sources: list[_PageSource],
+                  page_size: int) -> _WindowPages:
+    """Inflate a window's packets (in channel order, as each channel's compressed stream requires) and
+    lay their pages out in packet_num order."""
+    contents = {ck: sources[ck[0]].pages(ck[1]) for ck in sorted(pk)}
+    g: list[np.ndarray] = []
+    pkt: list[np.ndarray] = []
+    slot: list[np.ndarray] = []
+    sync: list[np.ndarray] = []
+    for j, (ci, k) in enumerate(pk):
+        c = chans[ci]
+        n = c.normal[k]
+        g.append(c.pages[c.first[k] : c.first[k] + n])
+        pkt.append(np.full(n, j, np.int64))
+        slot.append(c.at[k] + PACKET_HEADER_SIZE + 8 * np.arange(n, dtype=np.int64))
+        sync.append(np.full(n, bool(c.flags[k] & MULTIFD_FLAG_SYNC)))
+    if not pk:
+        e = np.empty(0, np.int64)
+        return _WindowPages(pk, e, np.empty((0, page_size), np.uint8), e, e, np.empty(0, bool))
+    return _WindowPages(pk, np.concatenate(g), np.concatenate([contents[ck] for ck in pk]), np.concatenate(pkt),
+                        np.concatenate(slot), np.concatenate(sync))
+
+
+def _requeued(wp: _WindowPages, chans: list[ChannelFile], slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pages QEMU 7.2 queued twice: (index of the earlier copy in ``wp``, whether the two copies differ).
+
+    ``multifd_queue_page`` hands a packet to a channel as soon as the page that fills it is queued, then
+    asks whether that page still has to be queued (``pages->block != block``) — on the structure it has
+    just given away. If the channel thread has already taken the packet (it sets ``block`` to NULL), the
+    answer is yes, and the page is queued again as the first page of the next packet. So the only
+    duplicate QEMU sends is: the last page of a full packet (all offset slots used, not a SYNC packet:
+    a packet still waiting for its thread at the sync was not taken yet) is the first page of the data
+    packet that follows it in packet_num order, in the same window (the sync flushes it)."""
+    if len(wp.pk) < 2:
+        return np.empty(0, np.int64), np.empty(0, bool)
+    full = np.array([chans[ci].normal[k] == slots and not chans[ci].flags[k] & MULTIFD_FLAG_SYNC
+                     for ci, k in wp.pk])
+    last = np.flatnonzero(np.diff(wp.pkt))  # last page of each packet but the window's last
+    hit = last[(wp.g[last] == wp.g[last + 1]) & full[wp.pkt[last]]]
+    differ = (wp.data[hit] != wp.data[hit + 1]).any(axis=1)
+    return hit, differ
+
+
+def _origin(main: MainStream, sec: _RamSection, m_idx: np.ndarray, chans: list[ChannelFile],
+            wp: _WindowPages, i: int) -> tuple[str, int, str]:
+    """(description, file offset, file) of page ``i`` of a section (main-stream records first, then
+    channel pages by their index in ``wp``)."""
+    if i < len(m_idx):
+        mi = int(m_idx[i])
+        at = int(sec.rec_at[mi])
+        return f"{'ZERO' if sec.kind[mi] == 0 else 'PAGE'} record at offset {at} of {main.path}", at, main.path
+    j = i - len(m_idx)
+    ci, k = wp.pk[int(wp.pkt[j])]
+    c = chans[ci]
+    at = int(wp.slot_at[j])
+    return f"packet {k} (packet_num {c.num[k]}, offset slot at {at}) of {c.path}", at, c.path
+
+
+def _refuse_duplicates(main: MainStream, sec: _RamSection, m_idx: np.ndarray, chans: list[ChannelFile],
+                       wp: _WindowPages, allg: np.ndarray, idx: np.ndarray) -> None:
+    """Raise on a page sent twice in the section other than by the requeue race (already dropped).
+    ``allg[i]`` is the page of merge item i, ``idx[i]`` its index for :func:`_origin`."""
+    order = np.argsort(allg, kind="stable")
+    sg = allg[order]
+    dup = np.flatnonzero(sg[1:] == sg[:-1])
+    if not len(dup):
+        return
+    i = int(dup[0])
+    a, b = (_origin(main, sec, m_idx, chans, wp, int(idx[order[x]])) for x in (i, i + 1))
+    if a[2] == main.path and b[2] != main.path:
+        why = ("a ZERO record and a channel page of one page race on QEMU's destination (main thread and "
+               "receive thread), and QEMU 7.2 never sends both: it detects zero pages before queueing")
+    else:
+        why = ("within one section QEMU 7.2 sends a page once, except the last page of a full packet queued "
+               "again as the first page of the next packet (multifd_queue_page's race), which this is not")
+    raise WireError(f"RAM section {sec.index}: {main.layout.where(int(sg[i]))} is sent twice ({a[0]} and "
+                    f"{b[0]}); {why}", b[1], b[2])
+
+
+def _rotation(main: MainStream, sec: _RamSection, Mg: np.ndarray, Cchk: np.ndarray, resume: int,
+              st: _MergeStats) -> int:
+    """The page where the section's sweep starts (module docstring), counting restarts and conflicts."""
+    total = main.layout.total
+    r0 = None
+    for cand in _candidates(resume, [Mg, Cchk], total):
+        if _consistent(Mg, cand, total) and _consistent(Cchk, cand, total):
+            r0 = cand
+            break
+    if r0 is None:
+        for cand in _candidates(resume, [Mg], total):
+            if _consistent(Mg, cand, total):
+                r0 = cand
+                st.order_conflicts += 1
+                break
+    if r0 is None:
+        raise WireError(f"RAM section {sec.index} (offset {sec.start}): its page records wrap around RAM "
+                        f"more than once, which one sweep of QEMU's page search cannot do", sec.start, main.path)
+    if r0 != resume % total:
+        st.restarts += 1
+    return r0
+
+
+class _RecordWriter:
+    """Writes page records of the single stream, with CONTINUE where the block does not change."""
+
+    def __init__(self, f: Any, main: MainStream) -> None:
+        self.w = f.write
+        self.lay = main.layout
+        self.mmv = memoryview(main.reader.view_np())
+        self.last_block = -1
+        self.be64 = struct.Struct(">Q").pack
+
+    def copy(self, a: int, b: int) -> None:
+        """Main stream bytes a..b verbatim."""
+        if b > a:
+            self.w(self.mmv[a:b])
+
+    def record(self, block: int, offset: int, zero: bool, payload: Any) -> None:
+        flag = RAM_SAVE_FLAG_ZERO if zero else RAM_SAVE_FLAG_PAGE
+        if block == self.last_block:
+            self.w(self.be64(offset | flag | RAM_SAVE_FLAG_CONTINUE))
+        else:
+            name = self.lay.raw_names[block]
+            self.w(self.be64(offset | flag) + bytes((len(name),)) + name)
+            self.last_block = block
+        self.w(payload)
 
 
 def _merge(main: MainStream, chans: list[ChannelFile], out: Path, *, only_zero: bool = False) -> _MergeStats:
     """Write the single stream: main stream bytes verbatim except the RAM sections' page records, which are
-    rewritten in QEMU's search order (see the module docstring), CONTINUE flags recomputed."""
+    rewritten in QEMU's search order (see the module docstring), CONTINUE flags recomputed. A page QEMU
+    queued twice in a section (:func:`_requeued`) is written once, with the later packet's copy."""
     lay = main.layout
-    ps = lay.page_size
-    total = lay.total
-    mbuf = main.reader.view_np()
-    mmv = memoryview(mbuf)
-    sources = [_PageSource(c, ps) for c in chans]
-    # packets per (channel, window)
-    per_window: list[list[tuple[int, int]]] = [[] for _ in main.sections]
-    for ci, c in enumerate(chans):
-        for k in range(c.packets):
-            if c.normal[k] and c.window[k] < len(per_window):
-                per_window[c.window[k]].append((ci, k))
+    sources = [_PageSource(c, lay.page_size) for c in chans]
+    windows = _window_packets(chans, len(main.sections))
     st = _MergeStats(sections=len(main.sections))
+    last_sent = np.full(lay.total, -1, np.int64)  # per page: the last section that sends it
+    differing: list[tuple[np.ndarray, int]] = []  # (pages whose two copies differ, section)
     resume = 0
-    last_block = -1
-    be64 = struct.Struct(">Q").pack
     with open(out, "wb") as f:
-        w = f.write
+        rw = _RecordWriter(f, main)
         for piece in main.pieces:
             if isinstance(piece, tuple):
-                a, b = piece
-                if b > a:
-                    w(mmv[a:b])
+                rw.copy(*piece)
                 continue
             sec = piece
-            w(mmv[sec.start : sec.body])
+            rw.copy(sec.start, sec.body)
             if sec.mem_size is not None:
-                w(mmv[sec.mem_size[0] : sec.mem_size[1]])
-            pk = sorted(per_window[sec.index], key=lambda x: chans[x[0]].num[x[1]])
-            st.packets += len(pk)
-            cpages: list[np.ndarray] = []
-            cg: list[np.ndarray] = []
-            corig: list[tuple[int, int, int]] = []  # (channel, packet, first page index in cg)
-            checked: list[np.ndarray] = []
-            # inflate in channel order ((channel, packet index) order)
-            pages_of: dict[tuple[int, int], np.ndarray] = {}
-            for ci, k in sorted(pk):
-                pages_of[(ci, k)] = sources[ci].pages(k)
-            pos = 0
-            for ci, k in pk:
-                c = chans[ci]
-                g = c.pages[c.first[k] : c.first[k] + c.normal[k]]
-                cg.append(g)
-                cpages.append(pages_of[(ci, k)])
-                corig.append((ci, k, pos))
-                pos += len(g)
-                if not (c.flags[k] & MULTIFD_FLAG_SYNC):
-                    checked.append(g)
-            Mg = sec.g
-            if only_zero:
-                keep = sec.kind == 0
-                Mg = Mg[keep]
-                m_idx = np.flatnonzero(keep)
-            else:
-                m_idx = np.arange(len(Mg))
-            Cg = np.concatenate(cg) if cg else np.empty(0, np.int64)
-            Cchk = np.concatenate(checked) if checked else np.empty(0, np.int64)
-            allg = np.concatenate([Mg, Cg])
-            if len(allg) == 0:
-                w(mmv[sec.eos : sec.end])
-                continue
-            order = np.argsort(allg, kind="stable")
-            sg = allg[order]
-            dup = np.flatnonzero(sg[1:] == sg[:-1])
-            if len(dup):
-                i = int(dup[0])
-                a, b = int(order[i]), int(order[i + 1])
-                raise WireError(f"RAM section {sec.index}: {lay.where(int(sg[i]))} is sent twice "
-                                f"({_origin(main, sec, m_idx, chans, corig, a)} and "
-                                f"{_origin(main, sec, m_idx, chans, corig, b)}); within one section QEMU sends a "
-                                f"page at most once, and the destination's result would depend on thread timing",
-                                None, main.path)
-            r0 = None
-            for cand in _candidates(resume, [Mg, Cchk], total):
-                if _consistent(Mg, cand, total) and _consistent(Cchk, cand, total):
-                    r0 = cand
-                    break
-            if r0 is None:
-                for cand in _candidates(resume, [Mg], total):
-                    if _consistent(Mg, cand, total):
-                        r0 = cand
-                        st.order_conflicts += 1
-                        break
-            if r0 is None:
-                raise WireError(f"RAM section {sec.index} (offset {sec.start}): its page records wrap around RAM "
-                                f"more than once, which one sweep of QEMU's page search cannot do",
-                                sec.start, main.path)
-            if r0 != resume % total:
-                st.restarts += 1
-            key = _key(allg, r0, total)
-            order = np.argsort(key, kind="stable")
-            resume = int(allg[order[-1]]) + 1
+                rw.copy(*sec.mem_size)
+            wp = _window_pages(windows[sec.index], chans, sources, lay.page_size)
+            st.packets += len(wp.pk)
+            hit, differ = _requeued(wp, chans, packet_slots(lay.page_size))
+            st.duplicates += len(hit)
+            st.duplicates_differing += int(differ.sum())
+            differing.append((wp.g[hit[differ]], sec.index))
+            keep = np.ones(len(wp.g), bool)
+            keep[hit] = False
+            cidx = np.flatnonzero(keep)  # the channel pages that go into the stream
+            m_idx = np.flatnonzero(sec.kind == 0) if only_zero else np.arange(len(sec.g))
+            Mg = sec.g[m_idx]
             nm = len(Mg)
-            blocks = lay.block_of(allg[order])
-            offs = (allg[order] - lay.starts[blocks]) * ps
-            cpage_arr = np.concatenate(cpages) if cpages else None
-            for i, bi, off in zip(order.tolist(), blocks.tolist(), offs.tolist()):
-                if i < nm:
-                    mi = int(m_idx[i])
-                    zero = sec.kind[mi] == 0
-                else:
-                    zero = False
-                flag = RAM_SAVE_FLAG_ZERO if zero else RAM_SAVE_FLAG_PAGE
-                if bi == last_block:
-                    w(be64(off | flag | RAM_SAVE_FLAG_CONTINUE))
-                else:
-                    w(be64(off | flag))
-                    nm_ = lay.raw_names[bi]
-                    w(bytes((len(nm_),)) + nm_)
-                    last_block = bi
-                if zero:
-                    w(b"\0")
-                    st.zero += 1
-                elif i < nm:
-                    pa = int(sec.payload_at[mi])
-                    w(mmv[pa : pa + ps])
-                    st.main_pages += 1
-                else:
-                    w(cpage_arr[i - nm].data)  # type: ignore[index]
-                    st.channel_pages += 1
-            w(mmv[sec.eos : sec.end])
+            allg = np.concatenate([Mg, wp.g[cidx]])
+            if len(allg) == 0:
+                rw.copy(sec.eos, sec.end)
+                continue
+            _refuse_duplicates(main, sec, m_idx, chans, wp, allg, np.concatenate([np.arange(nm), nm + cidx]))
+            r0 = _rotation(main, sec, Mg, wp.g[cidx[~wp.sync[cidx]]], resume, st)
+            order = np.argsort(_key(allg, r0, lay.total), kind="stable")
+            resume = int(allg[order[-1]]) + 1
+            last_sent[allg] = sec.index
+            _write_section(rw, main, sec, m_idx, wp.data, cidx, allg, order, st)
+            rw.copy(sec.eos, sec.end)
+    st.duplicates_not_resent = sum(int((last_sent[g] == s).sum()) for g, s in differing)
     return st
 
 
-def _origin(main: MainStream, sec: _RamSection, m_idx: np.ndarray, chans: list[ChannelFile],
-            corig: list[tuple[int, int, int]], i: int) -> str:
+def _write_section(rw: _RecordWriter, main: MainStream, sec: _RamSection, m_idx: np.ndarray, cdata: np.ndarray,
+                   cidx: np.ndarray, allg: np.ndarray, order: np.ndarray, st: _MergeStats) -> None:
+    """The section's page records in ``order``: items below len(m_idx) are main-stream records (their
+    payload copied), the others channel pages ``cdata[cidx[i - len(m_idx)]]``."""
+    lay = main.layout
+    ps = lay.page_size
     nm = len(m_idx)
-    if i < nm:
+    blocks = lay.block_of(allg[order])
+    offs = (allg[order] - lay.starts[blocks]) * ps
+    for i, bi, off in zip(order.tolist(), blocks.tolist(), offs.tolist()):
+        if i >= nm:
+            rw.record(bi, off, False, cdata[int(cidx[i - nm])].data)
+            st.channel_pages += 1
+            continue
         mi = int(m_idx[i])
-        return f"{'ZERO' if sec.kind[mi] == 0 else 'PAGE'} record at offset {int(sec.rec_at[mi])} of {main.path}"
-    j = i - nm
-    for ci, k, first in reversed(corig):
-        if j >= first:
-            c = chans[ci]
-            return f"packet {k} (packet_num {c.num[k]}, offset {c.at[k]}) of {c.path}"
-    return "?"  # pragma: no cover
+        if sec.kind[mi] == 0:
+            rw.record(bi, off, True, b"\0")
+            st.zero += 1
+        else:
+            pa = int(sec.payload_at[mi])
+            rw.record(bi, off, False, rw.mmv[pa : pa + ps])
+            st.main_pages += 1
 
 
 # --- import -----------------------------------------------------------------------------------------
 @dataclass
 class MultifdImportReport:
-    """What :func:`import_multifd` found; ``imported`` is the report of the rebuilt single stream's import."""
+    """What :func:`import_multifd` found; ``imported`` is the report of the rebuilt single stream's import.
+
+    ``duplicate_pages``: pages a section carries twice because of 7.2's requeue race (module docstring),
+    written once, with the later packet's copy; ``duplicate_pages_differing`` of them had two different
+    contents (the guest wrote the page between the two reads); ``duplicate_pages_not_resent`` of those
+    no later section sends again, so QEMU's destination keeps whichever copy its receive threads wrote
+    last — the trace has the later packet's (0 when the dirty log caught the write, as it should)."""
 
     main: str
     trace: str
@@ -303,6 +429,9 @@ class MultifdImportReport:
     channel_pages: int
     imported: Any
     command: str = ""
+    duplicate_pages: int = 0
+    duplicate_pages_differing: int = 0
+    duplicate_pages_not_resent: int = 0
 
     @property
     def rounds(self) -> int:
@@ -322,7 +451,9 @@ class MultifdImportReport:
             "compression": self.compression, "sections": self.sections, "packets": self.packets,
             "sync_packets_with_pages": self.sync_packets_with_pages, "restarts": self.restarts,
             "order_conflicts": self.order_conflicts, "zero_pages": self.zero_pages,
-            "channel_pages": self.channel_pages, "command": self.command,
+            "channel_pages": self.channel_pages, "duplicate_pages": self.duplicate_pages,
+            "duplicate_pages_differing": self.duplicate_pages_differing,
+            "duplicate_pages_not_resent": self.duplicate_pages_not_resent, "command": self.command,
             "import": self.imported.to_json(),
         }
 
@@ -389,5 +520,6 @@ def import_multifd(
         sections=st.sections, packets=sum(c.packets for c in chans),
         sync_packets_with_pages=sum(c.sync_with_pages for c in chans), restarts=st.restarts,
         order_conflicts=st.order_conflicts, zero_pages=st.zero, channel_pages=st.channel_pages, imported=rep,
-        command=command,
+        command=command, duplicate_pages=st.duplicates, duplicate_pages_differing=st.duplicates_differing,
+        duplicate_pages_not_resent=st.duplicates_not_resent,
     )

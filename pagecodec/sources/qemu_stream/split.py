@@ -2,7 +2,8 @@
 
 :func:`split_stream` does the reverse of the import: it turns a single stream into a 7.2 multifd capture
 (the sender's rules: 128-page packets of one block, a flush on block change, round-robin channels, one
-SYNC per channel before each EOS, optionally with the sync race), for tests and for experiments.
+SYNC per channel before each EOS, optionally with the sync race and the requeue race), for tests and for
+experiments.
 """
 
 from __future__ import annotations
@@ -36,13 +37,17 @@ def split_stream(
     level: int = 1,
     uuid: bytes = bytes(16),
     sync_race: Callable[[int], bool] | None = None,
+    requeue: Callable[[int, int], bool] | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write ``main.mig`` and ``channel-<k>.bin`` into ``out_dir``: the multifd capture QEMU 7.2 would
     send for the page records of the single stream ``stream`` (ZERO → main stream; PAGE → channel packets
     of ≤ 128 pages of one block, flushed on a block change, when full and before each EOS, handed to the
     channels round robin; then one SYNC packet per channel). ``sync_race(section)``: when true, the
     section's last data packet suffers 7.2's sync race (it goes out flagged SYNC under the sync's number,
-    followed by an empty packet repeating it)."""
+    followed by an empty packet repeating it). ``requeue(section, n)``: when true, the section's n-th full
+    packet (n from 0) suffers 7.2's requeue race: its last page is queued again as the first page of the
+    next packet (``multifd_queue_page`` when the channel thread took the packet before the test of
+    ``pages->block``), with the same content."""
     if compression not in COMPRESSION_FLAGS:
         raise ValueError(f"compression {compression!r}: choose from {', '.join(COMPRESSION_FLAGS)}")
     ms = read_main_stream(stream, require_vmdesc=False)
@@ -100,6 +105,7 @@ def split_stream(
                     queue.append((pend[0], pend[1], pend[2], np.stack(pend[3])))
                 pend = None
 
+            full = 0
             for i in np.flatnonzero(sec.kind == 1).tolist():
                 g = int(sec.g[i])
                 bi = int(lay.block_of(np.array([g]))[0])
@@ -113,6 +119,9 @@ def split_stream(
                 pend[3].append(mbuf[pa : pa + ps])
                 if len(pend[2]) == slots:
                     flush()
+                    if requeue is not None and requeue(sec.index, full):
+                        pend = (bi, lay.names[bi], [off], [mbuf[pa : pa + ps]])
+                    full += 1
             flush()
             race = bool(queue) and sync_race is not None and sync_race(sec.index)
             for qi, (bi, name, offs, pages) in enumerate(queue):
