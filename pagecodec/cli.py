@@ -189,9 +189,12 @@ def _load_results(path: str) -> list[dict[str, Any]]:
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--config", "spec", default="none", show_default=True, metavar="SPEC")
 @click.option("--machine", default="pc-i440fx-7.2", show_default=True, help="Machine type in the stream's configuration.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Write the run's results JSON (with the destination's CPU as cpu.decode).")
 @pass_ctx
-def verify(c: Ctx, trace: str, spec: str, machine: str) -> None:
+def verify(c: Ctx, trace: str, spec: str, machine: str, json_out: str | None) -> None:
     """Replay TRACE, decode the stream, and compare every page of every round with the trace."""
+    from .atomic import atomic_write_json
     from .harness.replay import verify as do_verify
     from .trace.format import TraceReader
 
@@ -199,6 +202,8 @@ def verify(c: Ctx, trace: str, spec: str, machine: str) -> None:
     cfg = c.config(spec)
     with progress_bar(c.progress, reader.num_pages, "verify") as tick:
         res = do_verify(reader, cfg, c.pm, machine=machine, progress=tick)
+    if json_out:
+        atomic_write_json(json_out, {**res.metrics, "verify": {"ok": res.ok, "mismatch": str(res.mismatch) if res.mismatch else None}})
     if res.mismatch is not None:
         click.echo(f"verify: FAILED: {trace} with config {cfg.label!r}: {res.mismatch}", err=True)
         sys.exit(1)

@@ -401,8 +401,9 @@ class Receiver:
                     raise r.error("RAM control hook records (RDMA) are not supported", at)
                 raise r.error(f"unknown combination of migration flags {flags:#x}", at)
             name = _KIND_OF_FLAG.get(kind) or hex(kind)
-            if dec.fixed_payload is not None and flags & RAM_SAVE_FLAG_CONTINUE:
-                n = self._load_run(r, word, dec, bi, name)
+            if flags & RAM_SAVE_FLAG_CONTINUE and (dec.fixed_payload is not None or dec.loads_many):
+                n = (self._load_run(r, word, dec, bi, name) if dec.fixed_payload is not None
+                     else self._load_variable_run(r, word, dec, bi, name))
                 if n:
                     count[name] = count.get(name, 0) + n
                     continue
@@ -465,6 +466,62 @@ class Receiver:
         if obs is not None:
             obs.pages(rec)
         return k
+
+    def _load_variable_run(self, r: StreamReader, word: int, dec: RecordDecoder, bi: int, name: str) -> int:
+        """A run of variable-length records (same flags, CONTINUE, ascending offsets) whose decoder can
+        take them at once (``load_many``: e.g. COMPRESS_PAGE on decompress threads). The cursor stands
+        after the first header. Returns how many records it applied (0: record by record)."""
+        buf = r.view_np()
+        n = len(buf)
+        ps = self.page_size
+        pages = self.block_pages[bi]
+        start = r.pos - 8
+        pos = start
+        ats: list[int] = []
+        offs: list[int] = []
+        pays: list[tuple[int, int]] = []
+        last = -1
+        while len(ats) < _RUN and pos + 8 <= n:
+            w = int.from_bytes(buf[pos : pos + 8].tobytes(), "big")
+            off = w & ~(ps - 1)
+            if w & (ps - 1) != word & (ps - 1) or off <= last or off + ps > pages.nbytes:
+                break
+            ln = dec.payload_length(buf, pos + 8)
+            if ln is None or pos + 8 + ln > n:
+                break
+            ats.append(pos)
+            offs.append(off)
+            pays.append((pos + 8, ln))
+            last = off
+            pos += 8 + ln
+        k = len(ats)
+        if k < 2:
+            return 0
+        idx = np.array(offs, np.int64) // ps
+        at_abs = r.base + np.array(ats, np.int64)
+        pay_abs = r.base + np.array([p for p, _ in pays], np.int64)
+        obs = self.observer
+        if obs is not None:
+            rec = PageRecords(bi, idx, name, at_abs, pay_abs)
+            obs.before_pages(rec)
+        mv = r._mv
+        try:
+            dec.load_many([mv[p : p + ln] for p, ln in pays], pages, idx, pay_abs, r.source)
+        except PageCodecError:
+            raise
+        except Exception as e:
+            raise PluginError(
+                f"{r.source or 'stream'}: offset {start}: decoder of codec {self._decoder_codec.get(dec.flag, '?')!r} "
+                f"raised on a run of {k} records of block {self.block_order[bi]!r}: {type(e).__name__}: {e}"
+            ) from e
+        r.pos = pos
+        if obs is not None:
+            obs.pages(rec)
+        return k
+
+    def take_worker_cpu_ns(self) -> int:
+        """Thread CPU nanoseconds the decoders' worker threads spent since the last call."""
+        return sum(d.take_worker_cpu_ns() for d in self.decoders.values())
 
     def _block_from_stream(self, r: StreamReader, flags: int, at: int) -> int:
         """ram_block_from_stream: CONTINUE reuses the last block, else u8 len + idstr follows."""

@@ -150,6 +150,8 @@ class RecordDecoder(ABC):
     flag: ClassVar[int]
     #: Fixed payload length after the header, or None when the payload describes its own length.
     fixed_payload: ClassVar[int | None] = None
+    #: Variable-length records that :meth:`payload_length` and :meth:`load_many` can take as a run.
+    loads_many: ClassVar[bool] = False
 
     @abstractmethod
     def load(self, r: "StreamReader", page: np.ndarray) -> None:
@@ -158,6 +160,22 @@ class RecordDecoder(ABC):
     def load_batch(self, payloads: np.ndarray, pages: np.ndarray, index: np.ndarray) -> None:
         """Apply k fixed-size payloads (k, fixed_payload) onto ``pages[index]`` (a fast path)."""
         raise NotImplementedError
+
+    def payload_length(self, buf: np.ndarray, pos: int) -> int | None:
+        """Variable-length records: the length of the payload at ``buf[pos:]`` if it can be told cheaply
+        and is acceptable, so the receiver can gather a run of records for :meth:`load_many`; None: load
+        this record on its own (which raises the proper error if it is malformed)."""
+        return None
+
+    def load_many(self, payloads: list[memoryview], pages: np.ndarray, index: np.ndarray, at: np.ndarray,
+                  source: str | None) -> None:
+        """Apply a run of variable-length payloads onto ``pages[index]`` (``at``: each payload's stream
+        offset, for errors). Must validate every payload before writing any page."""
+        raise NotImplementedError
+
+    def take_worker_cpu_ns(self) -> int:
+        """Thread CPU nanoseconds of this decoder's worker threads since the last call."""
+        return 0
 
 
 class Codec(ABC):

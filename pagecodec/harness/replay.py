@@ -143,14 +143,17 @@ def verify(
         ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream", observer=touched)
     expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
     offset = 0
+    decode_ns = 0
 
     def feed(r: int, loader: Callable[[StreamReader], Any]) -> None:
-        nonlocal offset
+        nonlocal offset, decode_ns
         chunk = sink.take()
         if tamper is not None:
             chunk = tamper(r, chunk)
         sr = StreamReader(chunk, source="replayed stream", base=offset)
+        t0 = time.thread_time_ns()
         loader(sr)
+        decode_ns += time.thread_time_ns() - t0 + receiver.take_worker_cpu_ns()
         if not sr.at_end():
             raise sr.error(f"{sr.remaining} unexpected bytes after the section")
         offset += len(chunk)
@@ -179,7 +182,19 @@ def verify(
         feed(reader.num_rounds, receiver.load_section)
         if not receiver.finished:
             raise StreamReader(b"", "replayed stream", offset).error("stream did not end with EOF")
-    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, stats.to_json()))
+    metrics = stats.to_json()
+    _add_decode_cpu(metrics, decode_ns / 1e9, int(config.param("decompress-threads")) if config.cap("compress") else 0)
+    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, metrics))
+
+
+def _add_decode_cpu(metrics: dict[str, Any], seconds: float, decompress_threads: int) -> None:
+    """The destination's CPU (the receiver's thread and its decoders' worker threads) beside the
+    sender's stages, as ``cpu.decode``."""
+    metrics["cpu"]["decode"] = seconds
+    gib = metrics["page_bytes"] / (1 << 30)
+    metrics["cpu_s_per_gib"]["decode"] = seconds / gib if gib else 0.0
+    if decompress_threads:
+        metrics.setdefault("threads", {})["decompress"] = decompress_threads
 
 
 #: Pages compared in one step (bounds the comparison's temporaries to a few MiB).

@@ -1,0 +1,58 @@
+"""Shared set-up for the compress-thread benchmarks: real non-zero pages and the compress slot alone."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from pagecodec.chain.config import parse_spec
+from pagecodec.codecs.base import CodecContext, Segment, Stage
+from pagecodec.codecs.compress import CompressThreadsEncoder
+from pagecodec.codecs.zero import zero_page_mask
+from pagecodec.trace.format import TraceReader
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TRACE = ROOT / "corpora" / "linux-mixed.trace.parquet"
+SEGMENT = 512
+
+
+def nonzero_pages(path: Path = DEFAULT_TRACE, limit: int = 8192) -> np.ndarray:
+    """Up to ``limit`` non-zero pages of the trace (round order), copied into one C-contiguous array:
+    what the compress slot spends its time on (zero pages cost it a scan only)."""
+    out = []
+    n = 0
+    with TraceReader(path) as r:
+        for b in r.batches(max_pages=4096):
+            p = b.pages[~zero_page_mask(b.pages)]
+            out.append(p.copy())
+            n += len(p)
+            if n >= limit:
+                break
+    return np.ascontiguousarray(np.concatenate(out)[:limit])
+
+
+def zlib_direct(pages: np.ndarray, level: int = 1) -> int:
+    """The baseline: zlib called on each page directly, one thread. Returns the compressed bytes."""
+    return sum(len(zlib.compress(p, level)) for p in pages)
+
+
+def compress_slot(pages: np.ndarray, threads: int, level: int = 1) -> int:
+    """The compress slot alone (thread assignment, buffers, records), ``threads`` worker threads, over
+    segments of 512 pages of one block; the flush at the end included. Returns the compressed bytes."""
+    cfg = parse_spec(f"compress,compress-threads={threads},compress-level={level}")
+    ctx = CodecContext(cfg, pages.shape[1], (), (0,))
+    enc = CompressThreadsEncoder(ctx)
+    stage = Stage(0, 1, True, False)
+    offsets = np.arange(len(pages), dtype=np.int64) * pages.shape[1]
+    sets = []
+    for lo in range(0, len(pages), SEGMENT):
+        seg = Segment(0, 0, offsets[lo : lo + SEGMENT], pages[lo : lo + SEGMENT])
+        seg.last_sent_block = 0
+        enc.encode(seg, stage)
+        sets += seg.records
+    em = enc.end_of_pass(stage)
+    sets += em.sets if em is not None else []
+    enc.ram_counters()  # shuts the worker pool down
+    return sum(int(s.lengths.sum()) for s in sets if s.kind == "compress")
