@@ -212,7 +212,9 @@ def verify(c: Ctx, trace: str, spec: str, machine: str) -> None:
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--config", "spec", required=True, metavar="SPEC")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the run's results JSON.")
-@click.option("--qemu-stream", type=click.Path(dir_okay=False), help="Write the stream as a QEVM file.")
+@click.option("--qemu-stream", type=click.Path(), metavar="PATH",
+              help="Write the stream: a QEVM file; with multifd a new directory holding main.mig and "
+                   "channel-<k>.bin (what 'trace import-qemu main.mig --channel …' reads).")
 @click.option("--machine", default="pc-i440fx-7.2", show_default=True)
 @click.option("--format", "fmt", default="github", show_default=True)
 @pass_ctx

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pagecodec.codecs.zero",
     "pagecodec.codecs.raw",
     "pagecodec.codecs.xbzrle",
+    "pagecodec.codecs.multifd",
     "pagecodec.presets",
 )
 

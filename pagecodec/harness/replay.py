@@ -5,6 +5,12 @@ stream round by round on a :class:`~pagecodec.chain.receiver.Receiver` and compa
 memory with the trace's RAM image after every round; the first difference is reported by round,
 block and offset.
 
+Multifd configurations write more than one connection: :func:`replay` with ``qemu_stream`` then
+writes a directory (``main.mig`` + ``channel-<k>.bin``, the layout ``trace import-qemu --channel``
+reads), and :func:`verify` decodes every channel with the codec's channel receiver, applying each
+channel's packets where QEMU's destination would: at the main stream's sync points (7.2: every EOS,
+8.1+: every MULTIFD_FLUSH), each waits for every channel's next SYNC packet.
+
 After a round only two kinds of page can differ: those the trace dirtied in the round (the expected
 image changed) and those the stream wrote (the destination changed; the receiver's observer reports
 them). So each round compares just those pages, in block and page order, and the whole of RAM is
@@ -26,10 +32,12 @@ from .. import __version__
 from ..chain.config import MigrationConfig
 from ..chain.receiver import PageRecords, Receiver, RecordObserver
 from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
+from ..codecs.multifd import MultifdReceiver
+from ..errors import WireError
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceReader
 from ..wire.reader import StreamReader
-from ..wire.writer import FileSink, MemorySink, NullSink, Sink
+from ..wire.writer import FileSink, MemorySink, NullSink, Sink, StreamDirectory
 
 __all__ = ["replay", "verify", "VerifyResult", "Mismatch", "rounds_of", "versions"]
 
@@ -56,16 +64,29 @@ def replay(
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
 ) -> dict[str, Any]:
-    """Send the whole trace; returns the results object (DESIGN.md's results JSON, one run)."""
+    """Send the whole trace; returns the results object (DESIGN.md's results JSON, one run).
+
+    ``qemu_stream``: write the stream there — a QEVM file, or for a multifd configuration a new
+    directory with ``main.mig`` and ``channel-<k>.bin`` (written atomically as a whole)."""
+    out_dir: StreamDirectory | None = None
+    channel_sinks = None
     if sink is None:
-        sink = FileSink(qemu_stream) if qemu_stream is not None else NullSink()
-    sender = Sender(reader.meta, config, plugins, sink, machine=machine)
+        if qemu_stream is not None and config.cap("multifd"):
+            out_dir = StreamDirectory(qemu_stream)
+            sink, channel_sinks = out_dir.main(), out_dir.channel
+        else:
+            sink = FileSink(qemu_stream) if qemu_stream is not None else NullSink()
     try:
+        sender = Sender(reader.meta, config, plugins, sink, machine=machine, channel_sinks=channel_sinks)
         stats = sender.run(_timed_rounds(reader, sender), reader.num_rounds, progress)
     except BaseException:
         if isinstance(sink, FileSink):
             sink.abort()
+        if out_dir is not None:
+            out_dir.abort()
         raise
+    if out_dir is not None:
+        out_dir.commit()
     return result_object(reader, config, stats.to_json())
 
 
@@ -127,30 +148,53 @@ def verify(
     machine: str = DEFAULT_MACHINE,
     progress: Callable[[int], None] | None = None,
     tamper: Callable[[int, bytes], bytes] | None = None,
+    tamper_channel: Callable[[int, int, bytes], bytes] | None = None,
 ) -> VerifyResult:
     """Replay, decode each round's section, compare the destination with the trace after every round
     (the pages the round touched on either side; all of RAM after the last round).
 
-    ``tamper(round, chunk) -> chunk`` lets tests corrupt the stream between sender and receiver.
+    ``tamper(round, chunk) -> chunk`` lets tests corrupt the stream between sender and receiver;
+    ``tamper_channel(channel, round, chunk) -> chunk`` a multifd channel's bytes.
     """
     meta = reader.meta
     ps = meta.page_size
     sink = MemorySink()
-    sender = Sender(meta, config, plugins, sink, machine=machine)
+    multifd = config.cap("multifd")
+    chan_sinks: dict[int, MemorySink] = {}
+
+    def channel_sink(k: int) -> Sink:
+        return chan_sinks.setdefault(k, MemorySink())
+
+    sender = Sender(meta, config, plugins, sink, machine=machine, channel_sinks=channel_sink if multifd else None)
     names = [b.name for b in meta.blocks]
     touched = _Touched(names)
     receiver = touched.receiver = Receiver(
         ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream", observer=touched)
+    if multifd:
+        def block_of(name: str) -> np.ndarray | None:
+            i = receiver._index.get(name)
+            return receiver.block_pages[i] if i is not None else None
+
+        mf = touched.multifd = MultifdReceiver(
+            config.qemu_version, config.param("multifd-channels"), config.param("multifd-compression"), ps,
+            block_of, lambda name, idx: touched.add(touched.index[name], idx))
     expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
     offset = 0
+    load_ns = 0
 
     def feed(r: int, loader: Callable[[StreamReader], Any]) -> None:
-        nonlocal offset
+        nonlocal offset, load_ns
+        if multifd:
+            for k in sorted(chan_sinks):
+                data = chan_sinks[k].take()
+                mf.feed(k, tamper_channel(k, r, data) if tamper_channel is not None else data)
         chunk = sink.take()
         if tamper is not None:
             chunk = tamper(r, chunk)
         sr = StreamReader(chunk, source="replayed stream", base=offset)
+        t0 = time.thread_time_ns()
         loader(sr)
+        load_ns += time.thread_time_ns() - t0
         if not sr.at_end():
             raise sr.error(f"{sr.remaining} unexpected bytes after the section")
         offset += len(chunk)
@@ -179,6 +223,12 @@ def verify(
         feed(reader.num_rounds, receiver.load_section)
         if not receiver.finished:
             raise StreamReader(b"", "replayed stream", offset).error("stream did not end with EOF")
+        if multifd:
+            mf.finish()
+    # the destination's CPU: main-stream load (channel work excluded) and the channels' decoding
+    stats.cpu.add("decode", load_ns - (mf.cpu_ns if multifd else 0))
+    if multifd:
+        stats.cpu.add("decode-multifd", mf.cpu_ns)
     return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, stats.to_json()))
 
 
@@ -194,6 +244,17 @@ class _Touched(RecordObserver):
         self.index = {n: i for i, n in enumerate(names)}  # block name -> the trace's block index
         self.parts: list[list[np.ndarray]] = [[] for _ in names]
         self.receiver: Receiver | None = None
+        self.multifd: MultifdReceiver | None = None  # the channels, synced at the main stream's sync points
+
+    def eos(self, at: int) -> None:
+        if self.multifd is not None and not self.multifd.modern:
+            self.multifd.sync(at)  # 7.2: ram_load's EOS runs multifd_recv_sync_main
+
+    def multifd_flush(self, at: int) -> None:
+        if self.multifd is None:
+            raise WireError("MULTIFD_FLUSH record in a stream without multifd channels", at, "replayed stream")
+        if self.multifd.modern:
+            self.multifd.sync(at)
 
     def pages(self, records: PageRecords) -> None:
         assert self.receiver is not None  # the stream's block order need not be the trace's
