@@ -204,7 +204,9 @@ def verify(c: Ctx, trace: str, spec: str, machine: str) -> None:
         sys.exit(1)
     click.echo(
         f"verify: OK: {trace} with config {cfg.label!r}: {res.rounds} rounds, {res.pages} pages, "
-        f"{res.stream_bytes} stream bytes; every page of every round arrived intact"
+        f"{res.stream_bytes} stream bytes"
+        + (f" + {res.channel_bytes} bytes on {cfg.param('multifd-channels')} multifd channels" if res.channel_bytes else "")
+        + "; every page of every round arrived intact"
     )
 
 

@@ -131,9 +131,10 @@ class Mismatch:
 class VerifyResult:
     rounds: int
     pages: int
-    stream_bytes: int
+    stream_bytes: int  # the main stream
     mismatch: Mismatch | None
     metrics: dict[str, Any]
+    channel_bytes: int = 0  # multifd: every channel's bytes
 
     @property
     def ok(self) -> bool:
@@ -229,7 +230,8 @@ def verify(
     stats.cpu.add("decode", load_ns - (mf.cpu_ns if multifd else 0))
     if multifd:
         stats.cpu.add("decode-multifd", mf.cpu_ns)
-    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, stats.to_json()))
+    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, stats.to_json()),
+                        sum(c.base + len(c.buf) for c in mf.ch) if multifd else 0)
 
 
 #: Pages compared in one step (bounds the comparison's temporaries to a few MiB).
