@@ -67,7 +67,7 @@ from ..wire.multifd import (
     read_packet_header,
 )
 from ..wire.reader import StreamReader
-from ..wire.writer import WireWriter
+from ..wire.writer import NullSink, WireWriter
 from .base import Codec, CodecContext, ControlRecord, Segment, Slot, SlotEncoder, Stage
 from .multifd_stream import ChannelCompressor, ChannelInflater, zstd_library
 from .zero import zero_page_mask
@@ -150,7 +150,7 @@ class MultifdEncoder(SlotEncoder):
         n = cfg.param("multifd-channels")
 
         def writer(k: int) -> WireWriter:
-            return ctx.channel(k) if ctx.channel is not None else WireWriter()
+            return ctx.channel(k) if ctx.channel is not None else WireWriter(NullSink())  # count only
 
         self.ch = [_ChannelState(writer(k), ChannelCompressor(self.compression, level, self.slots * self.ps),
                                  bytes(self.packet_len)) for k in range(n)]
@@ -260,10 +260,11 @@ class MultifdEncoder(SlotEncoder):
 
     def setup(self) -> list[ControlRecord]:
         for k, c in enumerate(self.ch):
-            c.writer.put(encode_initial_packet(k), KIND_INIT)
+            init = encode_initial_packet(k)  # uuid 0: QEMU sends qemu_uuid, all zero without -uuid
+            c.writer.put(init, KIND_INIT)
             if self.modern:  # 10.x counts the handshake in multifd-bytes
-                self._add("multifd_bytes", len(encode_initial_packet(k)))
-                self._add("transferred", len(encode_initial_packet(k)))
+                self._add("multifd_bytes", len(init))
+                self._add("transferred", len(init))
         return self._sync()
 
     def before_eos(self, stage: Stage) -> list[ControlRecord]:

@@ -173,8 +173,8 @@ def verify(
         ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream", observer=touched)
     if multifd:
         def block_of(name: str) -> np.ndarray | None:
-            i = receiver._index.get(name)
-            return receiver.block_pages[i] if i is not None else None
+            mem = receiver.memory.get(name)
+            return mem.reshape(-1, ps) if mem is not None else None
 
         mf = touched.multifd = MultifdReceiver(
             config.qemu_version, config.param("multifd-channels"), config.param("multifd-compression"), ps,
