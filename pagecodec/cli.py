@@ -209,7 +209,9 @@ def verify(c: Ctx, trace: str, spec: str, machine: str, json_out: str | None) ->
         sys.exit(1)
     click.echo(
         f"verify: OK: {trace} with config {cfg.label!r}: {res.rounds} rounds, {res.pages} pages, "
-        f"{res.stream_bytes} stream bytes; every page of every round arrived intact"
+        f"{res.stream_bytes} stream bytes"
+        + (f" + {res.channel_bytes} bytes on {cfg.param('multifd-channels')} multifd channels" if res.channel_bytes else "")
+        + "; every page of every round arrived intact"
     )
 
 
@@ -217,7 +219,9 @@ def verify(c: Ctx, trace: str, spec: str, machine: str, json_out: str | None) ->
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--config", "spec", required=True, metavar="SPEC")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the run's results JSON.")
-@click.option("--qemu-stream", type=click.Path(dir_okay=False), help="Write the stream as a QEVM file.")
+@click.option("--qemu-stream", type=click.Path(), metavar="PATH",
+              help="Write the stream: a QEVM file; with multifd a new directory holding main.mig and "
+                   "channel-<k>.bin (what 'trace import-qemu main.mig --channel …' reads).")
 @click.option("--machine", default="pc-i440fx-7.2", show_default=True)
 @click.option("--format", "fmt", default="github", show_default=True)
 @pass_ctx

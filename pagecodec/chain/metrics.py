@@ -26,6 +26,7 @@ class RamCounters:
     normal: int = 0
     dirty_sync_count: int = 0
     precopy_bytes: int = 0  # bytes of page records + EOS sent while the guest runs
+    multifd_bytes: int = 0  # bytes QEMU charges to the multifd channels (7.2: pages uncompressed + headers)
     downtime_bytes: int = 0  # bytes sent in the completion stage (guest stopped)
 
     def to_json(self, page_size: int, total: int, seconds: float) -> dict[str, Any]:
@@ -38,6 +39,7 @@ class RamCounters:
             "normal-bytes": self.normal * page_size,
             "dirty-sync-count": self.dirty_sync_count,
             "page-size": page_size,
+            "multifd-bytes": self.multifd_bytes,
             "precopy-bytes": self.precopy_bytes,
             "downtime-bytes": self.downtime_bytes,
             "pages-per-second": round(pages / seconds, 1) if seconds > 0 else 0.0,
@@ -104,6 +106,7 @@ class MigrationStats:
     wall_s: float = 0.0
     pages_offered: int = 0
     page_bytes_offered: int = 0
+    channels: list[dict[str, int]] = field(default_factory=list)  # multifd: bytes by kind per channel
 
     def to_json(self) -> dict[str, Any]:
         cpu = self.cpu.seconds()
@@ -120,4 +123,7 @@ class MigrationStats:
             "page_bytes": self.page_bytes_offered,
             "rounds": [r.to_json() for r in self.rounds],
         }
+        if self.channels:
+            out["channels"] = [{"channel": k, "bytes": sum(c.values()), **dict(sorted(c.items()))}
+                               for k, c in enumerate(self.channels)]
         return out

@@ -9,16 +9,21 @@ multifd → delta → raw); the slots work on segments (runs of pages of one blo
 Modelling choices (written down because QEMU decides them by timing): one section per round (QEMU
 splits a pass into several sections by rate limit and a 50 ms budget; that changes only section
 framing bytes), and each pass starts at the first block (QEMU resumes where its search stopped).
+
+Codecs that use connections besides the main stream (multifd channels) get a writer per channel from
+``CodecContext.channel(k)``; ``channel_sinks(k)`` says where channel k's bytes go (default: counted
+only). Their bytes are reported per channel and added to ``wire``.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..codecs.base import CodecContext, Emission, Segment, Slot, SlotEncoder, Stage
+from ..codecs.base import CodecContext, ControlRecord, Emission, Segment, Slot, SlotEncoder, Stage
 from ..errors import PageCodecError, PluginError
 from .metrics import MigrationStats, RoundStats
 from ..plugins import PluginManager
@@ -26,7 +31,7 @@ from ..trace.format import PageBatch, TraceMeta
 from ..wire import qevm
 from ..wire.flags import RAM_SECTION_ID_DEFAULT, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, SectionType
 from ..wire.records import Scratch, assemble_segment, eos_record, mem_size_record
-from ..wire.writer import Sink, WireWriter
+from ..wire.writer import NullSink, Sink, WireWriter
 from .config import MigrationConfig
 from .ramstate import RAMState, block_addresses
 
@@ -84,6 +89,7 @@ class Sender:
         *,
         machine: str = DEFAULT_MACHINE,
         section_id: int = RAM_SECTION_ID_DEFAULT,
+        channel_sinks: Callable[[int], Sink] | None = None,
     ) -> None:
         self.meta = meta
         self.config = config
@@ -94,12 +100,27 @@ class Sender:
         self.page_size = meta.page_size
         self.ram = RAMState()
         self.block_addrs = block_addresses([b.used_length for b in meta.blocks])
-        self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs)
+        self.channel_sinks = channel_sinks
+        self.channels: dict[int, WireWriter] = {}
+        self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs, channel=self.channel)
         self.encoders = build_encoders(config, plugins, self.ctx)
         self.stats = MigrationStats(page_size=meta.page_size, total_ram=meta.ram_bytes)
         self._idstr = [b.name for b in meta.blocks]
         self._wall0: float | None = None
         self._scratch = Scratch()
+
+    def channel(self, k: int) -> WireWriter:
+        """Channel k's writer (multifd), made on first use with ``channel_sinks(k)`` (or counting only)."""
+        w = self.channels.get(k)
+        if w is None:
+            w = self.channels[k] = WireWriter(self.channel_sinks(k) if self.channel_sinks else NullSink())
+        return w
+
+    def _channel_bytes(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for w in self.channels.values():
+            total.update(w.bytes_by_kind)
+        return total
 
     # -- the three phases -----------------------------------------------------------------------
     def save_setup(self) -> None:
@@ -112,6 +133,11 @@ class Sender:
                 w, SectionType.SECTION_START, self.section_id, RAM_SECTION_IDSTR, 0, RAM_SECTION_VERSION
             )
             w.put(mem_size_record([(b.name, b.used_length) for b in self.meta.blocks]), "mem_size")
+        for slot, name, enc in self.encoders:
+            recs = self._call(slot, name, None, None, lambda e=enc: e.setup())
+            self._write_control(recs, None, None)
+        self._take_counters(None)
+        with self.stats.cpu.stage("wire"):
             w.put(eos_record(), "eos")
             qevm.write_section_footer(w, self.section_id)
 
@@ -125,6 +151,7 @@ class Sender:
         stype = SectionType.SECTION_END if last_stage else SectionType.SECTION_PART
         with self.stats.cpu.stage("wire"):
             qevm.write_section_header(w, stype, self.section_id)
+        chan0 = self._channel_bytes()
         for batch in batches:
             if batch.round != round_no:
                 raise PageCodecError(f"batch of round {batch.round} offered while sending round {round_no}")
@@ -133,7 +160,12 @@ class Sender:
             em = self._call(slot, name, stage, None, lambda e=enc: e.end_of_pass(stage))
             if em is not None:
                 self._write_emission(em, stage, rs)
-        rs.skipped = rs.dirty_pages - sum(rs.records.values())
+        for slot, name, enc in self.encoders:
+            recs = self._call(slot, name, stage, None, lambda e=enc: e.before_eos(stage))
+            self._write_control(recs, stage, rs)
+        by_channels = self._take_counters(rs)
+        rs.wire.update(self._channel_bytes() - chan0)
+        rs.skipped = rs.dirty_pages - sum(rs.records.values()) - by_channels
         if not last_stage:
             ram.complete_round()
         with self.stats.cpu.stage("wire"):
@@ -155,8 +187,12 @@ class Sender:
             qevm.write_vmdesc(w, self.page_size)
         w.close()
         st = self.stats
+        for k in sorted(self.channels):
+            self.channels[k].close()
         st.ram = self.ram.counters
         st.wire.update(w.bytes_by_kind)
+        st.wire.update(self._channel_bytes())
+        st.channels = [dict(self.channels[k].bytes_by_kind) for k in sorted(self.channels)]
         st.records.update(w.records_by_kind)
         for _slot, _name, enc in self.encoders:
             for group, values in enc.counters(w.bytes_by_kind, w.records_by_kind).items():
@@ -193,7 +229,7 @@ class Sender:
                 seg = Segment(bi, self.block_addrs[bi], batch.offset[lo:hi], batch.pages[lo:hi])
                 self._save_segment(seg, stage, rs)
 
-    def _call(self, slot: Slot, name: str, stage: Stage, seg: Segment | None, fn: Callable[[], Any]) -> Any:
+    def _call(self, slot: Slot, name: str, stage: Stage | None, seg: Segment | None, fn: Callable[[], Any]) -> Any:
         """Run one encoder call, charge its CPU (own thread + its workers) to the slot, name it on error."""
         t0 = time.thread_time_ns()
         try:
@@ -203,9 +239,10 @@ class Sender:
         except Exception as e:
             where = (f"block {self._idstr[seg.block_index]!r}, pages {int(seg.offsets[0]):#x}..{int(seg.offsets[-1]):#x}"
                      if seg is not None else "end of the pass")
+            when = f"at round {stage.round}, {where}" if stage is not None else "in ram_save_setup"
             raise PluginError(
                 f"codec {name!r} (plugin {self.plugins.plugin_of(name)!r}) raised in the {slot.value} slot "
-                f"at round {stage.round}, {where}: {type(e).__name__}: {e}"
+                f"{when}: {type(e).__name__}: {e}"
             ) from e
         self.stats.cpu.add(slot.value, time.thread_time_ns() - t0)
         for s, _n, enc in self.encoders:
@@ -228,6 +265,38 @@ class Sender:
                 f"(first at offset {int(seg.offsets[left[0]]):#x}); the raw slot must take what the others leave"
             )
         self._write_records(seg.block_index, seg.offsets, seg.records, stage, rs)
+
+    def _write_control(self, recs: list[ControlRecord], stage: Stage | None, rs: RoundStats | None) -> None:
+        """Main-stream control records (MULTIFD_FLUSH). Those of a round count in ``transferred`` like
+        its EOS; the setup section's, like its MEM_SIZE list and EOS, do not."""
+        with self.stats.cpu.stage("wire"):
+            for rec in recs:
+                self.writer.put(rec.data, rec.kind)
+                if stage is None or rs is None:
+                    continue
+                n = len(rec.data)
+                c = self.ram.counters
+                c.transferred += n
+                if stage.last_stage:
+                    c.downtime_bytes += n
+                else:
+                    c.precopy_bytes += n
+                rs.transferred += n
+                rs.wire[rec.kind] += n
+
+    def _take_counters(self, rs: RoundStats | None) -> int:
+        """Apply the encoders' counter additions (work without main-stream records); returns the pages
+        they handled (``normal`` + ``duplicate``)."""
+        c = self.ram.counters
+        pages = 0
+        for _slot, _name, enc in self.encoders:
+            for key, n in enc.take_ram_counters().items():
+                setattr(c, key, getattr(c, key) + n)
+                if key == "transferred" and rs is not None:
+                    rs.transferred += n
+                if key in ("normal", "duplicate"):
+                    pages += n
+        return pages
 
     def _write_emission(self, em: Emission, stage: Stage, rs: RoundStats) -> None:
         self._write_records(em.block_index, em.offsets, em.sets, stage, rs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -28,8 +28,12 @@ from ..wire.records import RecordSet
 if TYPE_CHECKING:
     from ..trace.format import RAMBlockInfo
     from ..wire.reader import StreamReader
+    from ..wire.writer import WireWriter
 
-__all__ = ["Slot", "SLOT_ORDER", "Stage", "Segment", "Emission", "SlotEncoder", "RecordDecoder", "Codec", "CodecContext"]
+__all__ = [
+    "Slot", "SLOT_ORDER", "Stage", "Segment", "Emission", "ControlRecord", "SlotEncoder", "RecordDecoder", "Codec",
+    "CodecContext",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class CodecContext:
     page_size: int
     blocks: tuple["RAMBlockInfo", ...]
     block_addrs: tuple[int, ...]  # global RAM address (ram_addr_t) of each block's start
+    #: The sender's extra connections (multifd channels): ``channel(k)`` is channel k's writer, made
+    #: on first use, counting bytes by kind (and writing them where the run sends them: nowhere, memory
+    #: or ``channel-<k>.bin``). None where there are none (a receiver's context).
+    channel: Callable[[int], "WireWriter"] | None = None
 
 
 UNCLAIMED = -1
@@ -112,6 +120,15 @@ class Emission:
     sets: list[RecordSet]
 
 
+@dataclass(frozen=True)
+class ControlRecord:
+    """A main-stream record that is not a page: QEMU 8.1+'s ``RAM_SAVE_FLAG_MULTIFD_FLUSH``, which tells
+    the destination to wait for every multifd channel's SYNC. ``kind`` is its byte-count category."""
+
+    kind: str
+    data: bytes
+
+
 class SlotEncoder(ABC):
     """The sending half of a codec in one slot, for one migration (owns its state, e.g. a cache)."""
 
@@ -124,6 +141,24 @@ class SlotEncoder(ABC):
         ``ram_save_complete`` has offered the last page. Records still held back go out now, before
         the section's EOS (QEMU flushes its compress threads at both points)."""
         return None
+
+    def setup(self) -> list[ControlRecord]:
+        """``ram_save_setup``, before the setup section's EOS: per-migration set-up on the wire (the
+        multifd channels' handshakes and first sync); returns main-stream records to write there."""
+        return []
+
+    def before_eos(self, stage: Stage) -> list[ControlRecord]:
+        """The round's section is about to end with EOS (after :meth:`end_of_pass`): work due at that
+        point runs now (QEMU 7.2's ``multifd_send_sync_main``), and main-stream records to write before
+        the EOS are returned (8.1+'s MULTIFD_FLUSH at the pass's wrap, which pagecodec's one section
+        per pass puts at the same point)."""
+        return []
+
+    def take_ram_counters(self) -> dict[str, int]:
+        """Additions to ``ram`` counters since the last call (``transferred``, ``normal``,
+        ``duplicate``, ``multifd_bytes``) for work that writes no main-stream record: the sender asks
+        after setup and after every round, so each round's ``transferred`` includes them."""
+        return {}
 
     def ram_counters(self) -> dict[str, int]:
         """Additions to query-migrate's ``ram`` counters that no record on the wire shows (QEMU's compress

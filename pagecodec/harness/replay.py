@@ -5,6 +5,12 @@ stream round by round on a :class:`~pagecodec.chain.receiver.Receiver` and compa
 memory with the trace's RAM image after every round; the first difference is reported by round,
 block and offset.
 
+Multifd configurations write more than one connection: :func:`replay` with ``qemu_stream`` then
+writes a directory (``main.mig`` + ``channel-<k>.bin``, the layout ``trace import-qemu --channel``
+reads), and :func:`verify` decodes every channel with the codec's channel receiver, applying each
+channel's packets where QEMU's destination would: at the main stream's sync points (7.2: every EOS,
+8.1+: every MULTIFD_FLUSH), each waits for every channel's next SYNC packet.
+
 After a round only two kinds of page can differ: those the trace dirtied in the round (the expected
 image changed) and those the stream wrote (the destination changed; the receiver's observer reports
 them). So each round compares just those pages, in block and page order, and the whole of RAM is
@@ -26,10 +32,12 @@ from .. import __version__
 from ..chain.config import MigrationConfig
 from ..chain.receiver import PageRecords, Receiver, RecordObserver
 from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
+from ..codecs.multifd import MultifdReceiver
+from ..errors import WireError
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceReader
 from ..wire.reader import StreamReader
-from ..wire.writer import FileSink, MemorySink, NullSink, Sink
+from ..wire.writer import FileSink, MemorySink, NullSink, Sink, StreamDirectory
 
 __all__ = ["replay", "verify", "VerifyResult", "Mismatch", "rounds_of", "versions"]
 
@@ -56,16 +64,29 @@ def replay(
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
 ) -> dict[str, Any]:
-    """Send the whole trace; returns the results object (DESIGN.md's results JSON, one run)."""
+    """Send the whole trace; returns the results object (DESIGN.md's results JSON, one run).
+
+    ``qemu_stream``: write the stream there — a QEVM file, or for a multifd configuration a new
+    directory with ``main.mig`` and ``channel-<k>.bin`` (written atomically as a whole)."""
+    out_dir: StreamDirectory | None = None
+    channel_sinks = None
     if sink is None:
-        sink = FileSink(qemu_stream) if qemu_stream is not None else NullSink()
-    sender = Sender(reader.meta, config, plugins, sink, machine=machine)
+        if qemu_stream is not None and config.cap("multifd"):
+            out_dir = StreamDirectory(qemu_stream)
+            sink, channel_sinks = out_dir.main(), out_dir.channel
+        else:
+            sink = FileSink(qemu_stream) if qemu_stream is not None else NullSink()
     try:
+        sender = Sender(reader.meta, config, plugins, sink, machine=machine, channel_sinks=channel_sinks)
         stats = sender.run(_timed_rounds(reader, sender), reader.num_rounds, progress)
     except BaseException:
         if isinstance(sink, FileSink):
             sink.abort()
+        if out_dir is not None:
+            out_dir.abort()
         raise
+    if out_dir is not None:
+        out_dir.commit()
     return result_object(reader, config, stats.to_json())
 
 
@@ -110,9 +131,10 @@ class Mismatch:
 class VerifyResult:
     rounds: int
     pages: int
-    stream_bytes: int
+    stream_bytes: int  # the main stream
     mismatch: Mismatch | None
     metrics: dict[str, Any]
+    channel_bytes: int = 0  # multifd: every channel's bytes
 
     @property
     def ok(self) -> bool:
@@ -127,33 +149,53 @@ def verify(
     machine: str = DEFAULT_MACHINE,
     progress: Callable[[int], None] | None = None,
     tamper: Callable[[int, bytes], bytes] | None = None,
+    tamper_channel: Callable[[int, int, bytes], bytes] | None = None,
 ) -> VerifyResult:
     """Replay, decode each round's section, compare the destination with the trace after every round
     (the pages the round touched on either side; all of RAM after the last round).
 
-    ``tamper(round, chunk) -> chunk`` lets tests corrupt the stream between sender and receiver.
+    ``tamper(round, chunk) -> chunk`` lets tests corrupt the stream between sender and receiver;
+    ``tamper_channel(channel, round, chunk) -> chunk`` a multifd channel's bytes.
     """
     meta = reader.meta
     ps = meta.page_size
     sink = MemorySink()
-    sender = Sender(meta, config, plugins, sink, machine=machine)
+    multifd = config.cap("multifd")
+    chan_sinks: dict[int, MemorySink] = {}
+
+    def channel_sink(k: int) -> Sink:
+        return chan_sinks.setdefault(k, MemorySink())
+
+    sender = Sender(meta, config, plugins, sink, machine=machine, channel_sinks=channel_sink if multifd else None)
     names = [b.name for b in meta.blocks]
     touched = _Touched(names)
     receiver = touched.receiver = Receiver(
         ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream", observer=touched)
+    if multifd:
+        def block_of(name: str) -> np.ndarray | None:
+            mem = receiver.memory.get(name)
+            return mem.reshape(-1, ps) if mem is not None else None
+
+        mf = touched.multifd = MultifdReceiver(
+            config.qemu_version, config.param("multifd-channels"), config.param("multifd-compression"), ps,
+            block_of, lambda name, idx: touched.add(touched.index[name], idx))
     expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
     offset = 0
-    decode_ns = 0
+    load_ns = 0
 
     def feed(r: int, loader: Callable[[StreamReader], Any]) -> None:
-        nonlocal offset, decode_ns
+        nonlocal offset, load_ns
+        if multifd:
+            for k in sorted(chan_sinks):
+                data = chan_sinks[k].take()
+                mf.feed(k, tamper_channel(k, r, data) if tamper_channel is not None else data)
         chunk = sink.take()
         if tamper is not None:
             chunk = tamper(r, chunk)
         sr = StreamReader(chunk, source="replayed stream", base=offset)
         t0 = time.thread_time_ns()
         loader(sr)
-        decode_ns += time.thread_time_ns() - t0 + receiver.take_worker_cpu_ns()
+        load_ns += time.thread_time_ns() - t0 + receiver.take_worker_cpu_ns()
         if not sr.at_end():
             raise sr.error(f"{sr.remaining} unexpected bytes after the section")
         offset += len(chunk)
@@ -182,19 +224,18 @@ def verify(
         feed(reader.num_rounds, receiver.load_section)
         if not receiver.finished:
             raise StreamReader(b"", "replayed stream", offset).error("stream did not end with EOF")
+        if multifd:
+            mf.finish()
+    # the destination's CPU: main-stream load with its decoders' worker threads (channel work
+    # excluded), and the channels' decoding
+    stats.cpu.add("decode", load_ns - (mf.cpu_ns if multifd else 0))
+    if multifd:
+        stats.cpu.add("decode-multifd", mf.cpu_ns)
     metrics = stats.to_json()
-    _add_decode_cpu(metrics, decode_ns / 1e9, int(config.param("decompress-threads")) if config.cap("compress") else 0)
-    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, metrics))
-
-
-def _add_decode_cpu(metrics: dict[str, Any], seconds: float, decompress_threads: int) -> None:
-    """The destination's CPU (the receiver's thread and its decoders' worker threads) beside the
-    sender's stages, as ``cpu.decode``."""
-    metrics["cpu"]["decode"] = seconds
-    gib = metrics["page_bytes"] / (1 << 30)
-    metrics["cpu_s_per_gib"]["decode"] = seconds / gib if gib else 0.0
-    if decompress_threads:
-        metrics.setdefault("threads", {})["decompress"] = decompress_threads
+    if config.cap("compress"):
+        metrics.setdefault("threads", {})["decompress"] = int(config.param("decompress-threads"))
+    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, metrics),
+                        sum(c.base + len(c.buf) for c in mf.ch) if multifd else 0)
 
 
 #: Pages compared in one step (bounds the comparison's temporaries to a few MiB).
@@ -209,6 +250,17 @@ class _Touched(RecordObserver):
         self.index = {n: i for i, n in enumerate(names)}  # block name -> the trace's block index
         self.parts: list[list[np.ndarray]] = [[] for _ in names]
         self.receiver: Receiver | None = None
+        self.multifd: MultifdReceiver | None = None  # the channels, synced at the main stream's sync points
+
+    def eos(self, at: int) -> None:
+        if self.multifd is not None and not self.multifd.modern:
+            self.multifd.sync(at)  # 7.2: ram_load's EOS runs multifd_recv_sync_main
+
+    def multifd_flush(self, at: int) -> None:
+        if self.multifd is None:
+            raise WireError("MULTIFD_FLUSH record in a stream without multifd channels", at, "replayed stream")
+        if self.multifd.modern:
+            self.multifd.sync(at)
 
     def pages(self, records: PageRecords) -> None:
         assert self.receiver is not None  # the stream's block order need not be the trace's

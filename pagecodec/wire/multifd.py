@@ -14,6 +14,13 @@ What a channel connection carries:
   no payload; their ramblock, next_packet_size and unused offset slots are stale leftovers of the
   channel's previous packet (QEMU reuses the buffer) and are ignored, as QEMU does.
 
+QEMU 9.0+ (``qemu-version=10.2``, :data:`LAYOUT_ZERO_PAGES`) puts be32 ``zero_pages`` into the first
+unused word: the offset slots list the normal pages, then the zero pages the channel found
+(``zero-page-detection=multifd``), and only the normal pages travel as payload. Its sender clears
+the whole header before filling each packet (no stale fields), and its SYNC packets carry nothing but
+magic, version, flags and packet_num (pages_alloc 0). A 7.2 reader (:data:`LAYOUT_72`) refuses a
+packet with zero pages, as QEMU 7.2 would read them as normal pages that never arrive.
+
 The sender side (multifd channels as a codec) and the importer of multifd captures both use this
 module, so the layout is defined once. What depends on the RAM layout (block names, offsets inside a
 block) or on the sequence of packets (packet numbers, syncs) is checked by the caller.
@@ -34,7 +41,8 @@ __all__ = [
     "MULTIFD_MAGIC", "MULTIFD_VERSION", "MULTIFD_FLAG_SYNC", "MULTIFD_FLAG_COMPRESSION_MASK", "COMPRESSION_FLAGS",
     "COMPRESSION_NAMES", "MULTIFD_PACKET_SIZE", "COMPRESSED_BUFFER", "INIT_PACKET_SIZE", "PACKET_HEADER_SIZE",
     "RAMBLOCK_AT", "packet_slots", "packet_size", "encode_initial_packet", "encode_packet", "InitialPacket",
-    "PacketHeader", "read_initial_packet", "read_packet_header",
+    "PacketHeader", "read_initial_packet", "read_packet_header", "LAYOUT_72", "LAYOUT_ZERO_PAGES", "packet_layout",
+    "ZERO_PAGES_AT",
 ]
 
 MULTIFD_MAGIC = 0x11223344
@@ -52,6 +60,10 @@ _PKT = struct.Struct(">IIIIIIQ32s256s")  # MultiFDPacket_t without offset[]
 INIT_PACKET_SIZE = _INIT.size           # 64
 PACKET_HEADER_SIZE = _PKT.size          # 320
 RAMBLOCK_AT = 64                        # ramblock[] inside a packet
+ZERO_PAGES_AT = 32                      # 9.0+: be32 zero_pages, the first word of unused[]
+#: Packet layouts: QEMU 7.2's, and 9.0+'s with zero_pages (both are MULTIFD_VERSION 1 on the wire).
+LAYOUT_72 = "7.2"
+LAYOUT_ZERO_PAGES = "9.0+"
 _KNOWN_PACKET_FLAGS = MULTIFD_FLAG_SYNC | MULTIFD_FLAG_COMPRESSION_MASK
 
 
@@ -65,30 +77,55 @@ def packet_size(page_size: int) -> int:
     return PACKET_HEADER_SIZE + 8 * packet_slots(page_size)
 
 
+def packet_layout(qemu_version: str) -> str:
+    """The packet layout a modelled QEMU version writes and reads (``qemu-version`` values)."""
+    return LAYOUT_ZERO_PAGES if qemu_version == "10.2" else LAYOUT_72
+
+
 def encode_initial_packet(channel_id: int, uuid: bytes = bytes(16)) -> bytes:
     """``MultiFDInit_t`` as ``multifd_send_initial_packet`` writes it."""
     return _INIT.pack(MULTIFD_MAGIC, MULTIFD_VERSION, uuid, channel_id, bytes(7), bytes(32))
 
 
 def encode_packet(
-    flags: int, packet_num: int, block: str, offsets: Sequence[int], page_size: int = 4096, *,
+    flags: int, packet_num: int, block: str, offsets: Sequence[int] | np.ndarray, page_size: int = 4096, *,
     next_packet_size: int | None = None, pages_alloc: int | None = None, stale: bytes | None = None,
-    magic: int = MULTIFD_MAGIC, version: int = MULTIFD_VERSION,
+    magic: int = MULTIFD_MAGIC, version: int = MULTIFD_VERSION, zero_offsets: Sequence[int] | np.ndarray = (),
+    layout: str = LAYOUT_72,
 ) -> bytes:
-    """A packet header with its offset slots (payload not included). ``stale``: a previous header of the
-    same channel whose unused slots (and, for an empty packet, ramblock) the new one keeps, as QEMU's
-    reused buffer does."""
+    """A packet header with its offset slots (payload not included).
+
+    7.2 layout: ``stale`` is a previous header of the same channel whose unused slots (and, for an
+    empty packet, ramblock) the new one keeps, as QEMU's reused buffer does. 9.0+ layout
+    (``LAYOUT_ZERO_PAGES``): the header starts from zeros; ``zero_offsets`` follow the normal
+    ``offsets`` in the slots and their count goes into ``zero_pages``; a packet without any page (a
+    SYNC) has pages_alloc 0 and no ramblock, as ``multifd_send_fill_packet`` leaves them."""
     slots = packet_slots(page_size)
-    if len(offsets) > slots:
-        raise ValueError(f"{len(offsets)} pages do not fit in a packet of {slots}")
+    nz = len(zero_offsets)
+    if nz and layout != LAYOUT_ZERO_PAGES:
+        raise ValueError("zero pages in a packet need the 9.0+ layout")
+    if len(offsets) + nz > slots:
+        raise ValueError(f"{len(offsets) + nz} pages do not fit in a packet of {slots}")
     if next_packet_size is None:
         next_packet_size = len(offsets) * page_size
-    buf = bytearray(stale if stale is not None else packet_size(page_size))
-    name = block.encode("ascii")[:256] if block else bytes(buf[RAMBLOCK_AT:RAMBLOCK_AT + 256])
-    _PKT.pack_into(buf, 0, magic, version, flags, slots if pages_alloc is None else pages_alloc, len(offsets),
-                   next_packet_size, packet_num, bytes(32), name.ljust(256, b"\0") if block else name)
-    for i, off in enumerate(offsets):
-        struct.pack_into(">Q", buf, PACKET_HEADER_SIZE + 8 * i, off)
+    if layout == LAYOUT_ZERO_PAGES:
+        buf = bytearray(packet_size(page_size))
+        empty = not len(offsets) and not nz
+        alloc = (0 if empty else slots) if pages_alloc is None else pages_alloc
+        name = b"" if empty else block.encode("ascii")[:255]
+        _PKT.pack_into(buf, 0, magic, version, flags, alloc, len(offsets), next_packet_size, packet_num,
+                       nz.to_bytes(4, "big").ljust(32, b"\0"), name.ljust(256, b"\0"))
+    else:
+        buf = bytearray(stale if stale is not None else packet_size(page_size))
+        name = block.encode("ascii")[:256] if block else bytes(buf[RAMBLOCK_AT:RAMBLOCK_AT + 256])
+        _PKT.pack_into(buf, 0, magic, version, flags, slots if pages_alloc is None else pages_alloc, len(offsets),
+                       next_packet_size, packet_num, bytes(32), name.ljust(256, b"\0") if block else name)
+    n = len(offsets)
+    if n:
+        buf[PACKET_HEADER_SIZE:PACKET_HEADER_SIZE + 8 * n] = np.asarray(offsets, dtype=">u8").tobytes()
+    if nz:
+        at = PACKET_HEADER_SIZE + 8 * n
+        buf[at:at + 8 * nz] = np.asarray(zero_offsets, dtype=">u8").tobytes()
     return bytes(buf)
 
 
@@ -116,6 +153,8 @@ class PacketHeader:
     compression: str | None      # None for a packet without pages
     payload_at: int
     payload_len: int
+    zero_pages: int = 0          # 9.0+ layout: pages the sender found zero (no payload)
+    zero_offsets: np.ndarray | None = None  # be64 view of their offset slots (after the normal ones)
 
     @property
     def sync(self) -> bool:
@@ -138,11 +177,12 @@ def read_initial_packet(r: StreamReader) -> InitialPacket:
     return InitialPacket(bytes(uuid), cid)
 
 
-def read_packet_header(r: StreamReader, page_size: int, index: int = 0) -> PacketHeader:
+def read_packet_header(r: StreamReader, page_size: int, index: int = 0, layout: str = LAYOUT_72) -> PacketHeader:
     """The packet at the cursor: its header and offset slots, checked as ``multifd_recv_unfill_packet``
-    checks them (magic, version, flags, pages_alloc, normal_pages, payload size), and the payload's
-    extent (bounds-checked, not read). The cursor is left after the payload. ``index`` (the packet's
-    position in its channel) only names the packet in errors. Raises WireError naming the offset."""
+    checks them (magic, version, flags, pages_alloc, normal_pages, zero_pages, payload size), and the
+    payload's extent (bounds-checked, not read). The cursor is left after the payload. ``index`` (the
+    packet's position in its channel) only names the packet in errors; ``layout`` is :data:`LAYOUT_72`
+    (zero_pages refused) or :data:`LAYOUT_ZERO_PAGES` (9.0+). Raises WireError naming the offset."""
     ps = page_size
     slots = packet_slots(ps)
     hsize = packet_size(ps)
@@ -158,16 +198,24 @@ def read_packet_header(r: StreamReader, page_size: int, index: int = 0) -> Packe
         raise r.error(f"packet version {version}, expected {MULTIFD_VERSION}", at + 4)
     if flags & ~_KNOWN_PACKET_FLAGS:
         raise r.error(f"unknown packet flags {flags:#x} (known: SYNC 0x1, compression 0x2/0x4)", at + 8)
-    if alloc > 100 * slots:
-        raise r.error(f"pages_alloc {alloc}: QEMU refuses more than {100 * slots}", at + 12)
+    if alloc > 100 * slots or (layout == LAYOUT_ZERO_PAGES and alloc > slots):
+        limit = slots if layout == LAYOUT_ZERO_PAGES else 100 * slots
+        raise r.error(f"pages_alloc {alloc}: QEMU refuses more than {limit}", at + 12)
     if normal > alloc or normal > slots:
         raise r.error(f"{normal} normal pages in a packet with pages_alloc {alloc} and {slots} offset slots", at + 16)
-    if unused[:4] != bytes(4) and normal:
+    zero = int.from_bytes(unused[:4], "big")
+    if layout == LAYOUT_ZERO_PAGES:
+        if zero > alloc - normal:
+            raise r.error(f"{zero} zero pages in a packet with pages_alloc {alloc} and {normal} normal pages "
+                          f"(QEMU allows at most {alloc - normal})", at + ZERO_PAGES_AT)
+    elif zero and normal:
         # 9.0+ put zero_pages here (zero pages listed after the normal ones): not a 7.2 stream
-        raise r.error(f"packet has zero_pages {int.from_bytes(unused[:4], 'big')} (QEMU 9.0+ multifd zero "
-                      f"page detection): only QEMU 7.2-style channels are supported", at + 32)
+        raise r.error(f"packet has zero_pages {zero} (QEMU 9.0+ multifd zero page detection): only QEMU "
+                      f"7.2-style channels are supported", at + ZERO_PAGES_AT)
+    else:
+        zero = 0
     pat = r.pos
-    if not normal:
+    if not normal and not zero:
         return PacketHeader(at, flags, alloc, 0, nsize, num, "", buf[0:0].view(">u8"), None, pat, 0)
     raw = rb.split(b"\0", 1)[0]
     try:
@@ -175,11 +223,17 @@ def read_packet_header(r: StreamReader, page_size: int, index: int = 0) -> Packe
     except UnicodeDecodeError:
         raise r.error(f"packet ramblock name is not ASCII: {raw[:64]!r}", at + RAMBLOCK_AT) from None
     offs = buf[at + PACKET_HEADER_SIZE : at + PACKET_HEADER_SIZE + 8 * normal].view(">u8")
+    zat = at + PACKET_HEADER_SIZE + 8 * normal
+    zoffs = buf[zat : zat + 8 * zero].view(">u8")
     method = flags & MULTIFD_FLAG_COMPRESSION_MASK
     comp = COMPRESSION_NAMES.get(method)
     if comp is None:
         raise r.error(f"unknown multifd compression flags {method:#x}", at + 8)
-    if comp == "none":
+    if not normal:
+        plen = 0
+        if nsize:
+            raise r.error(f"next_packet_size {nsize} in a packet without normal pages ({zero} zero pages)", at + 20)
+    elif comp == "none":
         plen = normal * ps
         if nsize != plen:
             raise r.error(f"next_packet_size {nsize} disagrees with {normal} pages of {ps} bytes "
@@ -192,4 +246,4 @@ def read_packet_header(r: StreamReader, page_size: int, index: int = 0) -> Packe
     if r.remaining < plen:
         raise r.error(f"truncated packet: its payload ({normal} pages, {plen} bytes) has {r.remaining} bytes left", pat)
     r.pos += plen
-    return PacketHeader(at, flags, alloc, normal, nsize, num, name, offs, comp, pat, plen)
+    return PacketHeader(at, flags, alloc, normal, nsize, num, name, offs, comp, pat, plen, zero, zoffs)

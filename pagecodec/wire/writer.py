@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-__all__ = ["Sink", "MemorySink", "NullSink", "FileSink", "WireWriter"]
+from ..errors import PageCodecError
+
+__all__ = ["Sink", "MemorySink", "NullSink", "FileSink", "StreamDirectory", "WireWriter"]
 
 
 class Sink(Protocol):
@@ -94,6 +97,74 @@ class FileSink:
             self._f.close()
             self._f = None
         self._tmp.unlink(missing_ok=True)
+
+
+class _PlainFile:
+    """A file inside a :class:`StreamDirectory` (the directory, not the file, is renamed into place)."""
+
+    def __init__(self, path: Path) -> None:
+        self._f: BinaryIO | None = open(path, "wb")
+
+    def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
+        assert self._f is not None, "sink closed"
+        self._f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+
+
+class StreamDirectory:
+    """A multi-connection stream (multifd) as files: ``main.mig`` and ``channel-<k>.bin``, the layout
+    ``pagecodec trace import-qemu main.mig --channel channel-0.bin …`` reads and the capture recorder
+    writes.
+
+    Written atomically as a whole: into a temporary directory beside ``path``, renamed onto ``path``
+    by :meth:`commit`; :meth:`abort` removes it. ``path`` must not exist or be an empty directory, so
+    a run never mixes its files with another run's."""
+
+    MAIN = "main.mig"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            kind = "a directory that is not empty" if self.path.is_dir() else "a file"
+            raise PageCodecError(f"{self.path}: is {kind}; a multifd stream is written as a new directory "
+                          f"({self.MAIN} + channel-<k>.bin)")
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
+        self._sinks: list[_PlainFile] = []
+
+    def main(self) -> Sink:
+        return self._open(self.MAIN)
+
+    def channel(self, k: int) -> Sink:
+        return self._open(f"channel-{k}.bin")
+
+    def _open(self, name: str) -> Sink:
+        s = _PlainFile(self.tmp / name)
+        self._sinks.append(s)
+        return s
+
+    def commit(self) -> None:
+        for s in self._sinks:
+            s.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the temporary name only
+        if self.path.is_dir():
+            self.path.rmdir()  # empty (checked at the start)
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        for s in self._sinks:
+            if s._f is not None:
+                s._f.close()
+                s._f = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class WireWriter:

@@ -3,17 +3,18 @@
 * :mod:`.session` — what every capture shares: the QMP session, the provenance command, the result;
 * :mod:`.capture` — :func:`capture_qemu`: migrate to a temporary file, import it;
 * :mod:`.multifd` — :func:`capture_multifd`: migrate with multifd channels to a loopback recorder;
+  :class:`MultifdPlayer`: play main stream + channel files into a listening destination;
 * :mod:`.recorder` — :class:`StreamRecorder`, the loopback TCP recorder / tee proxy.
 """
 
 from __future__ import annotations
 
 from .capture import capture_qemu, import_stream
-from .multifd import capture_multifd, listen_multifd_incoming, multifd_parameters
+from .multifd import MultifdPlayer, capture_multifd, listen_multifd_incoming, multifd_parameters
 from .recorder import RecordedCapture, StreamRecorder
 from .session import CaptureResult, capture_command, open_session
 
 __all__ = [
-    "capture_qemu", "import_stream", "capture_multifd", "listen_multifd_incoming", "multifd_parameters",
+    "capture_qemu", "import_stream", "capture_multifd", "listen_multifd_incoming", "multifd_parameters", "MultifdPlayer",
     "StreamRecorder", "RecordedCapture", "CaptureResult", "capture_command", "open_session",
 ]

@@ -5,17 +5,25 @@
 ``multifd-compression``, runs ``migrate uri=tcp:127.0.0.1:PORT`` and records each accepted connection
 to its own file, named by its first bytes (QEVM → ``main.mig``; multifd magic → ``channel-<id>.bin``).
 See :mod:`pagecodec.sources.qemu_live.recorder` for the recorder and its tee mode.
+
+**Playing** (:class:`MultifdPlayer`): the reverse, for pagecodec's own multifd output
+(``replay --qemu-stream DIR``) or a kept capture — ``main.mig`` and ``channel-<k>.bin`` sent to a
+destination listening with :func:`listen_multifd_incoming`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from collections.abc import Sequence
 
 from ...qemu import QemuError
 from ...qemu.migrate import MigrationResult, MigrationSettings, configure, wait_for_migration
@@ -46,6 +54,74 @@ def listen_multifd_incoming(qmp: Any, channels: int, compression: str = "none", 
         if addr.get("type") in ("inet", "socket") and "port" in addr:
             return addr.get("host", host), int(addr["port"])
     raise QemuError("the destination did not report its listening port (query-migrate socket-address)")
+
+
+class MultifdPlayer:
+    """Plays a multifd migration's files into a listening destination over loopback TCP.
+
+    The main stream goes on the first connection (a 7.2 destination takes its first connection as the
+    main stream, whatever it carries), then each channel file on a connection of its own; each
+    connection is written by its own thread, because the destination's main thread stops at every
+    sync point until every channel has delivered its SYNC packet, so no file can be written out in one
+    go before the others. ``join`` waits for all writers and raises QemuError naming the file that failed.
+
+        with MultifdPlayer(listen_multifd_incoming(dst.qmp, 2), main, [c0, c1]) as player:
+            ... wait until the destination reports completed ...
+            player.join()
+    """
+
+    def __init__(self, address: tuple[str, int], main: str | os.PathLike[str],
+                 channels: Sequence[str | os.PathLike[str]], *, connect_timeout: float = 10.0,
+                 chunk: int = 1 << 20) -> None:
+        self.files = [Path(main), *(Path(c) for c in channels)]
+        self.chunk = chunk
+        self.errors: list[str] = []
+        self.socks: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        for path in self.files:  # connect in order, each starts writing at once
+            try:
+                s = socket.create_connection(address, timeout=connect_timeout)
+            except OSError as e:
+                self.close()
+                raise QemuError(f"cannot connect to the destination {address[0]}:{address[1]} for {path}: {e}") from e
+            s.settimeout(None)
+            self.socks.append(s)
+            t = threading.Thread(target=self._send, args=(path, s), name=f"pagecodec-play-{path.name}", daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _send(self, path: Path, s: socket.socket) -> None:
+        try:
+            with open(path, "rb") as f:
+                while True:
+                    data = f.read(self.chunk)
+                    if not data:
+                        break
+                    s.sendall(data)
+        except OSError as e:
+            self.errors.append(f"{path}: {e}")
+
+    def join(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for t, path in zip(self.threads, self.files):
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                raise QemuError(f"{path}: still being sent after {timeout:g} s (the destination stopped reading)")
+        if self.errors:
+            raise QemuError(f"sending to the destination failed: {self.errors[0]}")
+
+    def close(self) -> None:
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> MultifdPlayer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def capture_multifd(

@@ -21,13 +21,13 @@ packets with pages (more means a channel file is missing).
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ...errors import DecodeError, WireError
+from ...codecs.multifd_stream import ChannelInflater
+from ...errors import WireError
 from ...wire.multifd import MULTIFD_FLAG_SYNC, PACKET_HEADER_SIZE, RAMBLOCK_AT, read_initial_packet, read_packet_header
 from ...wire.reader import StreamReader
 from .layout import _Layout
@@ -129,50 +129,21 @@ def read_channel(path: str | os.PathLike[str], layout: _Layout) -> ChannelFile:
 
 
 class _PageSource:
-    """Pages of one channel's packets, in channel order (compressed streams are inflated sequentially)."""
+    """Pages of one channel's packets, in channel order (compressed streams are inflated sequentially,
+    with the per-channel stream of :class:`~pagecodec.codecs.multifd_stream.ChannelInflater`)."""
 
     def __init__(self, ch: ChannelFile, page_size: int) -> None:
         self.ch = ch
         self.ps = page_size
         self.next = 0
         self.buf = ch.reader.view_np()
-        self.d: Any = None
-        if ch.compression == "zlib":
-            self.d = zlib.decompressobj()
-        elif ch.compression == "zstd":
-            import zstandard
-
-            self.d = zstandard.ZstdDecompressor().decompressobj()
+        self.inflater = ChannelInflater(ch.compression or "none", ch.path)
 
     def pages(self, k: int) -> np.ndarray:
         ch, ps = self.ch, self.ps
         if k < self.next:
             raise AssertionError("channel packets must be read in order")
         self.next = k + 1
-        n = ch.normal[k]
         at, ln = ch.payload_at[k], ch.payload_len[k]
-        data = self.buf[at : at + ln]
-        if ch.compression in (None, "none"):
-            return data.reshape(n, ps)
-        want = n * ps
-        if ch.compression == "zlib":
-            try:
-                out = self.d.decompress(data.tobytes())
-            except zlib.error as e:
-                raise DecodeError(f"zlib payload of packet {k} (packet_num {ch.num[k]}) does not inflate: {e} "
-                                  f"(one deflate stream runs through all packets of a channel)", at, ch.path) from None
-            if self.d.eof or self.d.unused_data:
-                raise DecodeError(f"zlib payload of packet {k} ends the channel's deflate stream (QEMU never "
-                                  f"finishes it: Z_SYNC_FLUSH per packet)", at, ch.path)
-        else:
-            import zstandard
-
-            try:
-                out = self.d.decompress(data.tobytes())
-            except zstandard.ZstdError as e:
-                raise DecodeError(f"zstd payload of packet {k} (packet_num {ch.num[k]}) does not decompress: {e}",
-                                  at, ch.path) from None
-        if len(out) != want:
-            raise DecodeError(f"{ch.compression} payload of packet {k} (packet_num {ch.num[k]}) gives {len(out)} bytes, "
-                              f"expected {n} pages = {want} bytes", at, ch.path)
-        return np.frombuffer(out, np.uint8).reshape(n, ps)
+        return self.inflater.packet(self.buf[at : at + ln], ch.normal[k], ps,
+                                    f"packet {k} (packet_num {ch.num[k]})", at)

@@ -9,13 +9,12 @@ experiments.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ...codecs.multifd_stream import ChannelCompressor
 from ...wire.multifd import (
     COMPRESSION_FLAGS,
     MULTIFD_FLAG_SYNC,
@@ -58,16 +57,8 @@ def split_stream(
     out.mkdir(parents=True, exist_ok=True)
     files = [open(out / f"channel-{k}.bin", "wb") for k in range(channels)]
     try:
-        comp: list[Any] = []
-        for _ in range(channels):
-            if compression == "zlib":
-                comp.append(zlib.compressobj(level, zlib.DEFLATED, 15))
-            elif compression == "zstd":
-                import zstandard
-
-                comp.append(zstandard.ZstdCompressor(level=level).compressobj())
-            else:
-                comp.append(None)
+        # the same per-channel streams and per-page calls as the multifd codec (QEMU's send_prepare)
+        comp = [ChannelCompressor(compression, level, slots * ps) for _ in range(channels)]
         stale = [packet_size(ps) * b"\0" for _ in range(channels)]
         for k, f in enumerate(files):
             f.write(encode_initial_packet(k, uuid))
@@ -76,14 +67,8 @@ def split_stream(
         method = COMPRESSION_FLAGS[compression]
 
         def payload(k: int, pages: np.ndarray) -> bytes:
-            data = pages.tobytes()
-            if compression == "zlib":
-                return comp[k].compress(data) + comp[k].flush(zlib.Z_SYNC_FLUSH)
-            if compression == "zstd":
-                import zstandard
-
-                return comp[k].compress(data) + comp[k].flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-            return data
+            out = comp[k].packet(pages)
+            return out.tobytes() if isinstance(out, np.ndarray) else out
 
         def send(k: int, flags: int, num: int, block: str, offs: list[int], pages: np.ndarray | None) -> None:
             body = payload(k, pages) if pages is not None and len(offs) else b""
