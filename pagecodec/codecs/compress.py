@@ -46,6 +46,8 @@ The decoder (:class:`CompressedPageDecoder`) is QEMU's ``decompress_data_with_mu
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,20 +85,111 @@ class _Output:
         return 9 if self.zero else 12 + len(self.data)
 
 
-def compress_pages(pages: np.ndarray, level: int) -> tuple[list[bytes], int]:
-    """zlib streams of each page (deflateInit(level): zlib wrapper, windowBits 15, memLevel 8, a fresh
-    state per page as after deflateReset, the stream finished) and the calling thread's CPU nanoseconds.
+class _Libz:
+    """The system zlib's ``compress2`` through ctypes: ``deflateInit(level)`` + ``deflate(Z_FINISH)`` +
+    ``deflateEnd`` in one C call (QEMU: deflateReset + deflate(Z_FINISH): the same bytes).
 
-    Runs on a worker thread. It uses a compression object per page rather than ``zlib.compress``:
-    CPython 3.11's one-shot ``zlib.compress`` holds the GIL while it deflates, a compression object's
-    ``compress``/``flush`` release it, so worker threads really run in parallel. The bytes are the same
-    (the tests compare them with ``zlib.compress`` and with QEMU's own records)."""
+    Why not the ``zlib`` module: its per-page calls hold the GIL between the C parts (creating the
+    compression object, flushing), so compress threads share one core for a good part of each page;
+    a ctypes call releases the GIL for the whole page, so ``compress-threads`` workers really run in
+    parallel (bench/compress_ratio.py). It is the library QEMU itself links (Debian's ``libz.so.1``);
+    where it cannot be loaded, the ``zlib`` module's compression objects do the same work."""
+
+    def __init__(self) -> None:
+        self.fn = None
+        self.version = f"zlib module {zlib.ZLIB_RUNTIME_VERSION}"
+        name = ctypes.util.find_library("z")
+        if name is None:
+            return
+        try:
+            lib = ctypes.CDLL(name)
+            fn = lib.compress2
+        except (OSError, AttributeError):
+            return
+        fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong), ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        lib.zlibVersion.restype = ctypes.c_char_p
+        self.fn = fn
+        self.version = f"{name} {lib.zlibVersion().decode()}"
+
+    def compress_run(self, pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each page's zlib stream, back to back in one array, and their lengths."""
+        pages = np.ascontiguousarray(pages)
+        k = len(pages)
+        if self.fn is None:
+            outs = []
+            for p in pages:
+                c = zlib.compressobj(level)
+                outs.append(c.compress(p) + c.flush())
+            return np.frombuffer(b"".join(outs), np.uint8), np.array([len(o) for o in outs], np.int64)
+        ps = pages.shape[1] if pages.ndim == 2 else 0
+        bound = compress_bound(ps)
+        out = np.empty(k * bound + 64, np.uint8)
+        lengths = np.empty(k, np.int64)
+        n = ctypes.c_ulong()
+        ref = ctypes.byref(n)
+        src, dst = pages.ctypes.data, out.ctypes.data
+        fn = self.fn
+        cur = 0
+        for i in range(k):
+            n.value = bound
+            rc = fn(dst + cur, ref, src + i * ps, ps, level)
+            if rc != 0:
+                raise RuntimeError(f"zlib compress2 failed with {rc}")
+            lengths[i] = n.value
+            cur += n.value
+        return out[:cur], lengths
+
+
+_LIBZ = _Libz()
+
+
+@dataclass
+class _Pending:
+    """A segment handed to the workers whose records are not written yet."""
+
+    block: int
+    offsets: np.ndarray            # the segment's page offsets (records are positioned on them)
+    pos: np.ndarray                # positions dispatched, in order
+    thread_of: np.ndarray          # QEMU thread of each dispatch
+    zero: np.ndarray               # zero page per dispatch
+    jobs: list[tuple[np.ndarray, Future[Any]]]  # (dispatch indices, worker result) per thread
+    early: list[tuple[int, _Output]]            # buffers of earlier segments handed over here
+
+
+def _join_emissions(ems: list[Emission]) -> Emission | None:
+    """Emissions of one block, one after the other, as one (positions shifted)."""
+    if not ems:
+        return None
+    if len(ems) == 1:
+        return ems[0]
+    assert len({e.block_index for e in ems}) == 1, "compress-thread buffers always hold one block"
+    sets: list[RecordSet] = []
+    shift = 0
+    for e in ems:
+        for rs in e.sets:
+            sets.append(RecordSet(rs.kind, rs.flag, rs.index + shift, prefix=rs.prefix, data=rs.data,
+                                  starts=rs.starts, lengths=rs.lengths,
+                                  offsets=rs.offsets if rs.offsets is not None else e.offsets[rs.index]))
+        shift += len(e.offsets)
+    return Emission(ems[0].block_index, np.concatenate([e.offsets for e in ems]), _merge_sets(sets))
+
+
+def compress_run(pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """zlib streams of each page (deflateInit(level): zlib wrapper, windowBits 15, memLevel 8, a fresh
+    state per page as after deflateReset, the stream finished), back to back, their lengths, and the
+    calling thread's CPU nanoseconds. Runs on a worker thread with the GIL released while it deflates
+    (see :class:`_Libz`)."""
     t0 = time.thread_time_ns()
-    out = []
-    for p in pages:
-        c = zlib.compressobj(level)
-        out.append(c.compress(p) + c.flush())
-    return out, time.thread_time_ns() - t0
+    data, lengths = _LIBZ.compress_run(pages, level)
+    return data, lengths, time.thread_time_ns() - t0
+
+
+def compress_pages(pages: np.ndarray, level: int) -> tuple[list[bytes], int]:
+    """Like :func:`compress_run`, one bytes object per page."""
+    data, lengths, ns = compress_run(pages, level)
+    ends = np.cumsum(lengths)
+    return [data[e - n : e].tobytes() for e, n in zip(ends.tolist(), lengths.tolist())], ns
 
 
 class CompressThreadsEncoder(SlotEncoder):
@@ -125,6 +218,7 @@ class CompressThreadsEncoder(SlotEncoder):
         self._pool: ThreadPoolExecutor | None = None
         # QEMU's page search position (global page index after the last page it sent), to know where
         # its search wraps (each wrap flushes): see :meth:`_search_wraps`
+        self._pending: _Pending | None = None  # a segment whose pages are with the workers
         self.resume = 0
         self.round: int | None = None
         self.max_below = -1
@@ -159,18 +253,14 @@ class CompressThreadsEncoder(SlotEncoder):
         if not self._in_use(stage):
             return
         if wrapped:
-            em = self.flush()
-            if em is not None:
-                seg.before.append(em)
+            seg.before.extend(self.flush())
         pend = seg.pending()
         if len(pend) == 0:
             return
         self.offered += len(pend)
         if seg.last_sent_block != seg.block_index:
             # save_compress_page: a new block's first page is sent as a normal page, after a flush
-            em = self.flush()
-            if em is not None:
-                seg.before.append(em)
+            seg.before.extend(self.flush())
             pend = pend[1:]
             if len(pend) == 0:
                 return
@@ -187,30 +277,87 @@ class CompressThreadsEncoder(SlotEncoder):
             self.resume = (self.max_below if self.max_below >= 0 else self.max_all) + 1
         if not self._in_use(stage):
             return None
-        em = self.flush()
+        ems = self.flush()
         if stage.last_stage:
-            self.flush()
-        return em
+            ems += self.flush()
+        return _join_emissions(ems)
 
     # -- dispatch -------------------------------------------------------------------------------
     def _dispatch_rotating(self, seg: Segment, pos: np.ndarray) -> None:
-        """compress-wait-thread on: thread (next + j) mod N takes the j-th page (the model above)."""
+        """compress-wait-thread on: thread (next + j) mod N takes the j-th page (the model above).
+
+        The segment's pages are handed to the workers and the call returns: the records the segment
+        hands over are written before the next segment's (or at the next flush), which gives the same
+        bytes, since every record this slot writes in a segment follows the segment's own records (a new
+        block's first page). So the workers deflate while the chain goes on (the next batch of the
+        trace is read meanwhile). In the rotation, dispatch j ≥ N hands over the output of dispatch
+        j − N of the same segment and only the first N hand over buffers filled earlier: records and
+        counts are array shifts."""
+        seg.before.extend(self._resolve())
         n, k = self.threads, len(pos)
         thread_of = (self.next + np.arange(k)) % n
         self.next = int((self.next + k) % n)
-        pages = seg.pages[pos]
+        pages = seg.pages[pos[0] : pos[0] + k] if pos[-1] - pos[0] == k - 1 else seg.pages[pos]  # a view if it can
         zero = zero_page_mask(pages)
-        data: list[bytes | None] = [None] * k
-        nz = np.flatnonzero(~zero)
-        if len(nz):
-            groups = [nz[thread_of[nz] == t] for t in range(n)]
-            jobs = [(g, self._submit(pages[g])) for g in groups if len(g)]
-            for g, fut in jobs:
-                outs, ns = fut.result()
-                self._cpu_ns += ns
-                for j, z in zip(g.tolist(), outs):
-                    data[j] = z
-        self._hand_over(seg, pos, thread_of, zero, data)
+        jobs = []
+        for t in range(n):
+            g = np.flatnonzero((thread_of == t) & ~zero)
+            if len(g):
+                # every n-th page (no zero page among them): a strided view, copied by the worker itself
+                part = pages[int(g[0]) :: n][: len(g)] if len(g) == 1 or (np.diff(g) == n).all() else pages[g]
+                jobs.append((g, self._submit(part)))
+        early: list[tuple[int, _Output]] = []
+        for j in range(min(k, n)):  # buffers filled before this segment
+            prev = self._take(int(thread_of[j]))
+            if prev is not None:
+                early.append((int(pos[j]), prev))
+        for j in range(max(0, k - n), k):  # each thread's last page: its buffer's next content
+            self.last_zero[int(thread_of[j])] = bool(zero[j])
+        self.block = seg.block_index
+        seg.claim(Slot.COMPRESS, pos, None)
+        self._pending = _Pending(seg.block_index, seg.offsets.copy(), pos, thread_of, zero, jobs, early)
+
+    def _resolve(self) -> list[Emission]:
+        """Wait for the pending segment's workers: its records (an Emission over its positions), and
+        each thread's last output into the thread's buffer."""
+        pd = self._pending
+        if pd is None:
+            return []
+        self._pending = None
+        n, k = self.threads, len(pd.pos)
+        dstart = np.zeros(k, np.int64)
+        dlen = np.zeros(k, np.int64)
+        chunks: list[np.ndarray] = []
+        base = 0
+        for g, fut in pd.jobs:
+            data, lengths, ns = fut.result()
+            self._cpu_ns += ns
+            dlen[g] = lengths
+            dstart[g] = base + np.cumsum(lengths) - lengths
+            chunks.append(data)
+            base += len(data)
+        flat = np.concatenate(chunks) if len(chunks) > 1 else (chunks[0] if chunks else np.empty(0, np.uint8))
+        offs = pd.offsets[pd.pos]
+        src = np.arange(max(0, k - n))  # dispatch j + n hands over dispatch j's output
+        at = pd.pos[src + n]
+        z = pd.zero[src]
+        nzs = src[~z]
+        self.pages += len(nzs)
+        self.compressed_size += int((4 + dlen[nzs]).sum())
+        sets = self._record_sets(pd.early)
+        if z.any():
+            sets.append(RecordSet("zero", RAM_SAVE_FLAG_ZERO, at[z], prefix=_ZERO_FILL, offsets=offs[src[z]]))
+        if len(nzs):
+            lens = dlen[nzs]
+            sets.append(RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, at[~z],
+                                  prefix=lens.astype(">u4").view(np.uint8).reshape(-1, 4), data=flat,
+                                  starts=dstart[nzs], lengths=lens, offsets=offs[nzs]))
+        for j in range(max(0, k - n), k):
+            t = int(pd.thread_of[j])
+            zj = bool(pd.zero[j])
+            self.held[t] = _Output(int(offs[j]), zj, b"" if zj else flat[dstart[j] : dstart[j] + dlen[j]].tobytes())
+        sets = _merge_sets(sets)
+        return [Emission(pd.block, pd.offsets, sets)] if sets else []
 
     def _dispatch_first_idle(self, seg: Segment, pos: np.ndarray) -> None:
         """compress-wait-thread off: at each page, the lowest-numbered thread whose work is done takes
@@ -238,31 +385,16 @@ class CompressThreadsEncoder(SlotEncoder):
             seg.records.extend(self._record_sets(out))
 
     # -- buffers --------------------------------------------------------------------------------
-    def _hand_over(self, seg: Segment, pos: np.ndarray, thread_of: np.ndarray, zero: np.ndarray,
-                   data: list[bytes | None]) -> None:
-        """Page ``pos[j]`` goes to thread ``thread_of[j]``; that thread's buffer is written at ``pos[j]``."""
-        out: list[tuple[int, _Output]] = []
-        bo = seg.offsets
-        for j, (p, t) in enumerate(zip(pos.tolist(), thread_of.tolist())):
-            prev = self._take(t)
-            if prev is not None:
-                out.append((p, prev))
-            self.held[t] = _Output(int(bo[p]), bool(zero[j]), data[j] or b"")
-            self.last_zero[t] = bool(zero[j])
-        self.block = seg.block_index
-        seg.claim(Slot.COMPRESS, pos, None)
-        seg.records.extend(self._record_sets(out))
-
     def _settle(self, t: int) -> None:
         """Wait for thread ``t``'s work and put its zlib stream into its held output."""
         fut = self.pending[t]
         if fut is None:
             return
-        outs, ns = fut.result()
+        data, _lengths, ns = fut.result()
         self._cpu_ns += ns
         h = self.held[t]
         if h is not None and not h.zero:
-            h.data = outs[0]
+            h.data = data.tobytes()
         self.pending[t] = None
 
     def _take(self, t: int) -> _Output | None:
@@ -278,17 +410,18 @@ class CompressThreadsEncoder(SlotEncoder):
             self.compressed_size += (prev.wire_bytes if prev is not None else 0) - 8
         return prev
 
-    def flush(self) -> Emission | None:
-        """flush_compressed_data: every thread's buffer, in thread order; the rotation starts again at
-        thread 0 (all threads are idle after it)."""
+    def flush(self) -> list[Emission]:
+        """flush_compressed_data: every thread's buffer, in thread order (after the records of a segment
+        still in the workers); the rotation starts again at thread 0 (all threads are idle after it)."""
+        ems = self._resolve()
         self.flushes += 1
         out = [(t, h) for t in range(self.threads) if (h := self._take(t)) is not None]
         self.next = 0
         block = self.block
-        if not out or block is None:
-            return None
-        offsets = np.array([h.offset for _, h in out], np.int64)
-        return Emission(block, offsets, self._record_sets([(i, h) for i, (_, h) in enumerate(out)]))
+        if out and block is not None:
+            offsets = np.array([h.offset for _, h in out], np.int64)
+            ems.append(Emission(block, offsets, self._record_sets([(i, h) for i, (_, h) in enumerate(out)])))
+        return ems
 
     def _record_sets(self, out: list[tuple[int, _Output]]) -> list[RecordSet]:
         """RecordSets for outputs handed over at the given positions (headers name the pages' own offsets)."""
@@ -313,7 +446,7 @@ class CompressThreadsEncoder(SlotEncoder):
     def _submit(self, pages: np.ndarray) -> Future[Any]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="compress")
-        return self._pool.submit(compress_pages, pages, self.level)
+        return self._pool.submit(compress_run, pages, self.level)
 
     # -- results --------------------------------------------------------------------------------
     def take_worker_cpu_ns(self) -> int:
@@ -345,8 +478,33 @@ class CompressThreadsEncoder(SlotEncoder):
                 else "first idle thread at each page (timing-dependent)",
                 "timing-dependent": not self.wait,
                 "compress-flushes": self.flushes,
+                "zlib": _LIBZ.version,
             },
         }
+
+
+def _merge_sets(sets: list[RecordSet]) -> list[RecordSet]:
+    """One RecordSet per kind, positions ascending (the assembler wants each set in page order)."""
+    out = []
+    for kind in ("zero", "compress"):
+        part = [s for s in sets if s.kind == kind and len(s)]
+        if len(part) <= 1:
+            out += part
+            continue
+        idx = np.concatenate([s.index for s in part])
+        order = np.argsort(idx, kind="stable")
+        offsets = np.concatenate([s.offsets for s in part])[order]  # type: ignore[misc]
+        if kind == "zero":
+            out.append(RecordSet("zero", RAM_SAVE_FLAG_ZERO, idx[order], prefix=_ZERO_FILL, offsets=offsets))
+            continue
+        bases = np.cumsum([0] + [len(s.data) for s in part[:-1]])  # type: ignore[arg-type]
+        data = np.concatenate([s.data for s in part])  # type: ignore[misc]
+        starts = np.concatenate([s.starts + b for s, b in zip(part, bases)])[order]  # type: ignore[operator]
+        lengths = np.concatenate([s.lengths for s in part])[order]  # type: ignore[misc]
+        out.append(RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, idx[order],
+                             prefix=lengths.astype(">u4").view(np.uint8).reshape(-1, 4), data=data,
+                             starts=starts, lengths=lengths, offsets=offsets))
+    return out
 
 
 class CompressedPageDecoder(RecordDecoder):
