@@ -44,3 +44,22 @@ def write_trace(path, blocks, rounds, page_size=4096):
                 offs, pages = content[bi]
                 w.write(r, bi, np.asarray(offs, dtype=np.int64), np.asarray(pages, dtype=np.uint8).reshape(-1, page_size))
     return meta
+
+
+# --- real QEMU: shared by the multifd test files ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def qemu_dir(tmp_path_factory):
+    """A work directory for QEMU tests (QEMU and binutils required: under CI=true a skip is a failure)."""
+    from pagecodec.qemu.find import require_for_tests
+
+    require_for_tests()
+    return tmp_path_factory.mktemp("qemu")
+
+
+@pytest.fixture(scope="module")
+def guest_disk(qemu_dir):
+    """The tiny guest: sparse counter updates on 32 pages plus 2 whole-page rewrites, one pass per timer
+    tick (at 1 MiB/s QEMU keeps iterating until the limits are raised)."""
+    from pagecodec.qemu.guest import GuestPattern, build_disk
+
+    return build_disk(qemu_dir, GuestPattern(first=0x10000, end=0x30000, fill_pages=2, fill_first=0x40000, wait_ticks=1))

@@ -399,19 +399,7 @@ def test_cli_replay_writes_a_capture_directory(trace, tmp_path):
 MEM_MIB = 64
 
 
-@pytest.fixture(scope="module")
-def qemu_dir(tmp_path_factory):
-    from pagecodec.qemu.find import require_for_tests
-
-    require_for_tests()
-    return tmp_path_factory.mktemp("mfsq")
-
-
-@pytest.fixture(scope="module")
-def guest_disk(qemu_dir):
-    from pagecodec.qemu.guest import GuestPattern, build_disk
-
-    return build_disk(qemu_dir, GuestPattern(first=0x10000, end=0x30000, fill_pages=2, fill_first=0x40000, wait_ticks=1))
+# qemu_dir and guest_disk: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
