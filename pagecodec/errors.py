@@ -29,6 +29,7 @@ class WireError(PageCodecError):
     """A migration stream is malformed or truncated (names the byte offset)."""
 
     def __init__(self, message: str, offset: int | None = None, source: str | None = None):
+        self.message = message
         self.offset = offset
         self.source = source
         where = []
@@ -37,6 +38,12 @@ class WireError(PageCodecError):
         if offset is not None:
             where.append(f"offset {offset}")
         super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+    def within(self, before: str = "", after: str = "") -> "WireError":
+        """The same error (same class, offset and source) with more context around its message: the
+        round a record belongs to, its block and page."""
+        return type(self)(f"{before}{self.message}{after}", self.offset, self.source)
 
 
 class DecodeError(WireError):

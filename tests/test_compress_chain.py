@@ -270,3 +270,24 @@ def test_receiver_checks_a_whole_run_before_writing(pm):
     ram = rc.memory["pc.ram"].reshape(-1, PS)
     assert np.array_equal(ram[0], pages[0]) and not ram[1:].any()  # the run 1..11 was checked first
     assert data.index(zs[6]) <= ei.value.offset < data.index(zs[6]) + len(zs[6])
+
+
+def test_decode_errors_name_round_block_and_offset(tmp_path, pm):
+    """A COMPRESS_PAGE that does not inflate: DecodeError with the round, the block and page offset,
+    and the stream offset."""
+    path = tmp_path / "t.parquet"
+    rng = np.random.default_rng(4)
+    pages = rng.integers(1, 3, (8, PS), dtype=np.uint8)
+    write_trace(path, [("pc.ram", 8 * PS)], [{0: (np.arange(8) * PS, pages)}, {0: (np.array([5 * PS]), pages[:1])}])
+
+    def tamper(r, chunk):
+        if r != 1:
+            return chunk
+        b = bytearray(chunk)
+        at = b.index((5 * PS | 0x120).to_bytes(8, "big")) + 12
+        b[at : at + 4] = b"\xff\xff\xff\xff"
+        return bytes(b)
+
+    with pytest.raises(DecodeError, match=r"round 1: compressed page .*\(block 'pc.ram', page offset 0x5000\)") as ei:
+        verify(TraceReader(path), parse_spec("compress,compress-threads=1"), pm, tamper=tamper)
+    assert ei.value.offset is not None

@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..codecs.base import Codec, CodecContext, RecordDecoder
-from ..errors import PageCodecError, PluginError
+from ..errors import DecodeError, PageCodecError, PluginError
 from ..plugins import PluginManager
 from ..trace.format import RAMBlockInfo
 from ..wire import qevm
@@ -416,6 +416,8 @@ class Receiver:
                 obs.before_pages(rec)
             try:
                 dec.load(r, pages[i])
+            except DecodeError as e:
+                raise e.within(after=f" (block {self.block_order[bi]!r}, page offset {addr:#x})") from None
             except PageCodecError:
                 raise
             except Exception as e:
@@ -507,6 +509,9 @@ class Receiver:
         mv = r._mv
         try:
             dec.load_many([mv[p : p + ln] for p, ln in pays], pages, idx, pay_abs, r.source)
+        except DecodeError as e:
+            j = max(0, int(np.searchsorted(pay_abs, e.offset or 0, side="right")) - 1)
+            raise e.within(after=f" (block {self.block_order[bi]!r}, page offset {int(idx[j]) * ps:#x})") from None
         except PageCodecError:
             raise
         except Exception as e:

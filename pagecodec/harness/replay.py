@@ -194,7 +194,11 @@ def verify(
             chunk = tamper(r, chunk)
         sr = StreamReader(chunk, source="replayed stream", base=offset)
         t0 = time.thread_time_ns()
-        loader(sr)
+        try:
+            loader(sr)
+        except WireError as e:
+            where = "setup" if r < 0 else (f"round {r}" if r < reader.num_rounds else "EOF and vmdesc")
+            raise e.within(before=f"{where}: ") from None
         load_ns += time.thread_time_ns() - t0 + receiver.take_worker_cpu_ns()
         if not sr.at_end():
             raise sr.error(f"{sr.remaining} unexpected bytes after the section")
