@@ -63,3 +63,19 @@ def guest_disk(qemu_dir):
     from pagecodec.qemu.guest import GuestPattern, build_disk
 
     return build_disk(qemu_dir, GuestPattern(first=0x10000, end=0x30000, fill_pages=2, fill_first=0x40000, wait_ticks=1))
+
+
+def wait_incoming(vm, timeout: float = 60.0) -> dict:
+    """Poll a QEMU destination's query-migrate until the incoming migration completes (fails on a
+    failed or cancelled migration, a dead VM, or the timeout)."""
+    import time
+
+    t0 = time.monotonic()
+    while True:
+        vm.check_alive()
+        info = vm.qmp.execute("query-migrate")
+        if info.get("status") == "completed":
+            return info
+        assert info.get("status") not in ("failed", "cancelled"), (info, vm.stderr_text())
+        assert time.monotonic() - t0 < timeout, f"destination not completed: {info}"
+        time.sleep(0.05)

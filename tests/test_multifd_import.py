@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import wait_incoming
 from pagecodec.errors import DecodeError, WireError
 from pagecodec.trace.format import TraceReader
 from pagecodec.sources.qemu_stream import (
@@ -657,16 +658,6 @@ def guest_counter(vm) -> int:
     return int.from_bytes(vm.pmemsave(PASS_COUNTER, 4), "little")
 
 
-def wait_incoming(vm, timeout: float = 30.0) -> dict:
-    t0 = time.monotonic()
-    while True:
-        vm.check_alive()
-        info = vm.qmp.execute("query-migrate")
-        if info.get("status") == "completed":
-            return info
-        assert info.get("status") not in ("failed", "cancelled"), info
-        assert time.monotonic() - t0 < timeout, f"destination not completed: {info}"
-        time.sleep(0.05)
 
 
 def changed_pages(a, b) -> list[int]:

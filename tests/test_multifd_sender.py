@@ -19,7 +19,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
+from conftest import ROOT, wait_incoming
 from test_multifd_import import final_image, read_rows
 from pagecodec.chain.config import parse_spec
 from pagecodec.chain.sender import Sender
@@ -416,16 +415,6 @@ def qemu_layout_trace(qemu_dir, guest_disk) -> Path:
     return path
 
 
-def wait_incoming(vm, timeout: float = 60.0) -> dict:
-    t0 = time.monotonic()
-    while True:
-        vm.check_alive()
-        info = vm.qmp.execute("query-migrate")
-        if info.get("status") == "completed":
-            return info
-        assert info.get("status") not in ("failed", "cancelled"), (info, vm.stderr_text())
-        assert time.monotonic() - t0 < timeout, f"destination not completed: {info}"
-        time.sleep(0.05)
 
 
 @pytest.mark.qemu
