@@ -161,8 +161,10 @@ class SlotEncoder(ABC):
         return {}
 
     def ram_counters(self) -> dict[str, int]:
-        """Additions to query-migrate's ``ram`` counters that no record on the wire shows (QEMU's compress
-        threads count a page as ``duplicate`` on every flush of a thread whose last page was zero)."""
+        """At the end of the migration: additions to query-migrate's ``ram`` counters that stand for no
+        page at all (QEMU's compress threads count a ``duplicate`` on every flush of a thread whose last
+        page was zero). Unlike :meth:`take_ram_counters`, these are not pages the slot sent, so they do
+        not enter a round's page accounting (``skipped``)."""
         return {}
 
     def take_worker_cpu_ns(self) -> int:
