@@ -119,6 +119,15 @@ class PluginManager:
             raise PluginError(
                 f"plugin {info.name!r} registers codec {codec.name!r}, already registered by {self.codec_plugin[codec.name]!r}"
             )
+        if not codec.qemu_format:
+            wid = codec.wire_id
+            if not 0 <= wid <= 0xFFFF:
+                raise PluginError(f"plugin {info.name!r}: codec {codec.name!r} has extension id {wid}, not 0..65535")
+            other = next((c for c in self.codecs.values() if not c.qemu_format and c.wire_id == wid), None)
+            if other is not None:
+                raise PluginError(
+                    f"plugin {info.name!r}: extension codec {codec.name!r} has wire id {wid:#06x}, already used by "
+                    f"{other.name!r} (plugin {self.codec_plugin[other.name]!r}); set extension_id to another value")
         self.codecs[codec.name] = codec
         self.codec_plugin[codec.name] = info.name
         info.codecs.append(codec)

@@ -160,7 +160,7 @@ class _RaisingEncoder(SlotEncoder):
 class _RaisingCodec(Codec):
     name = "raiser"
     slots = (Slot.DELTA,)
-    qemu_format = False
+    qemu_format = True  # it would write QEMU's records, had it not raised (--qemu-stream accepts it)
 
     def encoder(self, slot, ctx):
         return _RaisingEncoder()

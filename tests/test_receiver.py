@@ -82,8 +82,8 @@ def test_truncated_page(pm):
 
 
 def test_unknown_flags(pm):
-    data = stream((0x1000 | 0x400).to_bytes(8, "big") + eos_record())
-    err(data, pm, "unknown combination of migration flags 0x400")
+    data = stream((0x1000 | 0x800).to_bytes(8, "big") + eos_record())
+    err(data, pm, "unknown combination of migration flags 0x800")
 
 
 def test_zero_and_page_flags_together_rejected(pm):

@@ -52,6 +52,7 @@ from ..wire.flags import (
     RAM_SECTION_VERSION,
     SectionType,
 )
+from ..wire.extension import EXTENSION_HEADER, RAM_SAVE_FLAG_EXTENSION, payload_limit, read_extension_header
 from ..wire.reader import StreamReader
 from .config import MigrationConfig
 from .ramstate import block_addresses
@@ -71,6 +72,9 @@ _HARMLESS_COMMANDS = {
 _CONTROL_FLAGS = (
     RAM_SAVE_FLAG_MEM_SIZE | RAM_SAVE_FLAG_EOS | RAM_SAVE_FLAG_CONTINUE | RAM_SAVE_FLAG_HOOK | RAM_SAVE_FLAG_MULTIFD_FLUSH
 )
+#: QEMU's page record flags, and with pagecodec's extension flag: what names a block and an offset.
+_QEMU_PAGE_FLAGS = {RAM_SAVE_FLAG_ZERO, 0x08, 0x40, 0x100}
+_PAGE_FLAGS = PAGE_RECORD_FLAGS | RAM_SAVE_FLAG_EXTENSION
 _KIND_OF_FLAG = {0x02: "zero", 0x08: "page", 0x40: "xbzrle", 0x100: "compress"}
 
 
@@ -217,12 +221,25 @@ class Receiver:
             named = [(c, None) for c in (codecs or ())]
         self.decoders: dict[int, RecordDecoder] = {}
         self._decoder_codec: dict[int, str] = {}
+        self.extension_decoders: dict[int, tuple[str, RecordDecoder]] = {}  # wire id -> (codec, decoder)
         for codec, owner in named:
             try:
                 decs = codec.decoders(ctx)
             except Exception as e:
                 raise PluginError(f"codec {codec.name!r} (plugin {owner or 'built-in'!r}) failed to build its decoder: {e}") from e
             for d in decs:
+                if d.flag == RAM_SAVE_FLAG_EXTENSION and not codec.qemu_format:
+                    prev = self.extension_decoders.get(codec.wire_id)
+                    if prev is not None:
+                        raise PluginError(f"extension codecs {prev[0]!r} and {codec.name!r} both use wire id "
+                                          f"{codec.wire_id:#06x}")
+                    self.extension_decoders[codec.wire_id] = (codec.name, d)
+                    continue
+                if d.flag not in _QEMU_PAGE_FLAGS:
+                    raise PluginError(
+                        f"codec {codec.name!r} (plugin {owner or 'built-in'!r}) decodes flag {d.flag:#x}, which is "
+                        f"not a QEMU page record flag: a codec's own records use the extension layout (flag "
+                        f"{RAM_SAVE_FLAG_EXTENSION:#x}, qemu_format = False; see pagecodec.wire.extension)")
                 if d.flag in self.decoders:
                     raise PluginError(
                         f"codecs {self._decoder_codec[d.flag]!r} and {codec.name!r} both decode flag {d.flag:#x}"
@@ -372,7 +389,7 @@ class Receiver:
             word = r.get_be64("RAM record header")
             flags = word & mask
             addr = word & ~mask
-            if flags & PAGE_RECORD_FLAGS:
+            if flags & _PAGE_FLAGS:
                 bi = self._block_from_stream(r, flags, at)
                 pages = self.block_pages[bi]
                 if addr + ps > pages.nbytes:
@@ -394,6 +411,9 @@ class Receiver:
                 self.stats.multifd_flush += 1
                 if obs is not None:
                     obs.multifd_flush(r.base + at)
+                continue
+            if kind == RAM_SAVE_FLAG_EXTENSION:
+                self._load_extension(r, at, bi, addr)
                 continue
             dec = self.decoders.get(kind)
             if dec is None:
@@ -524,6 +544,49 @@ class Receiver:
             obs.pages(rec)
         return k
 
+    def _load_extension(self, r: StreamReader, at: int, bi: int, addr: int) -> None:
+        """A pagecodec extension record: be16 codec id, be32 length, payload; the codec's decoder reads
+        exactly the payload (a reader that ends there) and must consume all of it."""
+        hat = r.pos
+        r.need(EXTENSION_HEADER, "extension record header")
+        cid, n = read_extension_header(r._mv, r.pos)
+        entry = self.extension_decoders.get(cid)
+        if entry is None:
+            have = ", ".join(f"{name!r} ({i:#06x})" for i, (name, _) in sorted(self.extension_decoders.items())) or "none"
+            raise r.error(f"extension record of codec id {cid:#06x}, which no installed plugin decodes (extension "
+                          f"codecs here: {have})", hat)
+        name, dec = entry
+        limit = payload_limit(self.page_size)
+        if n > limit:
+            raise DecodeError(f"extension record of codec {name!r}: payload of {n} bytes, more than the limit of "
+                              f"{limit}", r.base + hat + 2, r.source)
+        r.pos += EXTENSION_HEADER
+        r.need(n, f"extension record payload of codec {name!r}")
+        sub = StreamReader(r._mv[r.pos : r.pos + n], r.source, base=r.base + r.pos)
+        obs = self.observer
+        rec = None
+        if obs is not None:
+            idx = np.array([addr // self.page_size], np.int64)
+            rec = PageRecords(bi, idx, name, np.array([r.base + at], np.int64), np.array([r.base + hat], np.int64))
+            obs.before_pages(rec)
+        try:
+            dec.load(sub, self.block_pages[bi][addr // self.page_size])
+        except DecodeError as e:
+            raise e.within(after=f" (codec {name!r}, block {self.block_order[bi]!r}, page offset {addr:#x})") from None
+        except PageCodecError:
+            raise
+        except Exception as e:
+            raise PluginError(
+                f"{r.source or 'stream'}: offset {at}: decoder of extension codec {name!r} raised on block "
+                f"{self.block_order[bi]!r} offset {addr:#x}: {type(e).__name__}: {e}") from e
+        if not sub.at_end():
+            raise DecodeError(f"decoder of extension codec {name!r} left {sub.remaining} of {n} payload bytes unread",
+                              r.base + r.pos + sub.pos, r.source)
+        r.pos += n
+        self.stats.records[name] = self.stats.records.get(name, 0) + 1
+        if obs is not None:
+            obs.pages(rec)  # type: ignore[arg-type]
+
     def take_worker_cpu_ns(self) -> int:
         """Thread CPU nanoseconds the decoders' worker threads spent since the last call."""
         return sum(d.take_worker_cpu_ns() for d in self.decoders.values())
@@ -551,7 +614,7 @@ class Receiver:
             raise r.error("a second MEM_SIZE block list", at)
         if total == 0:
             raise r.error("MEM_SIZE of 0 bytes: no RAM blocks", at)
-        known = _CONTROL_FLAGS | PAGE_RECORD_FLAGS
+        known = _CONTROL_FLAGS | PAGE_RECORD_FLAGS | (RAM_SAVE_FLAG_EXTENSION if self.extension_decoders else 0)
         for f in self.decoders:
             known |= f
         options = [self.ignore_shared] if self.ignore_shared is not None else [False, True]

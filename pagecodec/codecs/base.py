@@ -221,9 +221,20 @@ class Codec(ABC):
     name: ClassVar[str]
     #: Slots this codec can fill.
     slots: ClassVar[tuple[Slot, ...]]
-    #: True when its records are QEMU's own wire format; False marks a pagecodec extension.
+    #: True when its records are QEMU's own wire format; False marks a pagecodec extension: its records
+    #: then use the extension layout (:mod:`pagecodec.wire.extension`) and its decoders the flag
+    #: ``RAM_SAVE_FLAG_EXTENSION``.
     qemu_format: ClassVar[bool]
     description: ClassVar[str] = ""
+    #: An extension codec's 16-bit wire id (None: derived from the name, :func:`pagecodec.wire.extension.codec_id`).
+    extension_id: ClassVar[int | None] = None
+
+    @property
+    def wire_id(self) -> int:
+        """The id this codec's extension records carry."""
+        from ..wire.extension import codec_id
+
+        return self.extension_id if self.extension_id is not None else codec_id(self.name)
 
     @abstractmethod
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:

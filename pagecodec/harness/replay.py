@@ -33,7 +33,7 @@ from ..chain.config import MigrationConfig
 from ..chain.receiver import PageRecords, Receiver, RecordObserver
 from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
 from ..codecs.multifd import MultifdReceiver
-from ..errors import WireError
+from ..errors import ConfigError, WireError
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceReader
 from ..wire.reader import StreamReader
@@ -68,6 +68,11 @@ def replay(
 
     ``qemu_stream``: write the stream there — a QEVM file, or for a multifd configuration a new
     directory with ``main.mig`` and ``channel-<k>.bin`` (written atomically as a whole)."""
+    fmt = stream_format(config, plugins)
+    if qemu_stream is not None and fmt["extension-codecs"]:
+        names = ", ".join(repr(n) for n in fmt["extension-codecs"])
+        raise ConfigError(f"--qemu-stream: codec(s) {names} of config {config.label!r} write pagecodec extension "
+                          f"records, which QEMU cannot load; write QEMU streams with QEMU-format codecs only")
     out_dir: StreamDirectory | None = None
     channel_sinks = None
     if sink is None:
@@ -87,7 +92,15 @@ def replay(
         raise
     if out_dir is not None:
         out_dir.commit()
-    return result_object(reader, config, stats.to_json())
+    return result_object(reader, config, {**stats.to_json(), "format": fmt})
+
+
+def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, Any]:
+    """Whether the stream this config writes is QEMU's (every active codec writes QEMU's records) or
+    carries pagecodec extension records (which codecs): every result says so."""
+    ext = [name for name in config.slot_codecs().values()
+           if name in plugins.codecs and not plugins.codecs[name].qemu_format]
+    return {"qemu-loadable": not ext, "extension-codecs": ext}
 
 
 def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, Iterator[PageBatch]]]:
@@ -235,7 +248,7 @@ def verify(
     stats.cpu.add("decode", load_ns - (mf.cpu_ns if multifd else 0))
     if multifd:
         stats.cpu.add("decode-multifd", mf.cpu_ns)
-    metrics = stats.to_json()
+    metrics = {**stats.to_json(), "format": stream_format(config, plugins)}
     if config.cap("compress"):
         metrics.setdefault("threads", {})["decompress"] = int(config.param("decompress-threads"))
     return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, metrics),

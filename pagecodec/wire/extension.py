@@ -1,0 +1,68 @@
+"""pagecodec's extension record: the one layout for every page record that is not QEMU's.
+
+A codec that writes its own record kind (``Codec.qemu_format = False``) writes it in this layout, so
+that any pagecodec receiver can tell which codec wrote a record and how long it is, dispatch it to that
+codec's decoder, and fail with a named error when that codec is not installed::
+
+    be64   offset_in_block | RAM_SAVE_FLAG_EXTENSION (0x400) [| RAM_SAVE_FLAG_CONTINUE]
+    [u8 len, idstr]          without CONTINUE, as every RAM page record (QEMU's save_page_header)
+    be16   codec id          the codec that wrote the record (:func:`codec_id`)
+    be32   n                 payload length, at most :func:`payload_limit` (page size)
+    n bytes                  the codec's own payload
+
+Why 0x400: QEMU has never used that bit (its flags end at MULTIFD_FLUSH 0x200: "we can't use any flag
+that is bigger than 0x200", because some QEMU targets have 1 KiB pages and the flags share the be64 with
+the page offset). pagecodec's pages are at least 4 KiB, so the bit is free of the offset, and a QEMU
+destination that meets it stops with "Unknown combination of migration flags": a stream with extension
+records is never taken for QEMU's (``replay --qemu-stream`` refuses such configs outright).
+
+Codec ids are part of the wire format: by default the low 16 bits of the CRC-32 of the codec's name
+(stable across runs and machines, no table in the stream); a codec may set ``extension_id`` itself. Two
+installed extension codecs with one id are refused when they register.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from .records import RecordSet
+
+__all__ = ["RAM_SAVE_FLAG_EXTENSION", "EXTENSION_HEADER", "codec_id", "payload_limit", "extension_records",
+           "read_extension_header"]
+
+#: The flag bit of pagecodec extension records (never used by QEMU).
+RAM_SAVE_FLAG_EXTENSION = 0x400
+#: be16 codec id + be32 payload length, after the page header.
+EXTENSION_HEADER = 6
+_HDR = struct.Struct(">HI")
+
+
+def codec_id(name: str) -> int:
+    """The default 16-bit wire id of an extension codec: the low bits of CRC-32 of its name."""
+    return zlib.crc32(name.encode("utf-8")) & 0xFFFF
+
+
+def payload_limit(page_size: int) -> int:
+    """The largest payload an extension record may carry: one page plus room for a codec's own header
+    (a record larger than the page it stands for would be pointless, and the receiver must be able to
+    bound what it reads before it knows the codec)."""
+    return page_size + 256
+
+
+def extension_records(kind: str, cid: int, index: np.ndarray, data: np.ndarray, starts: np.ndarray,
+                      lengths: np.ndarray) -> RecordSet:
+    """Extension records for the pages at ``index`` of a segment, payload i = ``data[starts[i]:][:lengths[i]]``."""
+    lengths = np.asarray(lengths, np.int64)
+    prefix = np.empty((len(index), EXTENSION_HEADER), np.uint8)
+    prefix[:, :2] = np.array([cid >> 8, cid & 0xFF], np.uint8)
+    prefix[:, 2:] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
+    return RecordSet(kind, RAM_SAVE_FLAG_EXTENSION, np.asarray(index, np.int64), prefix=prefix, data=data,
+                     starts=np.asarray(starts, np.int64), lengths=lengths)
+
+
+def read_extension_header(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
+    """(codec id, payload length) at ``pos`` (the caller checks there are 6 bytes)."""
+    return _HDR.unpack_from(buf, pos)
