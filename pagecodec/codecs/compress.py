@@ -327,8 +327,9 @@ class CompressThreadsEncoder(SlotEncoder):
         block's first page). So the workers deflate while the chain goes on (the next batch of the
         trace is read meanwhile). In the rotation, dispatch j ≥ N hands over the output of dispatch
         j − N of the same segment and only the first N hand over buffers filled earlier: records and
-        counts are array shifts."""
-        seg.before.extend(self._resolve())
+        counts are array shifts. The segment's pages are submitted before the previous segment's
+        results are collected, so the workers go straight on to them (submitting depends on nothing
+        that collecting changes; the buffers are handed over after it)."""
         n, k = self.threads, len(pos)
         thread_of = (self.next + np.arange(k)) % n
         self.next = int((self.next + k) % n)
@@ -341,6 +342,7 @@ class CompressThreadsEncoder(SlotEncoder):
                 # every n-th page (no zero page among them): a strided view, copied by the worker itself
                 part = pages[int(g[0]) :: n][: len(g)] if len(g) == 1 or (np.diff(g) == n).all() else pages[g]
                 jobs.append((g, self._submit(part)))
+        seg.before.extend(self._resolve())
         early: list[tuple[int, _Output]] = []
         for j in range(min(k, n)):  # buffers filled before this segment
             prev = self._take(int(thread_of[j]))
