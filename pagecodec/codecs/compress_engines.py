@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import zlib
+from itertools import repeat
 from types import ModuleType
 from typing import Callable
 
@@ -96,7 +97,7 @@ class ModuleDeflateEngine:
         """Each page's zlib stream (one library call per page, the GIL released while it deflates)."""
         fn = self._load()
         lv = self._level_map(level)
-        outs = [fn(p, lv, _WBITS) for p in pages]
+        outs = list(map(fn, pages, repeat(lv), repeat(_WBITS)))  # no bytecode between the calls
         lengths = np.fromiter(map(len, outs), np.int64, len(outs))
         if len(pages):
             # zlib-ng's level 1 (deflate_quick, static Huffman codes) expands incompressible pages past
