@@ -18,12 +18,16 @@ Levels (QEMU's ``compress-level`` 0–9):
   ~3× its speed; ISA-L 0 is faster again but ~25 % larger, so it is kept for ``compress-level`` 0,
   where zlib would not compress at all and the user asked for the least CPU.
 * **zlib-ng** has zlib's levels with zlib's meanings (0 stored … 9 best): the level is passed as is.
-  Its level 1 (``deflate_quick``) is ~3× zlib's speed with ~20 % larger pages, and it can expand an
-  incompressible page past zlib's ``compressBound``, the limit QEMU's destination enforces: any page
-  an engine deflates past that bound is sent as a stored zlib stream instead (page + 11 bytes).
+  Its level 1 (``deflate_quick``) is ~3× zlib's speed with ~20 % larger pages.
+
+compressBound: zlib-ng's level 1 and ISA-L's level 0 can expand an incompressible page past zlib's
+``compressBound`` (4,336 and 5,178 bytes seen for 4 KiB), the limit QEMU's destination enforces
+("Invalid compressed data length"): any page an engine deflates past that bound is sent as a stored
+zlib stream instead (page + 11 bytes).
 
 The GIL: both libraries' one-shot ``compress(data, level, wbits)`` release it while they deflate
-(measured: a pure-Python loop in another thread runs at full speed during a long call), so the slot's
+(``bench/compress_engines.py`` probes it: a pure-Python loop in another thread keeps its rate during a
+long call), so the slot's
 worker threads call it once per page, with ``wbits`` 15 (the zlib wrapper QEMU's destination expects).
 The parts of each call that hold the GIL (argument parsing, the output bytes object, ISA-L's level
 buffer) are a larger share of a 4 KiB page at these speeds than with zlib; ``bench/compress_engines.py``
