@@ -9,7 +9,8 @@ import numpy as np
 
 from pagecodec.chain.config import parse_spec
 from pagecodec.codecs.base import CodecContext, Segment, Stage
-from pagecodec.codecs.compress import CompressThreadsEncoder
+from pagecodec.codecs.compress import ZLIB, CompressThreadsEncoder, DeflateEngine
+from pagecodec.codecs.compress_engines import ISAL, ZLIBNG, isal_level
 from pagecodec.codecs.zero import zero_page_mask
 from pagecodec.trace.format import TraceReader
 
@@ -54,12 +55,32 @@ def zlib_direct_threads(pages: np.ndarray, threads: int, level: int = 1) -> int:
         return sum(ex.map(part, [pages[t::threads] for t in range(threads)]))
 
 
-def compress_slot(pages: np.ndarray, threads: int, level: int = 1) -> int:
+#: The deflate engines of the compress slot by codec name.
+ENGINES: dict[str, DeflateEngine] = {"compress-threads": ZLIB, "compress-isal": ISAL, "compress-zlibng": ZLIBNG}
+
+
+def library_direct(pages: np.ndarray, codec: str, level: int = 1) -> int:
+    """An engine's library called directly on each page through its Python binding, one thread, at the
+    level the slot passes it (ISA-L's mapped level). The baseline of the slot's overhead."""
+    if codec == "compress-threads":
+        return zlib_direct(pages, level)
+    if codec == "compress-isal":
+        from isal.isal_zlib import compress
+
+        lv = isal_level(level)
+    else:
+        from zlib_ng.zlib_ng import compress  # type: ignore[no-redef]
+
+        lv = level
+    return sum(len(compress(p, lv, 15)) for p in pages)
+
+
+def compress_slot(pages: np.ndarray, threads: int, level: int = 1, engine: DeflateEngine = ZLIB) -> int:
     """The compress slot alone (thread assignment, buffers, records), ``threads`` worker threads, over
     segments of 512 pages of one block; the flush at the end included. Returns the compressed bytes."""
     cfg = parse_spec(f"compress,compress-threads={threads},compress-level={level}")
     ctx = CodecContext(cfg, pages.shape[1], (), (0,))
-    enc = CompressThreadsEncoder(ctx)
+    enc = CompressThreadsEncoder(ctx, engine)
     stage = Stage(0, 1, True, False)
     offsets = np.arange(len(pages), dtype=np.int64) * pages.shape[1]
     sets = []

@@ -24,6 +24,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pagecodec.codecs.raw",
     "pagecodec.codecs.xbzrle",
     "pagecodec.codecs.compress",
+    "pagecodec.codecs.compress_engines",
     "pagecodec.codecs.multifd",
     "pagecodec.presets",
 )

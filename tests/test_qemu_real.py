@@ -371,14 +371,18 @@ def qemu_layout_trace(vms, slow_disk, workdir) -> Path:
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("config", ["none", "xbzrle", "compress", "xbzrle+compress"])
+@pytest.mark.parametrize("config", ["none", "xbzrle", "compress", "xbzrle+compress", "compress-isal", "compress-zlibng"])
 def test_synthetic_stream_loads_into_qemu(qemu_layout_trace, vms, slow_disk, config):
+    """compress-isal / compress-zlibng: other deflaters' zlib streams in COMPRESS_PAGE records, which
+    QEMU 7.2's destination (Debian's zlib, compress capability on) loads like its own."""
     need_codec(config)
     res, ram = replay_and_load(vms, slow_disk, qemu_layout_trace, config)
     if config == "xbzrle":
         assert res["xbzrle-cache"]["pages"] > 0
     if "compress" in config:
         assert res["records"]["compress"] > 100 and res["compression"]["pages"] > 100, res["records"]
+        engine = {"compress-isal": "isal", "compress-zlibng": "zlib-ng"}.get(config, "zlib")
+        assert res["threads"]["compression-engine"]["name"] == engine
     assert diff_pages(final_images(qemu_layout_trace)["pc.ram"], ram) == []
 
 

@@ -52,7 +52,7 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -65,7 +65,8 @@ from ..wire.records import RecordSet
 from .base import Codec, CodecContext, Emission, RecordDecoder, Segment, Slot, SlotEncoder, Stage
 from .zero import zero_page_mask
 
-__all__ = ["CompressedPageDecoder", "CompressThreadsEncoder", "CompressThreadsCodec", "compress_pages"]
+__all__ = ["CompressedPageDecoder", "CompressThreadsEncoder", "CompressThreadsCodec", "DeflateEngine", "ZLIB",
+           "compress_pages", "compress_run"]
 
 _ZERO_FILL = np.zeros((1, 1), np.uint8)
 #: Page size the cheap length check of a run assumes (other page sizes are re-checked exactly).
@@ -85,6 +86,29 @@ class _Output:
         return 9 if self.zero else 12 + len(self.data)
 
 
+class DeflateEngine(Protocol):
+    """What deflates the pages of a compress-threads slot: one complete zlib stream (RFC 1950 wrapper,
+    window ≤ 32 KiB) per page. QEMU's destination only inflates each ``COMPRESS_PAGE`` payload and checks
+    it gives exactly one page, so any zlib-compatible deflater writes records QEMU loads; the thread and
+    flush rules (record order, counters) are the slot's and do not depend on the engine.
+
+    ``compress_run`` runs on the slot's worker threads: it should release the GIL while it deflates, or
+    ``compress-threads`` workers share one core."""
+
+    #: Short name for results (``zlib``, ``isal``, ``zlib-ng``).
+    name: str
+    #: The library and its version as loaded, for results.
+    version: str
+
+    def compress_run(self, pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each page's zlib stream at QEMU's ``compress-level`` (0–9), back to back, and their lengths."""
+        ...
+
+    def library_level(self, level: int) -> int:
+        """The library's own level for QEMU's ``compress-level`` (results show both)."""
+        ...
+
+
 class _Libz:
     """The system zlib's ``compress2`` through ctypes: ``deflateInit(level)`` + ``deflate(Z_FINISH)`` +
     ``deflateEnd`` in one C call (QEMU: deflateReset + deflate(Z_FINISH): the same bytes).
@@ -94,6 +118,8 @@ class _Libz:
     a ctypes call releases the GIL for the whole page, so ``compress-threads`` workers really run in
     parallel (bench/compress_ratio.py). It is the library QEMU itself links (Debian's ``libz.so.1``);
     where it cannot be loaded, the ``zlib`` module's compression objects do the same work."""
+
+    name = "zlib"
 
     def __init__(self) -> None:
         self.fn = None
@@ -140,8 +166,14 @@ class _Libz:
             cur += n.value
         return out[:cur], lengths
 
+    def library_level(self, level: int) -> int:
+        """zlib's levels are QEMU's (QEMU passes ``compress-level`` to deflateInit)."""
+        return level
+
 
 _LIBZ = _Libz()
+#: The system zlib engine (compress-threads, QEMU's own bytes).
+ZLIB: DeflateEngine = _LIBZ
 
 
 @dataclass
@@ -175,28 +207,31 @@ def _join_emissions(ems: list[Emission]) -> Emission | None:
     return Emission(ems[0].block_index, np.concatenate([e.offsets for e in ems]), _merge_sets(sets))
 
 
-def compress_run(pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """zlib streams of each page (deflateInit(level): zlib wrapper, windowBits 15, memLevel 8, a fresh
-    state per page as after deflateReset, the stream finished), back to back, their lengths, and the
-    calling thread's CPU nanoseconds. Runs on a worker thread with the GIL released while it deflates
-    (see :class:`_Libz`)."""
+def compress_run(pages: np.ndarray, level: int, engine: DeflateEngine = ZLIB) -> tuple[np.ndarray, np.ndarray, int]:
+    """zlib streams of each page (with the default engine deflateInit(level): zlib wrapper, windowBits
+    15, memLevel 8, a fresh state per page as after deflateReset, the stream finished), back to back,
+    their lengths, and the calling thread's CPU nanoseconds. The per-worker function of every engine:
+    runs on a worker thread with the GIL released while it deflates (see :class:`_Libz`)."""
     t0 = time.thread_time_ns()
-    data, lengths = _LIBZ.compress_run(pages, level)
+    data, lengths = engine.compress_run(pages, level)
     return data, lengths, time.thread_time_ns() - t0
 
 
-def compress_pages(pages: np.ndarray, level: int) -> tuple[list[bytes], int]:
+def compress_pages(pages: np.ndarray, level: int, engine: DeflateEngine = ZLIB) -> tuple[list[bytes], int]:
     """Like :func:`compress_run`, one bytes object per page."""
-    data, lengths, ns = compress_run(pages, level)
+    data, lengths, ns = compress_run(pages, level, engine)
     ends = np.cumsum(lengths)
     return [data[e - n : e].tobytes() for e, n in zip(ends.tolist(), lengths.tolist())], ns
 
 
 class CompressThreadsEncoder(SlotEncoder):
     """One migration's compress threads: what each thread's buffer holds, which thread is next, the
-    counters, and the worker pool that does the deflating."""
+    counters, and the worker pool that does the deflating with ``engine`` (the system zlib for
+    compress-threads; other zlib-compatible deflaters for compress-isal, compress-zlibng: only the
+    payload bytes differ, record order and counters are the same)."""
 
-    def __init__(self, ctx: CodecContext) -> None:
+    def __init__(self, ctx: CodecContext, engine: DeflateEngine = ZLIB) -> None:
+        self.engine = engine
         cfg = ctx.config
         self.threads = int(cfg.param("compress-threads"))
         self.level = int(cfg.param("compress-level"))
@@ -292,8 +327,9 @@ class CompressThreadsEncoder(SlotEncoder):
         block's first page). So the workers deflate while the chain goes on (the next batch of the
         trace is read meanwhile). In the rotation, dispatch j ≥ N hands over the output of dispatch
         j − N of the same segment and only the first N hand over buffers filled earlier: records and
-        counts are array shifts."""
-        seg.before.extend(self._resolve())
+        counts are array shifts. The segment's pages are submitted before the previous segment's
+        results are collected, so the workers go straight on to them (submitting depends on nothing
+        that collecting changes; the buffers are handed over after it)."""
         n, k = self.threads, len(pos)
         thread_of = (self.next + np.arange(k)) % n
         self.next = int((self.next + k) % n)
@@ -306,6 +342,7 @@ class CompressThreadsEncoder(SlotEncoder):
                 # every n-th page (no zero page among them): a strided view, copied by the worker itself
                 part = pages[int(g[0]) :: n][: len(g)] if len(g) == 1 or (np.diff(g) == n).all() else pages[g]
                 jobs.append((g, self._submit(part)))
+        seg.before.extend(self._resolve())
         early: list[tuple[int, _Output]] = []
         for j in range(min(k, n)):  # buffers filled before this segment
             prev = self._take(int(thread_of[j]))
@@ -446,7 +483,7 @@ class CompressThreadsEncoder(SlotEncoder):
     def _submit(self, pages: np.ndarray) -> Future[Any]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="compress")
-        return self._pool.submit(compress_run, pages, self.level)
+        return self._pool.submit(compress_run, pages, self.level, self.engine)
 
     # -- results --------------------------------------------------------------------------------
     def take_worker_cpu_ns(self) -> int:
@@ -478,7 +515,10 @@ class CompressThreadsEncoder(SlotEncoder):
                 else "first idle thread at each page (timing-dependent)",
                 "timing-dependent": not self.wait,
                 "compress-flushes": self.flushes,
-                "zlib": _LIBZ.version,
+                **({"zlib": self.engine.version} if self.engine is ZLIB else {}),
+                "compression-engine": {"name": self.engine.name, "library": self.engine.version,
+                                       "compress-level": self.level,
+                                       "library-level": self.engine.library_level(self.level)},
             },
         }
 
