@@ -163,7 +163,8 @@ def test_chain_equals_the_page_by_page_model(tmp_path, pm, threads, level, seed)
     assert res["threads"]["compress"] == threads and res["threads"]["timing-dependent"] is False
 
 
-@pytest.mark.parametrize("spec", ["compress", "compress,compress-threads=3", "xbzrle+compress"])
+@pytest.mark.parametrize("spec", ["compress", "compress,compress-threads=3", "xbzrle+compress",
+                                  "compress-isal,compress-threads=3", "compress-zlibng,compress-threads=3"])
 def test_batch_size_does_not_change_the_stream(tmp_path, pm, spec):
     path = tmp_path / "t.parquet"
     make_trace(path, 3)
