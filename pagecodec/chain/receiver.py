@@ -30,8 +30,9 @@ block, a MEM_SIZE list that disagrees with the expected blocks, a truncated reco
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -72,10 +73,11 @@ _HARMLESS_COMMANDS = {
 _CONTROL_FLAGS = (
     RAM_SAVE_FLAG_MEM_SIZE | RAM_SAVE_FLAG_EOS | RAM_SAVE_FLAG_CONTINUE | RAM_SAVE_FLAG_HOOK | RAM_SAVE_FLAG_MULTIFD_FLUSH
 )
-#: QEMU's page record flags, and with pagecodec's extension flag: what names a block and an offset.
-_QEMU_PAGE_FLAGS = {RAM_SAVE_FLAG_ZERO, 0x08, 0x40, 0x100}
-_PAGE_FLAGS = PAGE_RECORD_FLAGS | RAM_SAVE_FLAG_EXTENSION
 _KIND_OF_FLAG = {0x02: "zero", 0x08: "page", 0x40: "xbzrle", 0x100: "compress"}
+#: QEMU's page record flags (one decoder each), and with pagecodec's extension flag: what names a block
+#: and an offset.
+_QEMU_PAGE_FLAGS = set(_KIND_OF_FLAG)
+_PAGE_FLAGS = PAGE_RECORD_FLAGS | RAM_SAVE_FLAG_EXTENSION
 
 
 @dataclass
@@ -434,17 +436,8 @@ class Receiver:
                 rec = PageRecords(bi, np.array([i], np.int64), name, np.array([r.base + at], np.int64),
                                   np.array([r.base + r.pos], np.int64))
                 obs.before_pages(rec)
-            try:
+            with self._decoder_faults(r, self._decoder_codec.get(kind, "?"), bi, at, lambda _off: addr):
                 dec.load(r, pages[i])
-            except DecodeError as e:
-                raise e.within(after=f" (block {self.block_order[bi]!r}, page offset {addr:#x})") from None
-            except PageCodecError:
-                raise
-            except Exception as e:
-                raise PluginError(
-                    f"{r.source or 'stream'}: offset {at}: decoder of codec {self._decoder_codec.get(kind, '?')!r} raised "
-                    f"on block {self.block_order[bi]!r} offset {addr:#x}: {type(e).__name__}: {e}"
-                ) from e
             count[name] = count.get(name, 0) + 1
             if obs is not None:
                 obs.pages(rec)
@@ -526,19 +519,12 @@ class Receiver:
         if obs is not None:
             rec = PageRecords(bi, idx, name, at_abs, pay_abs)
             obs.before_pages(rec)
+        def page_of(off: int | None) -> int:  # the record of the run whose payload holds ``off``
+            return int(idx[max(0, int(np.searchsorted(pay_abs, off or 0, side="right")) - 1)]) * ps
+
         mv = r._mv
-        try:
+        with self._decoder_faults(r, self._decoder_codec.get(dec.flag, "?"), bi, start, page_of):
             dec.load_many([mv[p : p + ln] for p, ln in pays], pages, idx, pay_abs, r.source)
-        except DecodeError as e:
-            j = max(0, int(np.searchsorted(pay_abs, e.offset or 0, side="right")) - 1)
-            raise e.within(after=f" (block {self.block_order[bi]!r}, page offset {int(idx[j]) * ps:#x})") from None
-        except PageCodecError:
-            raise
-        except Exception as e:
-            raise PluginError(
-                f"{r.source or 'stream'}: offset {start}: decoder of codec {self._decoder_codec.get(dec.flag, '?')!r} "
-                f"raised on a run of {k} records of block {self.block_order[bi]!r}: {type(e).__name__}: {e}"
-            ) from e
         r.pos = pos
         if obs is not None:
             obs.pages(rec)
@@ -569,16 +555,8 @@ class Receiver:
             idx = np.array([addr // self.page_size], np.int64)
             rec = PageRecords(bi, idx, name, np.array([r.base + at], np.int64), np.array([r.base + hat], np.int64))
             obs.before_pages(rec)
-        try:
+        with self._decoder_faults(r, name, bi, at, lambda _off: addr, what=f"codec {name!r}, "):
             dec.load(sub, self.block_pages[bi][addr // self.page_size])
-        except DecodeError as e:
-            raise e.within(after=f" (codec {name!r}, block {self.block_order[bi]!r}, page offset {addr:#x})") from None
-        except PageCodecError:
-            raise
-        except Exception as e:
-            raise PluginError(
-                f"{r.source or 'stream'}: offset {at}: decoder of extension codec {name!r} raised on block "
-                f"{self.block_order[bi]!r} offset {addr:#x}: {type(e).__name__}: {e}") from e
         if not sub.at_end():
             raise DecodeError(f"decoder of extension codec {name!r} left {sub.remaining} of {n} payload bytes unread",
                               r.base + r.pos + sub.pos, r.source)
@@ -586,6 +564,23 @@ class Receiver:
         self.stats.records[name] = self.stats.records.get(name, 0) + 1
         if obs is not None:
             obs.pages(rec)  # type: ignore[arg-type]
+
+    @contextmanager
+    def _decoder_faults(self, r: StreamReader, codec: str, bi: int, at: int, page_offset: Callable[[int | None], int],
+                        what: str = "") -> Iterator[None]:
+        """A decoder call, its errors told with where they happened: a DecodeError gets the block and the
+        page offset (``page_offset(the error's stream offset)``, ``what`` before them); any other
+        exception is the codec's bug, not bad input: a PluginError naming codec, block and offset."""
+        block = self.block_order[bi]
+        try:
+            yield
+        except DecodeError as e:
+            raise e.within(after=f" ({what}block {block!r}, page offset {page_offset(e.offset):#x})") from None
+        except PageCodecError:
+            raise
+        except Exception as e:
+            raise PluginError(f"{r.source or 'stream'}: offset {at}: decoder of codec {codec!r} raised on block "
+                              f"{block!r} offset {page_offset(None):#x}: {type(e).__name__}: {e}") from e
 
     def take_worker_cpu_ns(self) -> int:
         """Thread CPU nanoseconds the decoders' worker threads spent since the last call."""
