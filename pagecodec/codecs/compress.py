@@ -47,6 +47,7 @@ The decoder (:class:`CompressedPageDecoder`) is QEMU's ``decompress_data_with_mu
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import ctypes.util
 import time
 import zlib
@@ -199,12 +200,9 @@ def _join_emissions(ems: list[Emission]) -> Emission | None:
     sets: list[RecordSet] = []
     shift = 0
     for e in ems:
-        for rs in e.sets:
-            sets.append(RecordSet(rs.kind, rs.flag, rs.index + shift, prefix=rs.prefix, data=rs.data,
-                                  starts=rs.starts, lengths=rs.lengths,
-                                  offsets=rs.offsets if rs.offsets is not None else e.offsets[rs.index]))
+        sets += [dataclasses.replace(rs, index=rs.index + shift) for rs in e.sets]  # headers name rs.offsets
         shift += len(e.offsets)
-    return Emission(ems[0].block_index, np.concatenate([e.offsets for e in ems]), _merge_sets(sets))
+    return Emission(ems[0].block_index, np.concatenate([e.offsets for e in ems]), sets)
 
 
 def compress_run(pages: np.ndarray, level: int, engine: DeflateEngine = ZLIB) -> tuple[np.ndarray, np.ndarray, int]:
@@ -383,17 +381,13 @@ class CompressThreadsEncoder(SlotEncoder):
         self.compressed_size += int((4 + dlen[nzs]).sum())
         sets = self._record_sets(pd.early)
         if z.any():
-            sets.append(RecordSet("zero", RAM_SAVE_FLAG_ZERO, at[z], prefix=_ZERO_FILL, offsets=offs[src[z]]))
+            sets.append(_zero_records(at[z], offs[src[z]]))
         if len(nzs):
-            lens = dlen[nzs]
-            sets.append(RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, at[~z],
-                                  prefix=lens.astype(">u4").view(np.uint8).reshape(-1, 4), data=flat,
-                                  starts=dstart[nzs], lengths=lens, offsets=offs[nzs]))
+            sets.append(_compress_records(at[~z], offs[nzs], flat, dstart[nzs], dlen[nzs]))
         for j in range(max(0, k - n), k):
             t = int(pd.thread_of[j])
             zj = bool(pd.zero[j])
             self.held[t] = _Output(int(offs[j]), zj, b"" if zj else flat[dstart[j] : dstart[j] + dlen[j]].tobytes())
-        sets = _merge_sets(sets)
         return [Emission(pd.block, pd.offsets, sets)] if sets else []
 
     def _dispatch_first_idle(self, seg: Segment, pos: np.ndarray) -> None:
@@ -466,18 +460,14 @@ class CompressThreadsEncoder(SlotEncoder):
         zs = [(p, h) for p, h in out if h.zero]
         cs = [(p, h) for p, h in out if not h.zero]
         if zs:
-            idx = np.array([p for p, _ in zs], np.int64)
-            sets.append(RecordSet("zero", RAM_SAVE_FLAG_ZERO, idx, prefix=_ZERO_FILL,
-                                  offsets=np.array([h.offset for _, h in zs], np.int64)))
+            sets.append(_zero_records(np.array([p for p, _ in zs], np.int64),
+                                      np.array([h.offset for _, h in zs], np.int64)))
         if cs:
-            idx = np.array([p for p, _ in cs], np.int64)
             lengths = np.array([len(h.data) for _, h in cs], np.int64)
-            prefix = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
-            data = np.frombuffer(b"".join(h.data for _, h in cs), np.uint8)
-            starts = np.cumsum(lengths) - lengths
-            sets.append(RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, idx, prefix=prefix, data=data,
-                                  starts=starts, lengths=lengths,
-                                  offsets=np.array([h.offset for _, h in cs], np.int64)))
+            sets.append(_compress_records(np.array([p for p, _ in cs], np.int64),
+                                          np.array([h.offset for _, h in cs], np.int64),
+                                          np.frombuffer(b"".join(h.data for _, h in cs), np.uint8),
+                                          np.cumsum(lengths) - lengths, lengths))
         return sets
 
     def _submit(self, pages: np.ndarray) -> Future[Any]:
@@ -523,28 +513,18 @@ class CompressThreadsEncoder(SlotEncoder):
         }
 
 
-def _merge_sets(sets: list[RecordSet]) -> list[RecordSet]:
-    """One RecordSet per kind, positions ascending (the assembler wants each set in page order)."""
-    out = []
-    for kind in ("zero", "compress"):
-        part = [s for s in sets if s.kind == kind and len(s)]
-        if len(part) <= 1:
-            out += part
-            continue
-        idx = np.concatenate([s.index for s in part])
-        order = np.argsort(idx, kind="stable")
-        offsets = np.concatenate([s.offsets for s in part])[order]  # type: ignore[misc]
-        if kind == "zero":
-            out.append(RecordSet("zero", RAM_SAVE_FLAG_ZERO, idx[order], prefix=_ZERO_FILL, offsets=offsets))
-            continue
-        bases = np.cumsum([0] + [len(s.data) for s in part[:-1]])  # type: ignore[arg-type]
-        data = np.concatenate([s.data for s in part])  # type: ignore[misc]
-        starts = np.concatenate([s.starts + b for s, b in zip(part, bases)])[order]  # type: ignore[operator]
-        lengths = np.concatenate([s.lengths for s in part])[order]  # type: ignore[misc]
-        out.append(RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, idx[order],
-                             prefix=lengths.astype(">u4").view(np.uint8).reshape(-1, 4), data=data,
-                             starts=starts, lengths=lengths, offsets=offsets))
-    return out
+def _zero_records(index: np.ndarray, offsets: np.ndarray) -> RecordSet:
+    """ZERO records a thread wrote for pages at ``offsets``, handed over at positions ``index``."""
+    return RecordSet("zero", RAM_SAVE_FLAG_ZERO, index, prefix=_ZERO_FILL, offsets=offsets)
+
+
+def _compress_records(index: np.ndarray, offsets: np.ndarray, data: np.ndarray, starts: np.ndarray,
+                      lengths: np.ndarray) -> RecordSet:
+    """COMPRESS_PAGE records (be32 len, zlib stream ``data[starts[i]:][:lengths[i]]``) for pages at
+    ``offsets``, handed over at positions ``index``."""
+    return RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, index,
+                     prefix=lengths.astype(">u4").view(np.uint8).reshape(-1, 4), data=data, starts=starts,
+                     lengths=lengths, offsets=offsets)
 
 
 class CompressedPageDecoder(RecordDecoder):
