@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import zlib
 from pathlib import Path
 
@@ -32,6 +33,17 @@ def nonzero_pages(path: Path = DEFAULT_TRACE, limit: int = 8192) -> np.ndarray:
             if n >= limit:
                 break
     return np.ascontiguousarray(np.concatenate(out)[:limit])
+
+
+def bench_setup(description: str) -> tuple[argparse.Namespace, np.ndarray]:
+    """The compress benchmarks' command line (TRACE, --pages, --repeat, --level) and their pages."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("trace", nargs="?", default=str(DEFAULT_TRACE))
+    ap.add_argument("--pages", type=int, default=8192)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--level", type=int, default=1)
+    a = ap.parse_args()
+    return a, nonzero_pages(Path(a.trace), a.pages)
 
 
 def zlib_direct(pages: np.ndarray, level: int = 1) -> int:

@@ -12,7 +12,6 @@ zero: held). This does not need a free core, unlike comparing 2 threads with 1.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -20,7 +19,7 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compress_common import DEFAULT_TRACE, ENGINES, compress_slot, library_direct, nonzero_pages  # noqa: E402
+from _compress_common import ENGINES, bench_setup, compress_slot, library_direct  # noqa: E402
 
 
 def gil_probe(compress, level: int, data: bytes) -> tuple[float, float]:
@@ -60,13 +59,7 @@ def gil_report(pages, level: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("trace", nargs="?", default=str(DEFAULT_TRACE))
-    ap.add_argument("--pages", type=int, default=8192)
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--level", type=int, default=1)
-    a = ap.parse_args()
-    pages = nonzero_pages(Path(a.trace), a.pages)
+    a, pages = bench_setup(__doc__)
     gil_report(pages, a.level)
     runs = {}
     for codec, eng in ENGINES.items():

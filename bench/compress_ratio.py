@@ -10,29 +10,21 @@ interleaved and the best of N of each is kept, so all see the same machine load.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _compress_common import (  # noqa: E402
-    DEFAULT_TRACE,
+    bench_setup,
     compress_slot,
-    nonzero_pages,
     zlib_direct,
     zlib_direct_threads,
 )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("trace", nargs="?", default=str(DEFAULT_TRACE))
-    ap.add_argument("--pages", type=int, default=8192)
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--level", type=int, default=1)
-    a = ap.parse_args()
-    pages = nonzero_pages(Path(a.trace), a.pages)
+    a, pages = bench_setup(__doc__)
     runs = {"zlib direct": lambda: zlib_direct(pages, a.level),
             "zlib, 2 threads": lambda: zlib_direct_threads(pages, 2, a.level),
             "slot, 1 thread": lambda: compress_slot(pages, 1, a.level),
