@@ -79,3 +79,14 @@ def wait_incoming(vm, timeout: float = 60.0) -> dict:
         assert info.get("status") not in ("failed", "cancelled"), (info, vm.stderr_text())
         assert time.monotonic() - t0 < timeout, f"destination not completed: {info}"
         time.sleep(0.05)
+
+
+def qemu_layout_trace_file(path, blocks, rounds: int, seed: int, mem_mib: int = 64):
+    """A synthetic trace with exactly the RAM blocks a QEMU destination has (``info ramblock``, as
+    ``[(name, used_length)]``), so pagecodec's streams load into it unchanged."""
+    from pagecodec.sources.synth import synthesize
+
+    assert blocks[0] == ("pc.ram", mem_mib << 20), blocks
+    synthesize(path, ram_size=0, blocks=blocks, rounds=rounds, dirty_fraction=0.01,
+               patterns="sparse=4,rewrite=1,toggle=1,text=2,random=1", zero_fraction=0.7, seed=seed)
+    return path

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, wait_incoming
+from conftest import ROOT, qemu_layout_trace_file, wait_incoming
 from test_multifd_import import final_image, read_rows
 from pagecodec.chain.config import parse_spec
 from pagecodec.chain.sender import Sender
@@ -408,11 +408,7 @@ def qemu_layout_trace(qemu_dir, guest_disk) -> Path:
 
     with VM(qemu_dir, disk=guest_disk, name="layout", memory_mib=MEM_MIB, paused=True) as vm:
         blocks = [(b.name, b.used) for b in vm.ram_blocks()]
-    assert blocks[0] == ("pc.ram", MEM_MIB * MIB)
-    path = qemu_dir / "layout.parquet"
-    synthesize(path, ram_size=0, blocks=blocks, rounds=4, dirty_fraction=0.01,
-               patterns="sparse=4,rewrite=1,toggle=1,text=2,random=1", zero_fraction=0.7, seed=12)
-    return path
+    return qemu_layout_trace_file(qemu_dir / "layout.parquet", blocks, rounds=4, seed=12, mem_mib=MEM_MIB)
 
 
 

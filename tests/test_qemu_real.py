@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import qemu_layout_trace_file
 from pagecodec.qemu import QemuError
 from pagecodec.qemu.find import in_ci, missing_tools, require_for_tests
 from pagecodec.qemu.guest import PASS_COUNTER, SIGNATURE, SIGNATURE_ADDR, GuestPattern, assembly, build_disk
@@ -358,16 +359,10 @@ def need_codec(config: str) -> None:
 @pytest.fixture(scope="module")
 def qemu_layout_trace(vms, slow_disk, workdir) -> Path:
     """A synthetic trace with exactly the RAM blocks QEMU 7.2's pc-i440fx-7.2 -m 64 has (info ramblock)."""
-    from pagecodec.sources.synth import synthesize
-
     vm = vms.start(disk=slow_disk, name="layout", paused=True)
     blocks = [(b.name, b.used) for b in vm.ram_blocks()]
     vm.stop()
-    assert blocks[0] == ("pc.ram", MEM_MIB * MIB)
-    path = workdir / "layout.parquet"
-    synthesize(path, ram_size=0, blocks=blocks, rounds=5, dirty_fraction=0.01,
-               patterns="sparse=4,rewrite=1,toggle=1,text=2,random=1", zero_fraction=0.7, seed=11)
-    return path
+    return qemu_layout_trace_file(workdir / "layout.parquet", blocks, rounds=5, seed=11, mem_mib=MEM_MIB)
 
 
 @pytest.mark.qemu
