@@ -53,6 +53,7 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Protocol
 
 import numpy as np
@@ -110,6 +111,26 @@ class DeflateEngine(Protocol):
         ...
 
 
+@lru_cache(maxsize=1)
+def _load_libz() -> tuple[Any, str]:
+    """``compress2`` of the system zlib and its version, or (None, the zlib module's version). Loaded on
+    first use, not at import: every pagecodec command imports this plugin, few compress."""
+    name = ctypes.util.find_library("z")
+    if name is not None:
+        try:
+            lib = ctypes.CDLL(name)
+            fn = lib.compress2
+        except (OSError, AttributeError):
+            pass
+        else:
+            fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong), ctypes.c_void_p, ctypes.c_ulong,
+                           ctypes.c_int]
+            fn.restype = ctypes.c_int
+            lib.zlibVersion.restype = ctypes.c_char_p
+            return fn, f"{name} {lib.zlibVersion().decode()}"
+    return None, f"zlib module {zlib.ZLIB_RUNTIME_VERSION}"
+
+
 class _Libz:
     """The system zlib's ``compress2`` through ctypes: ``deflateInit(level)`` + ``deflate(Z_FINISH)`` +
     ``deflateEnd`` in one C call (QEMU: deflateReset + deflate(Z_FINISH): the same bytes).
@@ -122,28 +143,16 @@ class _Libz:
 
     name = "zlib"
 
-    def __init__(self) -> None:
-        self.fn = None
-        self.version = f"zlib module {zlib.ZLIB_RUNTIME_VERSION}"
-        name = ctypes.util.find_library("z")
-        if name is None:
-            return
-        try:
-            lib = ctypes.CDLL(name)
-            fn = lib.compress2
-        except (OSError, AttributeError):
-            return
-        fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulong), ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        lib.zlibVersion.restype = ctypes.c_char_p
-        self.fn = fn
-        self.version = f"{name} {lib.zlibVersion().decode()}"
+    @property
+    def version(self) -> str:
+        return _load_libz()[1]
 
     def compress_run(self, pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
         """Each page's zlib stream, back to back in one array, and their lengths."""
         pages = np.ascontiguousarray(pages)
         k = len(pages)
-        if self.fn is None:
+        fn = _load_libz()[0]
+        if fn is None:
             outs = []
             for p in pages:
                 c = zlib.compressobj(level)
@@ -156,7 +165,6 @@ class _Libz:
         n = ctypes.c_ulong()
         ref = ctypes.byref(n)
         src, dst = pages.ctypes.data, out.ctypes.data
-        fn = self.fn
         cur = 0
         for i in range(k):
             n.value = bound
