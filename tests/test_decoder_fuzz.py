@@ -1,0 +1,131 @@
+"""Bounded fuzz runs of the decoders this project added beside XBZRLE's (which has its own, in
+test_xbzrle_kernel.py and fuzz_xbzrle.py): COMPRESS_PAGE (one record and runs on decompress threads),
+pagecodec's extension records, and multifd channels. Any input must end in the page(s) written or a
+WireError/DecodeError with a stream offset, and a rejected record must leave its page(s) untouched.
+PAGECODEC_HYPOTHESIS_EXAMPLES scales them up."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import write_trace
+from pagecodec.chain.config import parse_spec
+from pagecodec.codecs.compress import CompressedPageDecoder
+from pagecodec.errors import PageCodecError, WireError
+from pagecodec.harness.replay import verify
+from pagecodec.trace.format import TraceReader
+from pagecodec.wire.reader import StreamReader
+
+PS = 4096
+EXAMPLES = int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 50))
+_PAGES = np.random.default_rng(11).integers(0, 5, (6, PS), dtype=np.uint8)
+_RECORDS = [len(z).to_bytes(4, "big") + z for z in (zlib.compress(p.tobytes(), 1) for p in _PAGES)]
+
+mutation = st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), min_size=1, max_size=6)
+
+
+def mutate(b: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    out = bytearray(b)
+    for pos, val in edits:
+        if out:
+            out[pos % len(out)] = val
+    return bytes(out[:cut] if cut is not None else out)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(which=st.integers(0, 5), edits=mutation, cut=st.none() | st.integers(0, 5000))
+def test_compressed_page_record(which, edits, cut):
+    data = mutate(_RECORDS[which], edits, cut)
+    page = np.full(PS, 0xA5, np.uint8)
+    try:
+        CompressedPageDecoder().load(StreamReader(data, "f"), page)
+    except WireError as e:
+        assert e.offset is not None and 0 <= e.offset <= len(data)
+        assert (page == 0xA5).all()  # rejected: untouched
+    else:
+        assert zlib.decompress(bytes(data[4:])) == page.tobytes()  # accepted: what the stream inflates to
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(bad=st.integers(0, 5), edits=mutation)
+def test_compressed_page_runs_on_threads(bad, edits):
+    payloads = [memoryview(r) for r in _RECORDS]
+    payloads[bad] = memoryview(mutate(_RECORDS[bad], edits, None))
+    pages = np.full((8, PS), 0xA5, np.uint8)
+    dec = CompressedPageDecoder(threads=3)
+    dec.CHUNK = 2  # several worker tasks for six records
+    at = np.arange(6, dtype=np.int64) * 10_000
+    try:
+        dec.load_many(payloads, pages, np.arange(6), at, "f")
+    except WireError as e:
+        assert e.offset is not None and at[bad] <= e.offset < at[bad] + 10_000
+        assert (pages == 0xA5).all()  # the whole run is checked before any page is written
+    else:
+        assert all(pages[i].tobytes() == zlib.decompress(bytes(payloads[i][4:])) for i in range(6))
+
+
+_trace_cache: dict[str, str] = {}
+
+
+def _small_trace(tmp_path_factory) -> str:
+    if "t" not in _trace_cache:
+        path = tmp_path_factory.mktemp("fz") / "t.parquet"
+        rng = np.random.default_rng(5)
+        ram = rng.integers(0, 4, (40, PS), dtype=np.uint8)
+        ram[::3] = 0
+        idx = np.array([1, 2, 7, 20, 33])
+        write_trace(path, [("pc.ram", 40 * PS)], [{0: (np.arange(40) * PS, ram)}, {0: (idx * PS, ram[idx] ^ 1)}])
+        _trace_cache["t"] = str(path)
+    return _trace_cache["t"]
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.sampled_from(["multifd", "multifd-zlib", "multifd-zstd", "multifd-zstd,qemu-version=10.2"]),
+       channel=st.integers(0, 1), rnd=st.integers(-1, 1), edits=mutation, cut=st.none() | st.integers(0, 30_000))
+def test_multifd_channels(tmp_path_factory, pm, spec, channel, rnd, edits, cut):
+    """Damaged channel bytes: verify ends in a named WireError/DecodeError (or, where the damage hits
+    only page contents, a reported mismatch), never another exception."""
+    trace = _small_trace(tmp_path_factory)
+
+    def tamper_channel(k, r, data):
+        return mutate(data, edits, cut) if (k, r) == (channel, rnd) and data else data
+
+    try:
+        res = verify(TraceReader(trace), parse_spec(spec, pm.presets), pm, tamper_channel=tamper_channel)
+    except PageCodecError as e:
+        assert "channel-" in str(e) or isinstance(e, WireError), e
+    else:
+        assert res.ok or res.mismatch is not None
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=mutation, cut=st.none() | st.integers(0, 200_000))
+def test_extension_records(tmp_path_factory, edits, cut):
+    """Damaged streams of an extension codec (the LZ4 test plugin): a named error or a reported
+    mismatch, never another exception."""
+    import sys
+
+    from conftest import ROOT
+    from pagecodec.plugins import PluginManager
+
+    sys.path.insert(0, str(ROOT / "tests" / "plugins_for_tests"))
+    try:
+        pm = PluginManager(["pc_test_lz4page"], entry_points=False)
+    finally:
+        sys.path.pop(0)
+    trace = _small_trace(tmp_path_factory)
+
+    def tamper(r, chunk):
+        return mutate(chunk, [(p + 60, v) for p, v in edits], cut) if r == 0 else chunk
+
+    try:
+        res = verify(TraceReader(trace), parse_spec("raw-codec=lz4page"), pm, tamper=tamper)
+    except PageCodecError as e:
+        assert isinstance(e, WireError) and e.offset is not None, e
+    else:
+        assert res.ok or res.mismatch is not None
