@@ -134,7 +134,7 @@ class Sender:
             )
             w.put(mem_size_record([(b.name, b.used_length) for b in self.meta.blocks]), "mem_size")
         for slot, name, enc in self.encoders:
-            recs = self._call(slot, name, None, None, lambda e=enc: e.setup())
+            recs = self._call(slot, name, enc, None, None, lambda e: e.setup())
             self._write_control(recs, None, None)
         self._take_counters(None)
         with self.stats.cpu.stage("wire"):
@@ -157,11 +157,11 @@ class Sender:
                 raise PageCodecError(f"batch of round {batch.round} offered while sending round {round_no}")
             self._save_batch(batch, stage, rs)
         for slot, name, enc in self.encoders:
-            em = self._call(slot, name, stage, None, lambda e=enc: e.end_of_pass(stage))
+            em = self._call(slot, name, enc, stage, None, lambda e: e.end_of_pass(stage))
             if em is not None:
                 self._write_emission(em, stage, rs)
         for slot, name, enc in self.encoders:
-            recs = self._call(slot, name, stage, None, lambda e=enc: e.before_eos(stage))
+            recs = self._call(slot, name, enc, stage, None, lambda e: e.before_eos(stage))
             self._write_control(recs, stage, rs)
         by_channels = self._take_counters(rs)
         rs.wire.update(self._channel_bytes() - chan0)
@@ -229,11 +229,12 @@ class Sender:
                 seg = Segment(bi, self.block_addrs[bi], batch.offset[lo:hi], batch.pages[lo:hi])
                 self._save_segment(seg, stage, rs)
 
-    def _call(self, slot: Slot, name: str, stage: Stage | None, seg: Segment | None, fn: Callable[[], Any]) -> Any:
-        """Run one encoder call, charge its CPU (own thread + its workers) to the slot, name it on error."""
+    def _call(self, slot: Slot, name: str, enc: SlotEncoder, stage: Stage | None, seg: Segment | None,
+              fn: Callable[[SlotEncoder], Any]) -> Any:
+        """Run ``fn(enc)``, charge its CPU (own thread + the encoder's workers) to the slot, name it on error."""
         t0 = time.thread_time_ns()
         try:
-            out = fn()
+            out = fn(enc)
         except PageCodecError:
             raise
         except Exception as e:
@@ -244,10 +245,7 @@ class Sender:
                 f"codec {name!r} (plugin {self.plugins.plugin_of(name)!r}) raised in the {slot.value} slot "
                 f"{when}: {type(e).__name__}: {e}"
             ) from e
-        self.stats.cpu.add(slot.value, time.thread_time_ns() - t0)
-        for s, _n, enc in self.encoders:
-            if s is slot:
-                self.stats.cpu.add(slot.value, enc.take_worker_cpu_ns())
+        self.stats.cpu.add(slot.value, time.thread_time_ns() - t0 + enc.take_worker_cpu_ns())
         return out
 
     def _save_segment(self, seg: Segment, stage: Stage, rs: RoundStats) -> None:
@@ -255,7 +253,7 @@ class Sender:
         for slot, name, enc in self.encoders:
             # every slot sees every segment, even when no page is left pending: a later slot may act on
             # pages an earlier one claimed (XBZRLE's cache learns the zero pages)
-            self._call(slot, name, stage, seg, lambda e=enc: e.encode(seg, stage))
+            self._call(slot, name, enc, stage, seg, lambda e: e.encode(seg, stage))
         for em in seg.before:
             self._write_emission(em, stage, rs)
         left = np.flatnonzero(seg.claimed_by < 0)
