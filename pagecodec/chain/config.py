@@ -3,8 +3,9 @@
 ``--config`` takes a SPEC: comma-separated items, each a preset name (``none``, ``xbzrle``, …), a
 capability (``xbzrle`` = ``xbzrle=on``) or ``key=value`` with a QEMU parameter name
 (``xbzrle-cache-size=32M``, ``compress-level=1``). Sizes take K/M/G suffixes. pagecodec's own keys are
-``qemu-version`` (which QEMU's rules to follow) and ``<slot>-codec=NAME`` (fill a chain slot with a
-plugin's codec instead of QEMU's); they are marked as extensions in every result.
+``qemu-version`` (which QEMU's rules to follow), ``<slot>-codec=NAME`` (fill a chain slot with a
+plugin's codec instead of QEMU's) and the ``pc-`` parameters of pagecodec's own codecs
+(:data:`PC_PARAMETERS`); the last two are marked as extensions in every result.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .slots import SLOT_ORDER, Slot
 
-__all__ = ["MigrationConfig", "parse_spec", "parse_size", "CAPABILITIES", "PARAMETERS", "QEMU_VERSIONS"]
+__all__ = ["MigrationConfig", "parse_spec", "parse_size", "CAPABILITIES", "PARAMETERS", "PC_PARAMETERS", "QEMU_VERSIONS"]
 
 #: Page-encoding capabilities pagecodec models (QEMU's MigrationCapability names).
 CAPABILITIES: dict[str, bool] = {"xbzrle": False, "compress": False, "multifd": False}
@@ -35,6 +36,14 @@ PARAMETERS: dict[str, Any] = {
     "zero-page-detection": "multifd",  # QEMU 9.0+ only (qemu-version=10.2)
 }
 
+#: pagecodec's own parameters, for the codecs QEMU lacks (issue 9). They are not QEMU's: the prefix
+#: ``pc-`` says so, and results list them under ``config.extensions`` when set.
+PC_PARAMETERS: dict[str, Any] = {
+    "pc-zstd-level": 1,         # zstd level of the zstd codecs (negative: zstd's fast levels)
+    "pc-lz4-acceleration": 1,   # LZ4's fast mode acceleration (1 = LZ4's default; higher is faster, larger)
+    "pc-lz4hc-level": 9,        # LZ4 HC level (LZ4HC_CLEVEL_DEFAULT = 9, max 12)
+}
+
 #: Parameters that only exist from some QEMU version on: parameter -> the versions that have it.
 _VERSIONED_PARAMS = {"zero-page-detection": ("10.2",)}
 
@@ -47,6 +56,9 @@ _INT_RANGES = {
     "multifd-channels": (1, 255),
     "multifd-zlib-level": (0, 9),
     "multifd-zstd-level": (0, 20),
+    "pc-zstd-level": (-131072, 22),  # ZSTD_minCLevel() … ZSTD_maxCLevel() of libzstd 1.5
+    "pc-lz4-acceleration": (1, 65537),  # LZ4_ACCELERATION_MAX
+    "pc-lz4hc-level": (1, 12),
 }
 _CHOICES = {"multifd-compression": ("none", "zlib", "zstd"), "zero-page-detection": ("none", "legacy", "multifd")}
 
@@ -80,7 +92,7 @@ class MigrationConfig:
     """Resolved capabilities and parameters of one migration."""
 
     capabilities: Mapping[str, bool] = field(default_factory=lambda: dict(CAPABILITIES))
-    parameters: Mapping[str, Any] = field(default_factory=lambda: dict(PARAMETERS))
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {**PARAMETERS, **PC_PARAMETERS})
     slot_codec_overrides: Mapping[str, str] = field(default_factory=dict)
     qemu_version: str = "7.2"
     label: str = "none"
@@ -120,9 +132,10 @@ class MigrationConfig:
             "label": self.label,
             "qemu-version": self.qemu_version,
             "capabilities": dict(self.capabilities),
-            "parameters": dict(self.parameters),
+            "parameters": {k: v for k, v in self.parameters.items() if k not in PC_PARAMETERS},
             "slot-codecs": {s.value: c for s, c in self.slot_codecs().items()},
-            "extensions": {f"{k}-codec": v for k, v in self.slot_codec_overrides.items()},
+            "extensions": {**{f"{k}-codec": v for k, v in self.slot_codec_overrides.items()},
+                           **{k: v for k, v in self.parameters.items() if k in PC_PARAMETERS and v != PC_PARAMETERS[k]}},
         }
 
 
@@ -133,7 +146,7 @@ def parse_spec(spec: str, presets: Mapping[str, Any] | None = None, _depth: int 
     """
     presets = presets or {}
     caps = dict(CAPABILITIES)
-    params = dict(PARAMETERS)
+    params = {**PARAMETERS, **PC_PARAMETERS}
     overrides: dict[str, str] = {}
     qemu_version = "7.2"
     items = [s.strip() for s in spec.split(",") if s.strip()]
@@ -147,14 +160,15 @@ def parse_spec(spec: str, presets: Mapping[str, Any] | None = None, _depth: int 
             p = presets[key]
             sub = parse_spec(getattr(p, "spec", p), presets, _depth + 1)
             caps.update({k: v for k, v in sub.capabilities.items() if v})
-            params.update({k: v for k, v in sub.parameters.items() if v != PARAMETERS.get(k)})
+            defaults = {**PARAMETERS, **PC_PARAMETERS}
+            params.update({k: v for k, v in sub.parameters.items() if v != defaults.get(k)})
             overrides.update(sub.slot_codec_overrides)
             if sub.qemu_version != "7.2":
                 qemu_version = sub.qemu_version
             continue
         if key in CAPABILITIES:
             caps[key] = True if not eq else _parse_bool(key, value)
-        elif key in PARAMETERS:
+        elif key in PARAMETERS or key in PC_PARAMETERS:
             if not eq:
                 raise ConfigError(f"parameter {key} needs a value ({key}=…)")
             params[key] = _parse_param(key, value)
@@ -167,7 +181,8 @@ def parse_spec(spec: str, presets: Mapping[str, Any] | None = None, _depth: int 
                 raise ConfigError(f"{key} needs a codec name")
             overrides[key[: -len("-codec")]] = value
         else:
-            known = sorted(list(CAPABILITIES) + list(PARAMETERS) + list(presets) + ["qemu-version", "<slot>-codec"])
+            known = sorted(list(CAPABILITIES) + list(PARAMETERS) + list(PC_PARAMETERS) + list(presets)
+                           + ["qemu-version", "<slot>-codec"])
             raise ConfigError(f"unknown config item {item!r} in {spec!r}; known: {', '.join(known)}")
     _check_combination(caps, params, qemu_version, spec)
     return MigrationConfig(caps, params, overrides, qemu_version, label=spec.strip() or "none")
