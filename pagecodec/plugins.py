@@ -26,6 +26,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pagecodec.codecs.compress",
     "pagecodec.codecs.compress_engines",
     "pagecodec.codecs.multifd",
+    "pagecodec.codecs.delta_stream",
+    "pagecodec.codecs.delta_patch",
     "pagecodec.presets",
 )
 

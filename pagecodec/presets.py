@@ -17,6 +17,13 @@ BUILTIN_PRESETS: dict[str, tuple[str, str]] = {
     "multifd": ("multifd=on", "multifd channels without compression"),
     "multifd-zlib": ("multifd=on,multifd-compression=zlib", "multifd channels with per-channel zlib"),
     "multifd-zstd": ("multifd=on,multifd-compression=zstd", "multifd channels with per-channel zstd"),
+    # pagecodec's own codecs (extension records: not loadable by QEMU)
+    "xor-zstd": ("delta-codec=xor-zstd", "pagecodec extension: XOR against the destination's cached copy, one zstd "
+                 "stream in runs of 64 pages (xbzrle-cache-size, pc-zstd-level)"),
+    "xbzrle+zstd": ("delta-codec=xbzrle-zstd", "pagecodec extension: QEMU's XBZRLE with its page cache filled from "
+                    "the bulk stage, zstd over its records and whole pages"),
+    "delta-zstd": ("delta-codec=delta-zstd", "pagecodec extension: a zstd frame per page, patch-from the "
+                   "destination's cached copy"),
 }
 
 

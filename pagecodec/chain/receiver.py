@@ -401,6 +401,8 @@ class Receiver:
                 if addr:
                     raise r.error(f"EOS record with a non-zero address {addr:#x}", at)
                 self.stats.eos += 1
+                for dec in self._all_decoders():
+                    dec.end_of_section(r.base + at, r.source)
                 if obs is not None:
                     obs.eos(r.base + at)
                 return
@@ -582,9 +584,12 @@ class Receiver:
             raise PluginError(f"{r.source or 'stream'}: offset {at}: decoder of codec {codec!r} raised on block "
                               f"{block!r} offset {page_offset(None):#x}: {type(e).__name__}: {e}") from e
 
+    def _all_decoders(self) -> list[RecordDecoder]:
+        return [*self.decoders.values(), *(d for _, d in self.extension_decoders.values())]
+
     def take_worker_cpu_ns(self) -> int:
         """Thread CPU nanoseconds the decoders' worker threads spent since the last call."""
-        return sum(d.take_worker_cpu_ns() for d in self.decoders.values())
+        return sum(d.take_worker_cpu_ns() for d in self._all_decoders())
 
     def _block_from_stream(self, r: StreamReader, flags: int, at: int) -> int:
         """ram_block_from_stream: CONTINUE reuses the last block, else u8 len + idstr follows."""

@@ -214,6 +214,10 @@ class RecordDecoder(ABC):
         """Thread CPU nanoseconds of this decoder's worker threads since the last call."""
         return 0
 
+    def end_of_section(self, at: int, source: str | None) -> None:
+        """The RAM section's EOS (at stream offset ``at``): a decoder that carries state from record to
+        record (a run whose pages are still owed) raises DecodeError if it is left incomplete."""
+
 
 class Codec(ABC):
     """A codec plugin's product: registered through the ``register_codecs`` hook."""

@@ -24,6 +24,7 @@ for a batch of events in QEMU's page order; the result equals processing them on
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -78,6 +79,21 @@ def _round_indexes(slots: np.ndarray) -> list[np.ndarray]:
     return np.split(by_rank, bounds)
 
 
+#: Bytes of cache memory faulted in at once (:meth:`PageCache._populate`).
+_POPULATE_BYTES = 2 << 20
+_MADV_POPULATE_WRITE = 23  # linux/mman.h, 5.14+
+
+
+def _slot_memory(slots: int, page_size: int) -> tuple[np.ndarray, "mmap.mmap | None"]:
+    """The cache's pages: anonymous memory reserved but not touched (np.empty where mmap fails)."""
+    n = slots * page_size
+    try:
+        mem = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError, AttributeError):
+        return np.empty((slots, page_size), np.uint8), None
+    return np.frombuffer(mem, np.uint8).reshape(slots, page_size), mem
+
+
 class PageCache:
     """QEMU's XBZRLE page cache: ``slots`` direct-mapped pages, addressed by global RAM address."""
 
@@ -102,7 +118,9 @@ class PageCache:
         self.addr = np.full(slots, -1, np.int64)  # it_addr; -1 = empty
         self.age = np.zeros(slots, np.int64)  # it_age
         self.filled = np.zeros(slots, bool)  # it_data != NULL
-        self.data = np.zeros((slots, page_size), np.uint8)  # it_data (zero pages are mapped lazily by the OS)
+        self.data, self._memory = _slot_memory(slots, page_size)  # it_data; never read where ``filled`` is False
+        self._chunk_slots = max(1, _POPULATE_BYTES // page_size)
+        self._populated = np.zeros(-(-slots // self._chunk_slots), bool)
 
     def __repr__(self) -> str:
         return f"PageCache({self.size_bytes}, page_size={self.page_size}: {self.num_items}/{self.slots} slots used)"
@@ -135,11 +153,35 @@ class PageCache:
             raise KeyError(f"RAM address {addr:#x} is not cached (slot {s} holds {int(self.addr[s]):#x})")
         return self.data[s]
 
+    def _populate(self, slots: np.ndarray) -> None:
+        """Fault in the memory of the chunks ``slots`` lie in before they are first written.
+
+        Why: the cache's memory is reserved, not touched, so a cache larger than what a migration
+        stores costs nothing; but faulting it in page by page as slots are written costs ~4x the CPU
+        of asking the kernel for a 2 MiB chunk at once (``MADV_POPULATE_WRITE``, Linux 5.14+), and the
+        XBZRLE/delta slot would pay it on its first pass (measured: 0.2 s against 0.05 s per 64 MiB on
+        this project's machine). Where the kernel lacks it, the first writes fault as usual."""
+        if self._memory is None:
+            return
+        chunks = np.unique(np.asarray(slots) // self._chunk_slots)
+        new = chunks[~self._populated[chunks]]
+        if not len(new):
+            return
+        self._populated[new] = True
+        step = self._chunk_slots * self.page_size
+        size = len(self._memory)
+        try:
+            for c in new.tolist():
+                self._memory.madvise(_MADV_POPULATE_WRITE, c * step, min(step, size - c * step))
+        except (OSError, ValueError, AttributeError):
+            self._memory = None  # not supported: let the writes fault the pages in
+
     def insert(self, addr: int, page: np.ndarray | None, now: int) -> bool:
         """``cache_insert``: store ``page`` (None = the zero page) for ``addr``. False when refused."""
         s = self.slot(addr)
         if self.filled[s] and self.addr[s] != addr and self.age[s] + CACHED_PAGE_LIFETIME > now:
             return False  # the cached page is fresh: don't replace it
+        self._populate(np.array([s]))
         if page is None:
             self.data[s] = 0
         else:
@@ -189,7 +231,8 @@ class PageCache:
         ok = ~refused
         t = s[ok]
         if t.size:
-            self.data[t] = 0 if pages is None else pages[ok]
+            self._populate(t)
+            self.data[t] = 0 if pages is None else (pages if t.size == s.size else pages[ok])
             self.filled[t] = True
             self.age[t] = now
             self.addr[t] = addrs[ok]

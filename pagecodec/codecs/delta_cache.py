@@ -1,0 +1,75 @@
+"""The source's copy of what the destination holds, for pagecodec's delta codecs.
+
+A delta codec encodes a dirty page against the destination's current copy of it; the source keeps
+those copies in QEMU's XBZRLE page cache (:class:`~pagecodec.codecs.page_cache.PageCache`: the same
+direct-mapped slots, ageing and size parameter ``xbzrle-cache-size``, so a delta codec is compared
+with XBZRLE at the same memory). Two rules differ from XBZRLE's, and are why these codecs can act
+from the first round after the bulk stage:
+
+* every page the destination receives is offered to the cache, whoever sent it: the bulk stage's
+  pages, pages an earlier slot claimed (zero pages, compressed pages) and pages sent whole; XBZRLE
+  inserts only on a miss after the bulk stage, so its first iteration after it is all misses;
+* in the last stage nothing is stored (as in QEMU: nothing follows).
+
+A cached copy therefore always equals the destination's page, which is what the delta is applied to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .page_cache import PageCache, _round_indexes, check_xbzrle_cache_size
+
+__all__ = ["DestinationCache", "Lookup"]
+
+
+@dataclass
+class Lookup:
+    """Which pages of a segment have the destination's copy in the cache, and that copy."""
+
+    hit: np.ndarray  # bool (n,)
+    ref: np.ndarray  # uint8 (n, page_size): the cached copy where hit (undefined elsewhere)
+
+
+class DestinationCache:
+    """QEMU's page cache, kept equal to the destination's pages (see the module docstring)."""
+
+    def __init__(self, size_bytes: int, page_size: int) -> None:
+        check_xbzrle_cache_size(size_bytes, page_size)
+        self.cache = PageCache(size_bytes, page_size)
+        self.page_size = page_size
+        self.hits = 0
+        self.misses = 0
+
+    def lookup_and_store(self, addrs: np.ndarray, pages: np.ndarray, want: np.ndarray, now: int,
+                         store: bool) -> Lookup:
+        """For the pages at ``want`` (a mask: those a delta could encode), the cached copy as it was
+        before this segment; then (``store``) every page of the segment becomes the cached copy of its
+        address, as ``cache_insert`` allows. Pages whose cache slots collide are taken in page order
+        (rounds of distinct slots), so the result is the sequential one."""
+        c = self.cache
+        n = len(addrs)
+        hit = np.zeros(n, bool)
+        ref = np.empty((n, self.page_size), np.uint8)
+        slots = c.slots_of(addrs)
+        for idx in _round_indexes(slots):
+            s, a = slots[idx], addrs[idx]
+            h = (c.addr[s] == a) & want[idx]
+            if h.any():
+                hs = s[h]
+                c.age[hs] = now  # cache_is_cached: a hit makes the slot young
+                hit[idx[h]] = True
+                ref[idx[h]] = c.data[hs]
+            if store:
+                c._insert_distinct(s, a, pages[idx], now)
+        k = int(hit.sum())
+        self.hits += k
+        self.misses += int(want.sum()) - k
+        return Lookup(hit, ref)
+
+    def counters(self) -> dict[str, int | float]:
+        looked = self.hits + self.misses
+        return {"cache-size": self.cache.size_bytes, "hits": self.hits, "cache-miss": self.misses,
+                "cache-miss-rate": self.misses / looked if looked else 0.0}

@@ -1,0 +1,180 @@
+"""Streaming delta codecs for the delta slot (pagecodec extensions): xor-zstd and xbzrle-zstd.
+
+Both send every page left to them through one zstd stream per migration, in run records
+(:mod:`pagecodec.codecs.delta_runs`), and both act from the bulk stage on, so their cache of the
+destination's pages is full when the iterations begin (XBZRLE only starts filling its cache then):
+
+* **xor-zstd** (pagecodec's own): a page whose destination copy is cached is sent as the XOR of the
+  new page and that copy — mostly zero bytes when a guest rewrote a few words, which zstd turns
+  into a few bytes, and whose non-zero bytes keep their positions, so the stream's window finds the
+  same patterns across neighbouring pages; an unchanged page sends nothing; any other page goes
+  whole into the stream. The cache is :class:`~pagecodec.codecs.delta_cache.DestinationCache`.
+* **xbzrle-zstd**: QEMU's XBZRLE (the same page cache rules and encoder, ``xbzrle_process``)
+  followed by zstd as an entropy stage: XBZRLE's records, and the pages it leaves (misses,
+  overflows), go through the stream. XBZRLE's own rules decide what is a hit; its cache learns the
+  bulk stage's pages too.
+
+Their records are not QEMU's (QEMU refuses flag 0x400): results mark them as extensions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from .. import __version__
+from ..hookspecs import hookimpl
+from .base import SLOT_ORDER, Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
+from .delta_cache import DestinationCache
+from .delta_runs import MODE_PAGE, MODE_XBZRLE, MODE_XOR, RunDecoder, RunEncoder
+from .page_cache import Outcome, PageCache, check_xbzrle_cache_size, xbzrle_process
+from .xbzrle_kernel import warm_up
+from .zstd_ctx import check_level, zstd_version
+
+__all__ = ["XorZstdCodec", "XbzrleZstdCodec"]
+
+_ZERO_SLOT = SLOT_ORDER.index(Slot.ZERO)
+
+
+class XorZstdEncoder(SlotEncoder):
+    """One migration's xor-zstd: the destination cache and the zstd stream."""
+
+    def __init__(self, ctx: CodecContext, cid: int, name: str) -> None:
+        cfg = ctx.config
+        self.level = check_level(int(cfg.param("pc-zstd-level")))
+        self.cache = DestinationCache(int(cfg.param("xbzrle-cache-size")), ctx.page_size)
+        self.runs = RunEncoder(name, cid, self.level, ctx.page_size)
+        self.page_size = ctx.page_size
+        self.xor_pages = 0
+        self.whole_pages = 0
+        self.unchanged = 0
+
+    def encode(self, seg: Segment, stage: Stage) -> None:
+        pend = seg.claimed_by < 0
+        look = self.cache.lookup_and_store(seg.addrs, seg.pages, pend, stage.dirty_sync_count, not stage.last_stage)
+        pos = np.flatnonzero(pend)
+        if not len(pos):
+            return
+        data = seg.pages[pos]  # a copy: the XOR is made in place
+        hit = look.hit[pos]
+        hp = np.flatnonzero(hit)
+        send = np.ones(len(pos), bool)
+        if len(hp):
+            data[hp] ^= look.ref[pos[hp]]
+            same = ~data[hp].any(axis=1)
+            send[hp[same]] = False
+            seg.claim(Slot.DELTA, pos[hp[same]])
+            self.unchanged += int(same.sum())
+        keep = np.flatnonzero(send)
+        if not len(keep):
+            return
+        modes = np.where(hit[keep], MODE_XOR, MODE_PAGE).astype(np.uint8)
+        self.xor_pages += int(hit[keep].sum())
+        self.whole_pages += int(len(keep) - hit[keep].sum())
+        rows = data if len(keep) == len(pos) else data[keep]
+        rs = self.runs.records(pos[keep], modes, rows.reshape(-1), np.full(len(keep), self.page_size, np.int64))
+        seg.claim(Slot.DELTA, pos[keep], rs)
+
+    def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        return {"delta": {"codec": "xor-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level,
+                          "xor-pages": self.xor_pages, "whole-pages": self.whole_pages, "unchanged": self.unchanged,
+                          "runs": self.runs.runs, **self.cache.counters()}}
+
+
+class XbzrleZstdEncoder(SlotEncoder):
+    """One migration's xbzrle-zstd: QEMU's page cache and XBZRLE encoder, then the zstd stream."""
+
+    def __init__(self, ctx: CodecContext, cid: int, name: str) -> None:
+        cfg = ctx.config
+        self.level = check_level(int(cfg.param("pc-zstd-level")))
+        size = int(cfg.param("xbzrle-cache-size"))
+        check_xbzrle_cache_size(size, ctx.page_size)
+        self.cache = PageCache(size, ctx.page_size)
+        warm_up(ctx.page_size)
+        self.runs = RunEncoder(name, cid, self.level, ctx.page_size)
+        self.page_size = ctx.page_size
+        self.encoded = 0
+        self.whole_pages = 0
+        self.unchanged = 0
+        self.cache_miss = 0
+        self.overflow = 0
+
+    def encode(self, seg: Segment, stage: Stage) -> None:
+        claimed = seg.claimed_by
+        by_zero = claimed == _ZERO_SLOT
+        pending = claimed < 0
+        ev = np.flatnonzero(by_zero | pending)
+        other = np.flatnonzero(~(by_zero | pending))
+        if len(other) and not stage.last_stage:
+            # pages an earlier slot sent whole (its content is the destination's): keep the cache true
+            self.cache.insert_batch(seg.addrs[other], seg.pages[other], stage.dirty_sync_count)
+        if not len(ev):
+            return
+        res = xbzrle_process(self.cache, seg.addrs[ev], seg.pages[ev], by_zero[ev], stage.dirty_sync_count,
+                             stage.last_stage)
+        out = res.outcome
+        skip = ev[out == Outcome.SKIP]
+        seg.claim(Slot.DELTA, skip)
+        send_ev = np.flatnonzero((out == Outcome.ENCODED) | (out == Outcome.MISS) | (out == Outcome.OVERFLOW))
+        self.unchanged += len(skip)
+        self.cache_miss += res.counters.cache_miss
+        self.overflow += res.counters.overflow
+        if not len(send_ev):
+            return
+        enc = out[send_ev] == Outcome.ENCODED
+        lengths = np.where(enc, res.lengths[send_ev], self.page_size).astype(np.int64)
+        modes = np.where(enc, MODE_XBZRLE, MODE_PAGE).astype(np.uint8)
+        parts: list[np.ndarray] = []
+        for j, e in enumerate(send_ev.tolist()):  # per page: an XBZRLE record or the page itself
+            if enc[j]:
+                s = int(res.starts[e])
+                parts.append(res.data[s : s + int(lengths[j])])
+            else:
+                parts.append(seg.pages[ev[e]])
+        self.encoded += int(enc.sum())
+        self.whole_pages += int(len(send_ev) - enc.sum())
+        rs = self.runs.records(ev[send_ev], modes, np.concatenate(parts), lengths)
+        seg.claim(Slot.DELTA, ev[send_ev], rs)
+
+    def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+        return {"delta": {"codec": "xbzrle-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level,
+                          "xbzrle-pages": self.encoded, "whole-pages": self.whole_pages, "unchanged": self.unchanged,
+                          "runs": self.runs.runs, "cache-size": self.cache.size_bytes, "cache-miss": self.cache_miss,
+                          "overflow": self.overflow}}
+
+
+class XorZstdCodec(Codec):
+    name = "xor-zstd"
+    slots = (Slot.DELTA,)
+    qemu_format = False
+    description = ("pagecodec extension: XOR against the destination's cached copy (or the whole page), "
+                   "one zstd stream in runs of 64 pages, from the bulk stage on")
+    version = __version__
+
+    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
+        return XorZstdEncoder(ctx, self.wire_id, self.name)
+
+    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
+        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XOR))]
+
+
+class XbzrleZstdCodec(Codec):
+    name = "xbzrle-zstd"
+    slots = (Slot.DELTA,)
+    qemu_format = False
+    description = ("pagecodec extension: QEMU's XBZRLE and page cache (filled from the bulk stage on), "
+                   "then zstd over records and whole pages in runs of 64")
+    version = __version__
+
+    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
+        return XbzrleZstdEncoder(ctx, self.wire_id, self.name)
+
+    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
+        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XBZRLE))]
+
+
+@hookimpl
+def register_codecs(register) -> None:  # type: ignore[no-untyped-def]
+    register(XorZstdCodec())
+    register(XbzrleZstdCodec())
