@@ -40,6 +40,7 @@ PARAMETERS: dict[str, Any] = {
 #: ``pc-`` says so, and results list them under ``config.extensions`` when set.
 PC_PARAMETERS: dict[str, Any] = {
     "pc-zstd-level": 1,         # zstd level of the zstd codecs (negative: zstd's fast levels)
+    "pc-zstd-long": 0,          # the delta codecs' zstd stream: 0 = 1 MiB window; N = long-distance matching, 2^N window
     "pc-lz4-acceleration": 1,   # LZ4's fast mode acceleration (1 = LZ4's default; higher is faster, larger)
     "pc-lz4hc-level": 9,        # LZ4 HC level (LZ4HC_CLEVEL_DEFAULT = 9, max 12)
 }
@@ -57,6 +58,7 @@ _INT_RANGES = {
     "multifd-zlib-level": (0, 9),
     "multifd-zstd-level": (0, 20),
     "pc-zstd-level": (-131072, 22),  # ZSTD_minCLevel() … ZSTD_maxCLevel() of libzstd 1.5
+    "pc-zstd-long": (0, 27),  # checked further by the codecs: 0, or 20 … 27 (128 MiB)
     "pc-lz4-acceleration": (1, 65537),  # LZ4_ACCELERATION_MAX
     "pc-lz4hc-level": (1, 12),
 }

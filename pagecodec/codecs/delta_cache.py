@@ -25,6 +25,14 @@ from .page_cache import PageCache, _round_indexes, check_xbzrle_cache_size
 __all__ = ["DestinationCache", "Lookup"]
 
 
+def _distinct(slots: np.ndarray) -> bool:
+    """No slot twice (consecutive pages have ascending slots: checked without sorting)."""
+    d = np.diff(slots)
+    if (d > 0).all():
+        return True
+    return len(np.unique(slots)) == len(slots)
+
+
 @dataclass
 class Lookup:
     """Which pages of a segment have the destination's copy in the cache, and that copy."""
@@ -42,6 +50,26 @@ class DestinationCache:
         self.page_size = page_size
         self.hits = 0
         self.misses = 0
+
+    def lookup(self, addrs: np.ndarray, want: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The fast path of :meth:`lookup_and_store` when no two of ``addrs`` share a cache slot (always,
+        when the cache is as large as RAM): the hit mask over ``want`` and every page's slot, without
+        copying the cached pages — read them from ``cache.data[slots]`` before calling :meth:`store`.
+        None when slots collide (then use :meth:`lookup_and_store`)."""
+        c = self.cache
+        slots = c.slots_of(addrs)
+        if len(slots) > 1 and not _distinct(slots):
+            return None
+        hit = (c.addr[slots] == addrs) & want
+        c.age[slots[hit]] = now  # cache_is_cached: a hit makes the slot young
+        k = int(hit.sum())
+        self.hits += k
+        self.misses += int(want.sum()) - k
+        return hit, slots
+
+    def store(self, addrs: np.ndarray, slots: np.ndarray, pages: np.ndarray, now: int) -> None:
+        """``cache_insert`` of every page (distinct slots, as :meth:`lookup` found them)."""
+        self.cache._insert_distinct(slots, addrs, pages, now)
 
     def lookup_and_store(self, addrs: np.ndarray, pages: np.ndarray, want: np.ndarray, now: int,
                          store: bool) -> Lookup:

@@ -3,7 +3,9 @@
 Compressing page by page costs twice: a zstd block per page (its own entropy tables) and a library
 call per page. So these codecs compress *runs* of up to :data:`RUN_PAGES` pages of one segment in one
 call through one zstd stream per migration (flushed at the end of each run, so everything a run needs
-has been sent; later runs still match into earlier ones within the 1 MiB window). Every page keeps its
+has been sent; later runs still match into earlier ones within the window: 1 MiB, or with
+``pc-zstd-long=N`` 2^N bytes searched by zstd's long-distance matcher — the destination then keeps
+that much of the stream, and refuses a stream that asks for more than its configuration says). Every page keeps its
 own record, in page order, as the chain requires; the run's bytes travel in the first one::
 
     head record payload     u8 k (1 … RUN_PAGES)
@@ -34,7 +36,7 @@ from ..wire.reader import StreamReader
 from ..wire.records import RecordSet
 from .base import RecordDecoder
 from .xbzrle_kernel import decode_page
-from .zstd_ctx import Compressor, Decompressor
+from .zstd_ctx import WINDOW_LOG, Compressor, Decompressor
 
 __all__ = ["RUN_PAGES", "MODE_PAGE", "MODE_XOR", "MODE_XBZRLE", "RunEncoder", "RunDecoder"]
 
@@ -47,11 +49,11 @@ _MODE_NAMES = {MODE_PAGE: "page", MODE_XOR: "xor", MODE_XBZRLE: "xbzrle"}
 class RunEncoder:
     """One migration's zstd stream, cut into run records."""
 
-    def __init__(self, kind: str, cid: int, level: int, page_size: int) -> None:
+    def __init__(self, kind: str, cid: int, level: int, page_size: int, long_window: int = 0) -> None:
         self.kind = kind
         self.cid = cid
         self.page_size = page_size
-        self.z = Compressor(level, RUN_PAGES * page_size)
+        self.z = Compressor(level, RUN_PAGES * page_size, long_window)
         self.runs = 0
 
     def records(self, index: np.ndarray, modes: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> RecordSet:
@@ -84,11 +86,11 @@ class RunDecoder(RecordDecoder):
 
     flag = RAM_SAVE_FLAG_EXTENSION
 
-    def __init__(self, codec: str, page_size: int, modes: tuple[int, ...]) -> None:
+    def __init__(self, codec: str, page_size: int, modes: tuple[int, ...], long_window: int = 0) -> None:
         self.codec = codec
         self.page_size = page_size
         self.modes = modes
-        self.z = Decompressor()
+        self.z = Decompressor(long_window or WINDOW_LOG)
         self.owed: deque[tuple[int, np.ndarray]] = deque()
 
     def load(self, r: StreamReader, page: np.ndarray) -> None:

@@ -30,11 +30,13 @@ from .delta_cache import DestinationCache
 from .delta_runs import MODE_PAGE, MODE_XBZRLE, MODE_XOR, RunDecoder, RunEncoder
 from .page_cache import Outcome, PageCache, check_xbzrle_cache_size, xbzrle_process
 from .xbzrle_kernel import warm_up
-from .zstd_ctx import check_level, zstd_version
+from .zstd_ctx import check_level, check_long, zstd_version
 
 __all__ = ["XorZstdCodec", "XbzrleZstdCodec"]
 
 _ZERO_SLOT = SLOT_ORDER.index(Slot.ZERO)
+#: xor-zstd sends a page whole when more than this fraction of its bytes changed.
+XOR_MAX_CHANGED = 0.25
 
 
 class XorZstdEncoder(SlotEncoder):
@@ -44,7 +46,8 @@ class XorZstdEncoder(SlotEncoder):
         cfg = ctx.config
         self.level = check_level(int(cfg.param("pc-zstd-level")))
         self.cache = DestinationCache(int(cfg.param("xbzrle-cache-size")), ctx.page_size)
-        self.runs = RunEncoder(name, cid, self.level, ctx.page_size)
+        self.long = check_long(int(cfg.param("pc-zstd-long")))
+        self.runs = RunEncoder(name, cid, self.level, ctx.page_size, self.long)
         self.page_size = ctx.page_size
         self.xor_pages = 0
         self.whole_pages = 0
@@ -52,20 +55,41 @@ class XorZstdEncoder(SlotEncoder):
 
     def encode(self, seg: Segment, stage: Stage) -> None:
         pend = seg.claimed_by < 0
-        look = self.cache.lookup_and_store(seg.addrs, seg.pages, pend, stage.dirty_sync_count, not stage.last_stage)
         pos = np.flatnonzero(pend)
+        data = seg.pages[pos]  # a copy: the XOR is made in place
+        now, store = stage.dirty_sync_count, not stage.last_stage
+        addrs = seg.addrs
+        fast = self.cache.lookup(addrs, pend, now)
+        if fast is not None:  # no slot twice: XOR straight from the cache, then store
+            hit_all, slots = fast
+            hit = hit_all[pos]
+            hp = np.flatnonzero(hit)
+            if len(hp):
+                data[hp] ^= self.cache.cache.data[slots[pos[hp]]]
+            if store:
+                self.cache.store(addrs, slots, seg.pages, now)
+        else:
+            look = self.cache.lookup_and_store(addrs, seg.pages, pend, now, store)
+            hit = look.hit[pos]
+            hp = np.flatnonzero(hit)
+            if len(hp):
+                data[hp] ^= look.ref[pos[hp]]
         if not len(pos):
             return
-        data = seg.pages[pos]  # a copy: the XOR is made in place
-        hit = look.hit[pos]
-        hp = np.flatnonzero(hit)
         send = np.ones(len(pos), bool)
         if len(hp):
-            data[hp] ^= look.ref[pos[hp]]
-            same = ~data[hp].any(axis=1)
+            changed = np.count_nonzero(data[hp] if len(hp) < len(pos) else data, axis=1)
+            same = changed == 0
             send[hp[same]] = False
             seg.claim(Slot.DELTA, pos[hp[same]])
             self.unchanged += int(same.sum())
+            # a page rewritten with new content: its XOR with the old one is noise to zstd, the page
+            # itself is not (text, structures): send it whole
+            renewed = hp[changed > self.page_size * XOR_MAX_CHANGED]
+            if len(renewed):
+                data[renewed] = seg.pages[pos[renewed]]
+                hit = hit.copy()
+                hit[renewed] = False
         keep = np.flatnonzero(send)
         if not len(keep):
             return
@@ -77,7 +101,7 @@ class XorZstdEncoder(SlotEncoder):
         seg.claim(Slot.DELTA, pos[keep], rs)
 
     def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-        return {"delta": {"codec": "xor-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level,
+        return {"delta": {"codec": "xor-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level, "pc-zstd-long": self.long,
                           "xor-pages": self.xor_pages, "whole-pages": self.whole_pages, "unchanged": self.unchanged,
                           "runs": self.runs.runs, **self.cache.counters()}}
 
@@ -92,7 +116,8 @@ class XbzrleZstdEncoder(SlotEncoder):
         check_xbzrle_cache_size(size, ctx.page_size)
         self.cache = PageCache(size, ctx.page_size)
         warm_up(ctx.page_size)
-        self.runs = RunEncoder(name, cid, self.level, ctx.page_size)
+        self.long = check_long(int(cfg.param("pc-zstd-long")))
+        self.runs = RunEncoder(name, cid, self.level, ctx.page_size, self.long)
         self.page_size = ctx.page_size
         self.encoded = 0
         self.whole_pages = 0
@@ -138,7 +163,7 @@ class XbzrleZstdEncoder(SlotEncoder):
         seg.claim(Slot.DELTA, ev[send_ev], rs)
 
     def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-        return {"delta": {"codec": "xbzrle-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level,
+        return {"delta": {"codec": "xbzrle-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level, "pc-zstd-long": self.long,
                           "xbzrle-pages": self.encoded, "whole-pages": self.whole_pages, "unchanged": self.unchanged,
                           "runs": self.runs.runs, "cache-size": self.cache.size_bytes, "cache-miss": self.cache_miss,
                           "overflow": self.overflow}}
@@ -156,7 +181,7 @@ class XorZstdCodec(Codec):
         return XorZstdEncoder(ctx, self.wire_id, self.name)
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
-        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XOR))]
+        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XOR), int(ctx.config.param("pc-zstd-long")))]
 
 
 class XbzrleZstdCodec(Codec):
@@ -171,7 +196,7 @@ class XbzrleZstdCodec(Codec):
         return XbzrleZstdEncoder(ctx, self.wire_id, self.name)
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
-        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XBZRLE))]
+        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XBZRLE), int(ctx.config.param("pc-zstd-long")))]
 
 
 @hookimpl

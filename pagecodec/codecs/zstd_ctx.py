@@ -7,9 +7,9 @@ output is bounded by the caller's buffer (a hostile record can never make it all
 library is the one QEMU links (Debian's ``libzstd.so.1``), loaded once by
 :func:`pagecodec.codecs.multifd_stream._libzstd`; every ctypes call releases the GIL.
 
-Memory of a hostile stream is bounded too: compressors set ``windowLog`` to :data:`WINDOW_LOG` and
-decompressors refuse frames that ask for a larger window (``ZSTD_d_windowLogMax``), instead of zstd's
-default limit of 128 MiB.
+Memory of a hostile stream is bounded too: compressors set ``windowLog`` (:data:`WINDOW_LOG`, or
+the configured long window) and decompressors refuse frames that ask for a larger window than their
+configuration allows (``ZSTD_d_windowLogMax``), instead of zstd's default limit of 128 MiB.
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ import numpy as np
 from ..errors import ConfigError, DecodeError
 from .multifd_stream import _Buf, _libzstd
 
-__all__ = ["WINDOW_LOG", "zstd_lib", "zstd_version", "level_range", "Compressor", "Decompressor"]
+__all__ = ["WINDOW_LOG", "zstd_lib", "zstd_version", "level_range", "check_level", "check_long", "Compressor",
+           "Decompressor"]
 
-#: Window of pagecodec's zstd streams: 1 MiB (256 pages of 4 KiB), and the most a decoder accepts.
+#: Window of pagecodec's zstd streams without ``pc-zstd-long``: 1 MiB (256 pages of 4 KiB).
 WINDOW_LOG = 20
+#: The largest long window (``pc-zstd-long``): 128 MiB, zstd's default limit for decoders.
+LONG_WINDOW_LOG_MAX = 27
 
 # zstd.h (stable API): parameter and directive numbers
-_C_LEVEL, _C_WINDOWLOG, _C_CONTENTSIZE, _C_CHECKSUM, _C_DICTID = 100, 101, 200, 201, 202
+_C_LEVEL, _C_WINDOWLOG, _C_LDM, _C_CONTENTSIZE, _C_CHECKSUM, _C_DICTID = 100, 101, 160, 200, 201, 202
 _D_WINDOWLOG_MAX = 100
 _E_FLUSH = 1
 _RESET_SESSION = 1
@@ -77,6 +80,14 @@ def check_level(level: int) -> int:
     return level
 
 
+def check_long(window_log: int) -> int:
+    """``pc-zstd-long``: 0 (off) or the log2 of the long window, :data:`WINDOW_LOG` … 27."""
+    if window_log and not WINDOW_LOG <= window_log <= LONG_WINDOW_LOG_MAX:
+        raise ConfigError(f"pc-zstd-long={window_log}: 0 (off) or a window of 2^{WINDOW_LOG} … "
+                          f"2^{LONG_WINDOW_LOG_MAX} bytes")
+    return window_log
+
+
 def _error(lib: Any, ret: int) -> str | None:
     return lib.ZSTD_getErrorName(ret).decode() if lib.ZSTD_isError(ret) else None
 
@@ -85,15 +96,20 @@ class Compressor:
     """One ZSTD_CCtx: single frames (optionally against a prefix) or one endless flushed stream.
 
     Frames leave out the content size, checksum and dictionary id (the record says what a frame
-    stands for; a page is verified by the destination's check of its size)."""
+    stands for; a page is verified by the destination's check of its size). ``long_window`` (a log2,
+    0: off) turns on long-distance matching with that window: a stream then finds data sent up to
+    2^long_window bytes earlier (a page a guest moved, sorted or copied since the bulk stage)."""
 
-    def __init__(self, level: int, capacity: int) -> None:
+    def __init__(self, level: int, capacity: int, long_window: int = 0) -> None:
         lib = self.lib = zstd_lib()
         self.cctx = lib.ZSTD_createCCtx()
         if not self.cctx:
             raise MemoryError("ZSTD_createCCtx failed")
-        for p, v in ((_C_LEVEL, level), (_C_WINDOWLOG, WINDOW_LOG), (_C_CONTENTSIZE, 0), (_C_CHECKSUM, 0),
-                     (_C_DICTID, 0)):
+        params = [(_C_LEVEL, level), (_C_WINDOWLOG, long_window or WINDOW_LOG), (_C_CONTENTSIZE, 0),
+                  (_C_CHECKSUM, 0), (_C_DICTID, 0)]
+        if long_window:
+            params.append((_C_LDM, 1))
+        for p, v in params:
             self._check(lib.ZSTD_CCtx_setParameter(self.cctx, p, v), "ZSTD_CCtx_setParameter")
         self.capacity = capacity + (capacity >> 7) + 1024  # ≥ ZSTD_compressBound(capacity)
         self.out = np.empty(self.capacity, np.uint8)
@@ -138,14 +154,15 @@ class Compressor:
 
 
 class Decompressor:
-    """One ZSTD_DCtx whose output never exceeds what the caller asks for."""
+    """One ZSTD_DCtx whose output never exceeds what the caller asks for, and whose window (the memory
+    a stream may make it keep) is at most 2^``window_log`` bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, window_log: int = WINDOW_LOG) -> None:
         lib = self.lib = zstd_lib()
         self.dctx = lib.ZSTD_createDCtx()
         if not self.dctx:
             raise MemoryError("ZSTD_createDCtx failed")
-        ret = lib.ZSTD_DCtx_setParameter(self.dctx, _D_WINDOWLOG_MAX, WINDOW_LOG)
+        ret = lib.ZSTD_DCtx_setParameter(self.dctx, _D_WINDOWLOG_MAX, max(window_log, WINDOW_LOG))
         if _error(lib, ret):
             raise RuntimeError(f"ZSTD_DCtx_setParameter: {_error(lib, ret)}")
         self._ob = _Buf(0, 0, 0)
