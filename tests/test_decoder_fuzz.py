@@ -129,3 +129,77 @@ def test_extension_records(tmp_path_factory, edits, cut):
         assert isinstance(e, WireError) and e.offset is not None, e
     else:
         assert res.ok or res.mismatch is not None
+
+
+# --- pagecodec's delta codecs ------------------------------------------------------------------------
+def _run_head(long_window: int = 0) -> tuple[bytes, np.ndarray]:
+    from pagecodec.codecs.delta_runs import MODE_PAGE, MODE_XOR, RunEncoder
+
+    pages = np.random.default_rng(12).integers(0, 5, (4, PS), dtype=np.uint8)
+    modes = np.array([MODE_PAGE, MODE_XOR, MODE_PAGE, MODE_XOR], np.uint8)
+    rs = RunEncoder("xor-zstd", 1, 1, PS, long_window).records(np.arange(4), modes, pages.reshape(-1),
+                                                                np.full(4, PS, np.int64))
+    return rs.data[: rs.lengths[0]].tobytes(), pages
+
+
+_RUN_HEAD, _RUN_PAGES = _run_head()
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(edits=mutation, cut=st.none() | st.integers(0, 5000))
+def test_run_record(edits, cut):
+    """A damaged head of an xor-zstd run: its page written (and the rest owed) or a DecodeError with
+    an offset inside the record and nothing written."""
+    from pagecodec.codecs.delta_runs import MODE_PAGE, MODE_XOR, RunDecoder
+
+    data = mutate(_RUN_HEAD, edits, cut)
+    dec = RunDecoder("xor-zstd", PS, (MODE_PAGE, MODE_XOR))
+    page = np.full(PS, 0xA5, np.uint8)
+    try:
+        dec.load(StreamReader(data, "f", base=100), page)
+    except WireError as e:
+        assert e.offset is not None and 100 <= e.offset <= 100 + len(data), e
+        assert (page == 0xA5).all()
+        assert not dec.owed
+    else:
+        assert len(dec.owed) == data[0] - 1
+        for _ in range(len(dec.owed)):  # the owed pages come out with their empty records, bounded
+            dec.load(StreamReader(b"", "f"), np.zeros(PS, np.uint8))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(edits=mutation, cut=st.none() | st.integers(0, 5000), patch=st.booleans())
+def test_delta_zstd_record(edits, cut, patch):
+    from pagecodec.codecs.delta_patch import DeltaZstdDecoder
+    from pagecodec.codecs.zstd_ctx import Compressor
+
+    old = _PAGES[0]
+    new = old.copy()
+    new[100:140] ^= 7
+    z = Compressor(1, PS)
+    record = (b"\x01" + z.frame(new, old).tobytes()) if patch else (b"\x00" + z.frame(new).tobytes())
+    data = mutate(record, edits, cut)
+    page = old.copy()
+    try:
+        DeltaZstdDecoder(PS).load(StreamReader(data, "f", base=100), page)
+    except WireError as e:
+        assert e.offset is not None and 100 <= e.offset <= 100 + len(data), e
+        assert (page == old).all()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.sampled_from(["xor-zstd", "xbzrle+zstd", "delta-zstd", "xor-zstd,pc-zstd-long=22"]),
+       rnd=st.integers(0, 1), edits=mutation, cut=st.none() | st.integers(0, 200_000))
+def test_delta_codec_streams(tmp_path_factory, pm, spec, rnd, edits, cut):
+    """Damaged streams of the delta codecs: a named error with an offset or a reported mismatch."""
+    trace = _small_trace(tmp_path_factory)
+
+    def tamper(r, chunk):
+        return mutate(chunk, [(p + 30, v) for p, v in edits], cut) if r == rnd else chunk
+
+    try:
+        res = verify(TraceReader(trace), parse_spec(spec, pm.presets), pm, tamper=tamper)
+    except PageCodecError as e:
+        assert isinstance(e, WireError) and e.offset is not None, e
+    else:
+        assert res.ok or res.mismatch is not None
