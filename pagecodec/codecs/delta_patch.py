@@ -48,7 +48,8 @@ class DeltaZstdEncoder(SlotEncoder):
 
     def encode(self, seg: Segment, stage: Stage) -> None:
         pend = seg.claimed_by < 0
-        look = self.cache.lookup_and_store(seg.addrs, seg.pages, pend, stage.dirty_sync_count, not stage.last_stage)
+        look = self.cache.lookup_and_store(seg.addrs, seg.pages, pend, stage.dirty_sync_count, not stage.last_stage,
+                                           seg.meta.get("zero"))
         pos = np.flatnonzero(pend)
         if not len(pos):
             return

@@ -67,9 +67,9 @@ class XorZstdEncoder(SlotEncoder):
             if len(hp):
                 data[hp] ^= self.cache.cache.data[slots[pos[hp]]]
             if store:
-                self.cache.store(addrs, slots, seg.pages, now)
+                self.cache.store(addrs, slots, seg.pages, now, seg.meta.get("zero"))
         else:
-            look = self.cache.lookup_and_store(addrs, seg.pages, pend, now, store)
+            look = self.cache.lookup_and_store(addrs, seg.pages, pend, now, store, seg.meta.get("zero"))
             hit = look.hit[pos]
             hp = np.flatnonzero(hit)
             if len(hp):

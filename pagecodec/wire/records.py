@@ -151,6 +151,9 @@ def _copy_segments(out: np.ndarray, dpos: np.ndarray, data: np.ndarray, starts: 
     if total == 0:
         return
     if total >= _SLICE_COPY_MEAN * len(lengths):
+        some = np.flatnonzero(lengths)  # runs of a delta codec: one record carries a run, the rest are empty
+        if len(some) < len(lengths):
+            dpos, starts, lengths = dpos[some], starts[some], lengths[some]
         for d, s, n in zip(dpos.tolist(), starts.tolist(), lengths.tolist()):
             out[d : d + n] = data[s : s + n]
         return
