@@ -27,6 +27,8 @@ from .. import __version__
 from ..hookspecs import hookimpl
 from .base import SLOT_ORDER, Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
 from .delta_cache import DestinationCache
+from .delta_kernel import MODE_SKIP, xor_or_whole
+from .delta_kernel import warm_up as warm_up_delta
 from .delta_runs import MODE_PAGE, MODE_XBZRLE, MODE_XOR, RunDecoder, RunEncoder
 from .page_cache import Outcome, PageCache, check_xbzrle_cache_size, xbzrle_process
 from .xbzrle_kernel import warm_up
@@ -49,6 +51,8 @@ class XorZstdEncoder(SlotEncoder):
         self.long = check_long(int(cfg.param("pc-zstd-long")))
         self.runs = RunEncoder(name, cid, self.level, ctx.page_size, self.long)
         self.page_size = ctx.page_size
+        self.max_changed = int(ctx.page_size * XOR_MAX_CHANGED)
+        warm_up_delta(ctx.page_size)
         self.xor_pages = 0
         self.whole_pages = 0
         self.unchanged = 0
@@ -56,49 +60,32 @@ class XorZstdEncoder(SlotEncoder):
     def encode(self, seg: Segment, stage: Stage) -> None:
         pend = seg.claimed_by < 0
         pos = np.flatnonzero(pend)
-        data = seg.pages[pos]  # a copy: the XOR is made in place
         now, store = stage.dirty_sync_count, not stage.last_stage
-        addrs = seg.addrs
+        addrs, zero = seg.addrs, seg.meta.get("zero")
         fast = self.cache.lookup(addrs, pend, now)
-        if fast is not None:  # no slot twice: XOR straight from the cache, then store
-            hit_all, slots = fast
-            hit = hit_all[pos]
-            hp = np.flatnonzero(hit)
-            if len(hp):
-                data[hp] ^= self.cache.cache.data[slots[pos[hp]]]
+        if fast is not None:  # no slot twice: compare with the cache in place, then store
+            hit, slots = fast
+            data, modes = xor_or_whole(seg.pages, pos, self.cache.cache.data, slots[pos], hit[pos], self.max_changed)
             if store:
-                self.cache.store(addrs, slots, seg.pages, now, seg.meta.get("zero"))
-        else:
-            look = self.cache.lookup_and_store(addrs, seg.pages, pend, now, store, seg.meta.get("zero"))
-            hit = look.hit[pos]
-            hp = np.flatnonzero(hit)
-            if len(hp):
-                data[hp] ^= look.ref[pos[hp]]
+                self.cache.store(addrs, slots, seg.pages, now, zero)
+        else:  # slots collide: the cached copies as each page saw them, in page order
+            look = self.cache.lookup_and_store(addrs, seg.pages, pend, now, store, zero)
+            data, modes = xor_or_whole(seg.pages, pos, look.ref, pos, look.hit[pos], self.max_changed)
         if not len(pos):
             return
-        send = np.ones(len(pos), bool)
-        if len(hp):
-            changed = np.count_nonzero(data[hp] if len(hp) < len(pos) else data, axis=1)
-            same = changed == 0
-            send[hp[same]] = False
-            seg.claim(Slot.DELTA, pos[hp[same]])
+        same = modes == MODE_SKIP
+        if same.any():
+            seg.claim(Slot.DELTA, pos[same])
             self.unchanged += int(same.sum())
-            # a page rewritten with new content: its XOR with the old one is noise to zstd, the page
-            # itself is not (text, structures): send it whole
-            renewed = hp[changed > self.page_size * XOR_MAX_CHANGED]
-            if len(renewed):
-                data[renewed] = seg.pages[pos[renewed]]
-                hit = hit.copy()
-                hit[renewed] = False
-        keep = np.flatnonzero(send)
-        if not len(keep):
+            keep = np.flatnonzero(~same)
+            pos, data, modes = pos[keep], data[keep], modes[keep]
+        if not len(pos):
             return
-        modes = np.where(hit[keep], MODE_XOR, MODE_PAGE).astype(np.uint8)
-        self.xor_pages += int(hit[keep].sum())
-        self.whole_pages += int(len(keep) - hit[keep].sum())
-        rows = data if len(keep) == len(pos) else data[keep]
-        rs = self.runs.records(pos[keep], modes, rows.reshape(-1), np.full(len(keep), self.page_size, np.int64))
-        seg.claim(Slot.DELTA, pos[keep], rs)
+        xor = int(np.count_nonzero(modes == MODE_XOR))
+        self.xor_pages += xor
+        self.whole_pages += len(pos) - xor
+        rs = self.runs.records(pos, modes, data.reshape(-1), np.full(len(pos), self.page_size, np.int64))
+        seg.claim(Slot.DELTA, pos, rs)
 
     def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
         return {"delta": {"codec": "xor-zstd", "zstd": zstd_version(), "pc-zstd-level": self.level, "pc-zstd-long": self.long,

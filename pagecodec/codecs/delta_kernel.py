@@ -1,0 +1,74 @@
+"""xor-zstd's per-page decision as one compiled pass: XOR with the cached copy, count, choose.
+
+For each page a delta could encode, xor-zstd needs the XOR of the new page and the destination's
+copy, how many of its bytes are non-zero (0: unchanged, nothing sent; more than a quarter: the page
+was renewed and goes whole), and the bytes to stream. In numpy that is a gather from the cache, an
+XOR, a scatter, another gather to count and a copy back for renewed pages: five passes over every
+hit page, which cost as much CPU as zstd itself on a workload that renews its pages. This kernel
+reads the page and the copy once and writes the bytes to stream once (numba, compiled on first use
+and cached on disk like the XBZRLE kernels; :func:`warm_up` does it outside the timed chain).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["MODE_SKIP", "xor_or_whole", "warm_up"]
+
+#: Mode of a page that is unchanged (nothing to send); the others are delta_runs' MODE_PAGE/MODE_XOR.
+MODE_SKIP = 255
+
+
+def _xor_or_whole(pages, rows, cache, slots, hit, max_changed, out, modes):  # pragma: no cover - compiled
+    """out[j] = the bytes to send for pages[rows[j]]; modes[j] = 0 (whole), 1 (XOR), 255 (unchanged)."""
+    n, ps = out.shape
+    for j in range(n):
+        src = pages[rows[j]]
+        dst = out[j]
+        if not hit[j]:
+            dst[:] = src
+            modes[j] = 0
+            continue
+        ref = cache[slots[j]]
+        changed = 0
+        for b in range(ps):
+            x = src[b] ^ ref[b]
+            dst[b] = x
+            changed += x != 0
+        if changed == 0:
+            modes[j] = MODE_SKIP
+        elif changed > max_changed:
+            dst[:] = src
+            modes[j] = 0
+        else:
+            modes[j] = 1
+
+
+@lru_cache(maxsize=1)
+def _compiled() -> Callable[..., Any]:
+    from numba import njit
+
+    return njit(cache=True, nogil=True)(_xor_or_whole)
+
+
+def xor_or_whole(pages: np.ndarray, rows: np.ndarray, cache: np.ndarray, slots: np.ndarray, hit: np.ndarray,
+                 max_changed: int) -> tuple[np.ndarray, np.ndarray]:
+    """For pages ``pages[rows]``: the bytes to stream (k, page_size) and each page's mode; a hit page
+    is compared with ``cache[slots[j]]``."""
+    k, ps = len(rows), pages.shape[1]
+    out = np.empty((k, ps), np.uint8)
+    modes = np.empty(k, np.uint8)
+    if k:
+        _compiled()(pages, np.asarray(rows, np.int64), cache, np.asarray(slots, np.int64), np.asarray(hit, np.bool_),
+                    int(max_changed), out, modes)
+    return out, modes
+
+
+def warm_up(page_size: int) -> None:
+    """Load (or compile) the kernel now, so that its first use is not charged to the delta slot."""
+    pages = np.zeros((2, page_size), np.uint8)
+    pages[1, 0] = 1
+    xor_or_whole(pages, np.arange(2), pages, np.arange(2), np.array([True, False]), page_size // 4)
