@@ -245,7 +245,8 @@ def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def plugins(c: Ctx, as_json: bool) -> None:
-    """List plugins, their versions, codecs, chain slots and wire format (QEMU's or extension)."""
+    """List plugins, their versions, codecs, chain slots and wire format (QEMU's or extension), and the
+    presets with what they contain."""
     rows = c.pm.describe()
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -259,6 +260,12 @@ def plugins(c: Ctx, as_json: bool) -> None:
         if p["presets"]:
             table.append([p["plugin"], p["version"], p["source"], "presets: " + ", ".join(p["presets"]), "", "", ""])
     click.echo(tabulate(table, headers=["plugin", "version", "source", "codec", "slots", "format", "description"]))
+    presets = [d for p in rows for d in p["preset_details"]]
+    if presets:
+        click.echo()
+        click.echo(tabulate([[d["name"], d["spec"] or "(QEMU's defaults)",
+                              " ".join(f"{k}={v}" for k, v in d["slots"].items()), d["format"], d["description"]]
+                             for d in presets], headers=["preset", "spec", "slot codecs", "format", "description"]))
 
 
 @cli.command()

@@ -15,7 +15,7 @@ import pluggy
 
 from . import __version__, hookspecs
 from .codecs.base import Codec, Slot
-from .errors import PluginError
+from .errors import PageCodecError, PluginError
 
 __all__ = ["DEFAULT_PLUGINS", "PluginManager", "PluginInfo", "Preset"]
 
@@ -165,7 +165,23 @@ class PluginManager:
                         for c in info.codecs
                     ],
                     "presets": list(info.presets),
+                    "preset_details": [self.describe_preset(name) for name in info.presets],
                 }
             )
         return rows
+
+    def describe_preset(self, name: str) -> dict[str, Any]:
+        """What a preset contains: its spec, the codec in each slot, and whether QEMU can load what it
+        writes (every slot's codec is QEMU's format)."""
+        from .chain.config import parse_spec
+
+        p = self.presets[name]
+        try:
+            slots = parse_spec(p.spec, self.presets).slot_codecs()
+        except PageCodecError as e:  # a plugin's preset may name what is not installed
+            return {"name": name, "spec": p.spec, "description": p.description, "slots": {}, "format": f"invalid: {e}"}
+        ext = [c for c in slots.values() if c in self.codecs and not self.codecs[c].qemu_format]
+        return {"name": name, "spec": p.spec, "description": p.description,
+                "slots": {s.value: c for s, c in slots.items()},
+                "format": "extension (" + ", ".join(ext) + ")" if ext else "qemu"}
 

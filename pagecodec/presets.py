@@ -20,6 +20,8 @@ BUILTIN_PRESETS: dict[str, tuple[str, str]] = {
     # pagecodec's own codecs (extension records: not loadable by QEMU)
     "xor-zstd": ("delta-codec=xor-zstd", "pagecodec extension: XOR against the destination's cached copy, one zstd "
                  "stream in runs of 64 pages (xbzrle-cache-size, pc-zstd-level)"),
+    "xor-zstd-long": ("delta-codec=xor-zstd,pc-zstd-long=24", "pagecodec extension: xor-zstd whose stream also "
+                      "finds data sent up to 16 MiB earlier (zstd long-distance matching): copied or sorted data"),
     "xbzrle+zstd": ("delta-codec=xbzrle-zstd", "pagecodec extension: QEMU's XBZRLE with its page cache filled from "
                     "the bulk stage, zstd over its records and whole pages"),
     "delta-zstd": ("delta-codec=delta-zstd", "pagecodec extension: a zstd frame per page, patch-from the "

@@ -96,3 +96,13 @@ def test_registering_a_non_codec_is_refused():
 def test_unknown_codec_lookup_lists_installed():
     with pytest.raises(PluginError, match="no plugin provides codec 'zz'.*raw"):
         PluginManager(entry_points=False).codec("zz")
+
+
+def test_presets_say_what_they_contain(pm):
+    d = pm.describe_preset("xor-zstd-long")
+    assert d["spec"] == "delta-codec=xor-zstd,pc-zstd-long=24"
+    assert d["slots"] == {"zero": "zero", "delta": "xor-zstd", "raw": "raw"}
+    assert d["format"] == "extension (xor-zstd)"
+    assert pm.describe_preset("xbzrle+compress")["format"] == "qemu"
+    details = {p["name"] for row in pm.describe() for p in row["preset_details"]}
+    assert {"xor-zstd", "xbzrle+zstd", "delta-zstd", "multifd-zstd"} <= details
