@@ -17,7 +17,10 @@ cannot load these streams, every result says so (``format.qemu-loadable: false``
   into a preallocated buffer: the ctypes call releases the GIL for the whole page, so the workers run
   in parallel. The frame carries no content size, checksum or dictionary id (the content size would cost
   a byte per page and bound nothing the decoder does not bound already: it decompresses into a buffer
-  of exactly one page, so a frame can never produce more, and it must produce exactly that much).
+  of exactly one page, so a frame can never produce more, and it must produce exactly that much). Without
+  a checksum a damaged frame may decode to wrong bytes of the right length, as a damaged LZ4 block may
+  and as QEMU's multifd zstd frames may (zlib's Adler-32 catches it in COMPRESS_PAGE): the transport
+  guards the bytes, and ``verify`` compares every page.
 * **compress-lz4**: an LZ4 block per page (``lz4.block``, fast mode, acceleration
   ``pc-lz4-acceleration``); **compress-lz4hc**: LZ4 HC at ``pc-lz4hc-level``. The payload is the raw block
   without a stored size (the page size is known); ``lz4.block`` releases the GIL while it compresses.
