@@ -68,10 +68,6 @@ def _zstd() -> Any:
     return lib
 
 
-def _zstd_failed(lib: Any, ret: int) -> bool:
-    return bool(lib.ZSTD_isError(ret))
-
-
 class _CCtx:
     """One worker thread's ZSTD_CCtx (freed with the thread's local storage when the thread ends)."""
 
@@ -86,7 +82,7 @@ class _CCtx:
 
     def _set(self, param: int, value: int) -> None:
         ret = self.lib.ZSTD_CCtx_setParameter(self.ptr, param, value)
-        if _zstd_failed(self.lib, ret):
+        if self.lib.ZSTD_isError(ret):
             raise RuntimeError(f"ZSTD_CCtx_setParameter({param}, {value}): {self.lib.ZSTD_getErrorName(ret).decode()}")
 
     def at_level(self, level: int) -> int:
@@ -211,47 +207,50 @@ class Lz4Pages:
 class ZstdPageDecoder(RecordDecoder):
     """A compress-zstd record's payload: exactly one zstd frame (nothing after it) that decompresses to
     exactly one page. ``ZSTD_decompressDCtx`` writes into a buffer of one page, so a frame that would
-    give more fails there; the page is written only when everything checked."""
+    give more fails there; the page is written only when everything checked. Library errors are told
+    apart from sizes without a call: an error code ((size_t)-code) is larger than any size."""
 
     flag = RAM_SAVE_FLAG_EXTENSION
 
     def __init__(self) -> None:
-        self._out = np.empty(0, np.uint8)  # one page, sized on first use
         self._lib: Any = None
         self._dctx: int | None = None
+        self._out = np.empty(0, np.uint8)  # one page, made on first use
+        self._out_ptr = 0
 
-    def _ctx(self) -> tuple[Any, int]:
+    def _ctx(self, page_size: int) -> tuple[Any, int]:
         if self._dctx is None:  # on first use: every receiver builds every codec's decoders
             self._lib = _zstd()
             self._dctx = self._lib.ZSTD_createDCtx()
             if not self._dctx:
                 raise MemoryError("ZSTD_createDCtx failed")
+        if len(self._out) != page_size:
+            self._out = np.empty(page_size, np.uint8)
+            self._out_ptr = self._out.ctypes.data
         return self._lib, self._dctx
 
     def load(self, r: StreamReader, page: np.ndarray) -> None:
-        lib, dctx = self._ctx()
         ps = page.shape[0]
+        lib, dctx = self._ctx(ps)
         at = r.base + r.pos
-        src = np.frombuffer(r.get_bytes(r.remaining, "zstd frame"), np.uint8)
+        src = bytes(r.get_bytes(r.remaining, "zstd frame"))
         n = len(src)
-        ptr = src.ctypes.data
-        size = lib.ZSTD_findFrameCompressedSize(ptr, n)
-        if _zstd_failed(lib, size):
-            raise DecodeError(f"zstd frame of {n} bytes is not a valid frame: {lib.ZSTD_getErrorName(size).decode()}",
-                              at, r.source)
+        size = lib.ZSTD_findFrameCompressedSize(src, n)
         if size != n:
+            if size > n:
+                raise DecodeError(f"zstd frame of {n} bytes is not a valid frame: "
+                                  f"{lib.ZSTD_getErrorName(size).decode()}", at, r.source)
             raise DecodeError(f"zstd payload of {n} bytes: {n - size} bytes after its frame (one frame per page)",
                               at, r.source)
-        if len(self._out) != ps:
-            self._out = np.empty(ps, np.uint8)
-        got = lib.ZSTD_decompressDCtx(dctx, self._out.ctypes.data, ps, ptr, n)
-        if _zstd_failed(lib, got):
+        got = lib.ZSTD_decompressDCtx(dctx, self._out_ptr, ps, src, n)
+        if got != ps:
+            if got <= ps:
+                raise DecodeError(f"zstd frame decodes to {got} bytes, expected exactly a page of {ps} bytes",
+                                  at, r.source)
             if lib.ZSTD_getErrorCode(got) == _ZSTD_ERROR_DST_SIZE_TOO_SMALL:
                 raise DecodeError(f"zstd frame decodes to more than a page of {ps} bytes", at, r.source)
             raise DecodeError(f"zstd frame does not decompress: {lib.ZSTD_getErrorName(got).decode()}", at, r.source)
-        if got != ps:
-            raise DecodeError(f"zstd frame decodes to {got} bytes, expected exactly a page of {ps} bytes", at, r.source)
-        page[:] = self._out
+        memoryview(page)[:] = memoryview(self._out)  # ~5x cheaper than numpy's page[:] = out
 
     def __del__(self) -> None:
         if getattr(self, "_dctx", None):
@@ -278,13 +277,13 @@ class Lz4PageDecoder(RecordDecoder):
         at = r.base + r.pos
         data = r.get_bytes(r.remaining, "lz4 block")
         try:
-            out = self._lz4.decompress(data, uncompressed_size=ps)
+            out = self._lz4.decompress(data, ps)  # (source, uncompressed_size): the output buffer is one page
         except self._lz4.LZ4BlockError as e:
             raise DecodeError(f"lz4 block of {len(data)} bytes does not decode to a page of {ps} bytes: {e}",
                               at, r.source) from None
         if len(out) != ps:
             raise DecodeError(f"lz4 block decodes to {len(out)} bytes, expected exactly a page of {ps} bytes", at, r.source)
-        page[:] = np.frombuffer(out, np.uint8)
+        memoryview(page)[:] = out  # ~5x cheaper than numpy's page[:] = np.frombuffer(out)
 
 
 # -- codecs ---------------------------------------------------------------------------------------------
