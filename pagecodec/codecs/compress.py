@@ -266,10 +266,10 @@ def _join_emissions(ems: list[Emission]) -> Emission | None:
 
 
 def compress_run(pages: np.ndarray, level: int, engine: PageCompressor = ZLIB) -> tuple[np.ndarray, np.ndarray, int]:
-    """zlib streams of each page (with the default engine deflateInit(level): zlib wrapper, windowBits
-    15, memLevel 8, a fresh state per page as after deflateReset, the stream finished), back to back,
-    their lengths, and the calling thread's CPU nanoseconds. The per-worker function of every engine:
-    runs on a worker thread with the GIL released while it deflates (see :class:`_Libz`)."""
+    """Each page compressed by ``engine`` (the default: zlib streams, deflateInit(level): zlib wrapper,
+    windowBits 15, memLevel 8, a fresh state per page as after deflateReset, the stream finished), back
+    to back, their lengths, and the calling thread's CPU nanoseconds. The per-worker function of every
+    engine: runs on a worker thread with the GIL released while it compresses (see :class:`_Libz`)."""
     t0 = time.thread_time_ns()
     data, lengths = engine.compress_run(pages, level)
     return data, lengths, time.thread_time_ns() - t0
