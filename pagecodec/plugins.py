@@ -25,6 +25,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pagecodec.codecs.xbzrle",
     "pagecodec.codecs.compress",
     "pagecodec.codecs.compress_engines",
+    "pagecodec.codecs.compress_pagecodecs",
     "pagecodec.codecs.multifd",
     "pagecodec.codecs.delta_stream",
     "pagecodec.codecs.delta_patch",

@@ -1,14 +1,16 @@
 """Bounded fuzz runs of the decoders this project added beside XBZRLE's (which has its own, in
 test_xbzrle_kernel.py and fuzz_xbzrle.py): COMPRESS_PAGE (one record and runs on decompress threads),
-pagecodec's extension records, and multifd channels. Any input must end in the page(s) written or a
+pagecodec's extension records, the compress-zstd and compress-lz4/lz4hc payloads, and multifd channels. Any input must end in the page(s) written or a
 WireError/DecodeError with a stream offset, and a rejected record must leave its page(s) untouched.
 PAGECODEC_HYPOTHESIS_EXAMPLES scales them up."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import zlib
 
+import lz4.block
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,8 @@ from hypothesis import strategies as st
 from conftest import write_trace
 from pagecodec.chain.config import parse_spec
 from pagecodec.codecs.compress import CompressedPageDecoder
+from pagecodec.codecs.compress_pagecodecs import Lz4PageDecoder, Lz4Pages, ZstdPageDecoder, ZstdPages
+from pagecodec.codecs.multifd_stream import libzstd
 from pagecodec.errors import PageCodecError, WireError
 from pagecodec.harness.replay import verify
 from pagecodec.trace.format import TraceReader
@@ -25,6 +29,30 @@ PS = 4096
 EXAMPLES = int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 50))
 _PAGES = np.random.default_rng(11).integers(0, 5, (6, PS), dtype=np.uint8)
 _RECORDS = [len(z).to_bytes(4, "big") + z for z in (zlib.compress(p.tobytes(), 1) for p in _PAGES)]
+
+
+
+def _split(run: tuple[np.ndarray, np.ndarray]) -> list[bytes]:
+    data, lengths = run
+    return [bytes(b) for b in np.split(data, np.cumsum(lengths)[:-1])]
+
+
+#: Valid payloads of the compress slot's pagecodec codecs, made by the codecs' own compressors.
+_ZSTD = _split(ZstdPages().compress_run(_PAGES, 1))
+_LZ4 = _split(Lz4Pages(False).compress_run(_PAGES, 1)) + _split(Lz4Pages(True).compress_run(_PAGES, 9))
+
+
+def _system_zstd(data: bytes) -> bytes:
+    """The system libzstd's own one-shot decompression into one page (the reference: a damaged frame
+    without checksum may decode to other bytes with another zstd version, e.g. the zstandard wheel's)."""
+    lib = libzstd()
+    fn = lib["ZSTD_decompress"]  # a function object of its own: its types are set here only
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+    fn.restype = ctypes.c_size_t
+    out = ctypes.create_string_buffer(PS)
+    n = fn(out, PS, data, len(data))
+    assert not lib.ZSTD_isError(n)
+    return out.raw[:n]
 
 mutation = st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), min_size=1, max_size=6)
 
@@ -67,6 +95,33 @@ def test_compressed_page_runs_on_threads(bad, edits):
         assert (pages == 0xA5).all()  # the whole run is checked before any page is written
     else:
         assert all(pages[i].tobytes() == zlib.decompress(bytes(payloads[i][4:])) for i in range(6))
+
+
+def _page_payload(decoder, payload: bytes, edits, cut, library) -> None:
+    """One damaged payload: a DecodeError at an offset inside it with the page untouched, or exactly
+    the page the library itself decodes the payload to."""
+    data = mutate(payload, edits, cut)
+    page = np.full(PS, 0xA5, np.uint8)
+    try:
+        decoder.load(StreamReader(data, "f", base=1000), page)
+    except WireError as e:
+        assert e.offset == 1000  # the payload's offset
+        assert (page == 0xA5).all()  # rejected: untouched
+    else:
+        assert library(data) == page.tobytes()
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(which=st.integers(0, 5), edits=mutation, cut=st.none() | st.integers(0, 5000))
+def test_zstd_page_payload(which, edits, cut):
+    _page_payload(ZstdPageDecoder(), _ZSTD[which], edits, cut, _system_zstd)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(which=st.integers(0, 11), edits=mutation, cut=st.none() | st.integers(0, 5000))
+def test_lz4_page_payload(which, edits, cut):
+    """compress-lz4 (0–5) and compress-lz4hc (6–11) payloads, one decoder."""
+    _page_payload(Lz4PageDecoder(), _LZ4[which], edits, cut, lambda d: lz4.block.decompress(d, uncompressed_size=PS))
 
 
 _trace_cache: dict[str, str] = {}
@@ -199,6 +254,25 @@ def test_delta_codec_streams(tmp_path_factory, pm, spec, rnd, edits, cut):
 
     try:
         res = verify(TraceReader(trace), parse_spec(spec, pm.presets), pm, tamper=tamper)
+    except PageCodecError as e:
+        assert isinstance(e, WireError) and e.offset is not None, e
+    else:
+        assert res.ok or res.mismatch is not None
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=st.sampled_from(["zstd", "lz4", "lz4hc"]), threads=st.integers(1, 3), rnd=st.integers(0, 1),
+       edits=mutation, cut=st.none() | st.integers(0, 200_000))
+def test_compress_pagecodec_streams(tmp_path_factory, pm, spec, threads, rnd, edits, cut):
+    """Damaged streams of compress-zstd/lz4/lz4hc (compress threads, ZERO and extension records out of
+    page order): a named error with an offset or a reported mismatch, never another exception."""
+    trace = _small_trace(tmp_path_factory)
+
+    def tamper(r, chunk):
+        return mutate(chunk, [(p + 60, v) for p, v in edits], cut) if r == rnd else chunk
+
+    try:
+        res = verify(TraceReader(trace), parse_spec(f"{spec},compress-threads={threads}", pm.presets), pm, tamper=tamper)
     except PageCodecError as e:
         assert isinstance(e, WireError) and e.offset is not None, e
     else:

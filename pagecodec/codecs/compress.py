@@ -42,6 +42,12 @@ and the result says ``timing-dependent`` under ``threads``.
 
 The decoder (:class:`CompressedPageDecoder`) is QEMU's ``decompress_data_with_multi_threads`` check:
 ``len ≤ compressBound(page)``, exactly one page of zlib output (inflation stops one byte past a page).
+
+**Other compressors, other records.** The thread model does not depend on what compresses a page or
+how its record is framed, so :class:`CompressThreadsEncoder` takes both as parameters: a
+:class:`PageCompressor` (zlib here; ISA-L and zlib-ng in :mod:`.compress_engines`, zstd and LZ4 in
+:mod:`.compress_pagecodecs`) and a :class:`RecordLayout` (QEMU's ``COMPRESS_PAGE``, or pagecodec's
+extension record for compressors QEMU cannot inflate). QEMU's own codecs use the defaults.
 """
 
 from __future__ import annotations
@@ -61,14 +67,15 @@ import numpy as np
 from .. import __version__
 from ..errors import DecodeError
 from ..hookspecs import hookimpl
+from ..wire.extension import EXTENSION_HEADER, extension_records
 from ..wire.flags import RAM_SAVE_FLAG_COMPRESS_PAGE, RAM_SAVE_FLAG_ZERO, compress_bound
 from ..wire.reader import StreamReader
 from ..wire.records import RecordSet
 from .base import Codec, CodecContext, Emission, RecordDecoder, Segment, Slot, SlotEncoder, Stage
 from .zero import zero_page_mask
 
-__all__ = ["CompressedPageDecoder", "CompressThreadsEncoder", "CompressThreadsCodec", "DeflateEngine", "ZLIB",
-           "compress_pages", "compress_run"]
+__all__ = ["CompressedPageDecoder", "CompressThreadsEncoder", "CompressThreadsCodec", "PageCompressor", "DeflateEngine",
+           "ZLIB", "RecordLayout", "COMPRESS_PAGE_RECORDS", "ExtensionRecords", "compress_pages", "compress_run"]
 
 _ZERO_FILL = np.zeros((1, 1), np.uint8)
 #: Page size the cheap length check of a run assumes (other page sizes are re-checked exactly).
@@ -80,35 +87,80 @@ class _Output:
     """What a thread's buffer holds: the record of one page (QEMU keeps at most one per thread)."""
 
     offset: int          # byte offset in the block
-    zero: bool           # a ZERO record (else COMPRESS_PAGE)
-    data: bytes = b""    # the zlib stream (COMPRESS_PAGE)
-
-    @property
-    def wire_bytes(self) -> int:
-        return 9 if self.zero else 12 + len(self.data)
+    zero: bool           # a ZERO record (else the compressed page's record)
+    data: bytes = b""    # the compressed page
 
 
-class DeflateEngine(Protocol):
-    """What deflates the pages of a compress-threads slot: one complete zlib stream (RFC 1950 wrapper,
-    window ≤ 32 KiB) per page. QEMU's destination only inflates each ``COMPRESS_PAGE`` payload and checks
-    it gives exactly one page, so any zlib-compatible deflater writes records QEMU loads; the thread and
-    flush rules (record order, counters) are the slot's and do not depend on the engine.
+class PageCompressor(Protocol):
+    """What compresses the pages of the compress slot, each page on its own (a thread's state is reset
+    for every page, as QEMU's is): the thread and flush rules (record order, counters) are the slot's
+    and do not depend on it.
 
-    ``compress_run`` runs on the slot's worker threads: it should release the GIL while it deflates, or
-    ``compress-threads`` workers share one core."""
+    ``compress_run`` runs on the slot's worker threads: it should release the GIL while it compresses,
+    or ``compress-threads`` workers share one core."""
 
-    #: Short name for results (``zlib``, ``isal``, ``zlib-ng``).
+    #: Short name for results (``zlib``, ``isal``, ``zlib-ng``, ``zstd``, ``lz4``).
     name: str
     #: The library and its version as loaded, for results.
     version: str
 
     def compress_run(self, pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each page's zlib stream at QEMU's ``compress-level`` (0–9), back to back, and their lengths."""
+        """Each page compressed at ``level`` (the slot's level parameter), back to back, and their lengths."""
         ...
 
     def library_level(self, level: int) -> int:
-        """The library's own level for QEMU's ``compress-level`` (results show both)."""
+        """The library's own level for the slot's level parameter (results show both)."""
         ...
+
+
+#: A page compressor whose output is one complete zlib stream (RFC 1950 wrapper, window ≤ 32 KiB) per
+#: page at QEMU's ``compress-level`` (0–9). QEMU's destination only inflates each ``COMPRESS_PAGE``
+#: payload and checks it gives exactly one page, so any zlib-compatible deflater writes records QEMU loads.
+DeflateEngine = PageCompressor
+
+
+class RecordLayout(Protocol):
+    """How the compress slot frames a compressed page on the wire (ZERO records are QEMU's either way)."""
+
+    #: Bytes between the 8-byte page header and the compressed data (QEMU counts them in
+    #: ``compressed-size``).
+    header: int
+
+    def records(self, index: np.ndarray, offsets: np.ndarray, data: np.ndarray, starts: np.ndarray,
+                lengths: np.ndarray) -> RecordSet:
+        """Records for pages at ``offsets`` (compressed data ``data[starts[i]:][:lengths[i]]``), handed
+        over at segment positions ``index``."""
+        ...
+
+
+class _CompressPageRecords:
+    """QEMU's ``COMPRESS_PAGE``: ``be32 len`` and the zlib stream."""
+
+    header = 4
+
+    def records(self, index: np.ndarray, offsets: np.ndarray, data: np.ndarray, starts: np.ndarray,
+                lengths: np.ndarray) -> RecordSet:
+        return RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, index,
+                         prefix=lengths.astype(">u4").view(np.uint8).reshape(-1, 4), data=data, starts=starts,
+                         lengths=lengths, offsets=offsets)
+
+
+#: QEMU's record layout (compress-threads, compress-isal, compress-zlibng).
+COMPRESS_PAGE_RECORDS: RecordLayout = _CompressPageRecords()
+
+
+@dataclass(frozen=True)
+class ExtensionRecords:
+    """pagecodec's extension record (:mod:`pagecodec.wire.extension`) of codec ``kind`` with wire id
+    ``cid``: for compressors whose output QEMU cannot load."""
+
+    kind: str
+    cid: int
+    header: int = EXTENSION_HEADER
+
+    def records(self, index: np.ndarray, offsets: np.ndarray, data: np.ndarray, starts: np.ndarray,
+                lengths: np.ndarray) -> RecordSet:
+        return extension_records(self.kind, self.cid, index, data, starts, lengths, offsets=offsets)
 
 
 @lru_cache(maxsize=1)
@@ -213,17 +265,17 @@ def _join_emissions(ems: list[Emission]) -> Emission | None:
     return Emission(ems[0].block_index, np.concatenate([e.offsets for e in ems]), sets)
 
 
-def compress_run(pages: np.ndarray, level: int, engine: DeflateEngine = ZLIB) -> tuple[np.ndarray, np.ndarray, int]:
-    """zlib streams of each page (with the default engine deflateInit(level): zlib wrapper, windowBits
-    15, memLevel 8, a fresh state per page as after deflateReset, the stream finished), back to back,
-    their lengths, and the calling thread's CPU nanoseconds. The per-worker function of every engine:
-    runs on a worker thread with the GIL released while it deflates (see :class:`_Libz`)."""
+def compress_run(pages: np.ndarray, level: int, engine: PageCompressor = ZLIB) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each page compressed by ``engine`` (the default: zlib streams, deflateInit(level): zlib wrapper,
+    windowBits 15, memLevel 8, a fresh state per page as after deflateReset, the stream finished), back
+    to back, their lengths, and the calling thread's CPU nanoseconds. The per-worker function of every
+    engine: runs on a worker thread with the GIL released while it compresses (see :class:`_Libz`)."""
     t0 = time.thread_time_ns()
     data, lengths = engine.compress_run(pages, level)
     return data, lengths, time.thread_time_ns() - t0
 
 
-def compress_pages(pages: np.ndarray, level: int, engine: DeflateEngine = ZLIB) -> tuple[list[bytes], int]:
+def compress_pages(pages: np.ndarray, level: int, engine: PageCompressor = ZLIB) -> tuple[list[bytes], int]:
     """Like :func:`compress_run`, one bytes object per page."""
     data, lengths, ns = compress_run(pages, level, engine)
     ends = np.cumsum(lengths)
@@ -232,15 +284,21 @@ def compress_pages(pages: np.ndarray, level: int, engine: DeflateEngine = ZLIB) 
 
 class CompressThreadsEncoder(SlotEncoder):
     """One migration's compress threads: what each thread's buffer holds, which thread is next, the
-    counters, and the worker pool that does the deflating with ``engine`` (the system zlib for
-    compress-threads; other zlib-compatible deflaters for compress-isal, compress-zlibng: only the
-    payload bytes differ, record order and counters are the same)."""
+    counters, and the worker pool that does the compressing with ``engine`` (the system zlib for
+    compress-threads; other zlib-compatible deflaters for compress-isal, compress-zlibng; zstd and LZ4
+    for pagecodec's own codecs): only the payload bytes differ, record order and counters are the same.
 
-    def __init__(self, ctx: CodecContext, engine: DeflateEngine = ZLIB) -> None:
+    ``layout`` frames each compressed page (QEMU's COMPRESS_PAGE by default); ``level_param`` names the
+    parameter that holds the compressor's level (QEMU's ``compress-level`` by default)."""
+
+    def __init__(self, ctx: CodecContext, engine: PageCompressor = ZLIB,
+                 layout: RecordLayout = COMPRESS_PAGE_RECORDS, level_param: str = "compress-level") -> None:
         self.engine = engine
+        self.layout = layout
         cfg = ctx.config
         self.threads = int(cfg.param("compress-threads"))
-        self.level = int(cfg.param("compress-level"))
+        self.level_param = level_param
+        self.level = int(cfg.param(level_param))
         self.wait = bool(cfg.param("compress-wait-thread"))
         self.xbzrle = cfg.cap("xbzrle")
         self.page_size = ctx.page_size
@@ -386,12 +444,12 @@ class CompressThreadsEncoder(SlotEncoder):
         z = pd.zero[src]
         nzs = src[~z]
         self.pages += len(nzs)
-        self.compressed_size += int((4 + dlen[nzs]).sum())
+        self.compressed_size += int((self.layout.header + dlen[nzs]).sum())
         sets = self._record_sets(pd.early)
         if z.any():
             sets.append(_zero_records(at[z], offs[src[z]]))
         if len(nzs):
-            sets.append(_compress_records(at[~z], offs[nzs], flat, dstart[nzs], dlen[nzs]))
+            sets.append(self.layout.records(at[~z], offs[nzs], flat, dstart[nzs], dlen[nzs]))
         for j in range(max(0, k - n), k):
             t = int(pd.thread_of[j])
             zj = bool(pd.zero[j])
@@ -425,7 +483,7 @@ class CompressThreadsEncoder(SlotEncoder):
 
     # -- buffers --------------------------------------------------------------------------------
     def _settle(self, t: int) -> None:
-        """Wait for thread ``t``'s work and put its zlib stream into its held output."""
+        """Wait for thread ``t``'s work and put its compressed page into its held output."""
         fut = self.pending[t]
         if fut is None:
             return
@@ -446,7 +504,7 @@ class CompressThreadsEncoder(SlotEncoder):
                 self.extra_duplicate += 1  # an empty buffer of a thread whose last page was zero
         else:
             self.pages += 1
-            self.compressed_size += (prev.wire_bytes if prev is not None else 0) - 8
+            self.compressed_size += (self._wire_bytes(prev) if prev is not None else 0) - 8
         return prev
 
     def flush(self) -> list[Emission]:
@@ -462,6 +520,11 @@ class CompressThreadsEncoder(SlotEncoder):
             ems.append(Emission(block, offsets, self._record_sets([(i, h) for i, (_, h) in enumerate(out)])))
         return ems
 
+    def _wire_bytes(self, h: _Output) -> int:
+        """What a held record is on the wire (8-byte header, then a ZERO's fill byte or the layout's
+        header and the compressed page)."""
+        return 9 if h.zero else 8 + self.layout.header + len(h.data)
+
     def _record_sets(self, out: list[tuple[int, _Output]]) -> list[RecordSet]:
         """RecordSets for outputs handed over at the given positions (headers name the pages' own offsets)."""
         sets: list[RecordSet] = []
@@ -472,10 +535,10 @@ class CompressThreadsEncoder(SlotEncoder):
                                       np.array([h.offset for _, h in zs], np.int64)))
         if cs:
             lengths = np.array([len(h.data) for _, h in cs], np.int64)
-            sets.append(_compress_records(np.array([p for p, _ in cs], np.int64),
-                                          np.array([h.offset for _, h in cs], np.int64),
-                                          np.frombuffer(b"".join(h.data for _, h in cs), np.uint8),
-                                          np.cumsum(lengths) - lengths, lengths))
+            sets.append(self.layout.records(np.array([p for p, _ in cs], np.int64),
+                                            np.array([h.offset for _, h in cs], np.int64),
+                                            np.frombuffer(b"".join(h.data for _, h in cs), np.uint8),
+                                            np.cumsum(lengths) - lengths, lengths))
         return sets
 
     def _submit(self, pages: np.ndarray) -> Future[Any]:
@@ -515,7 +578,7 @@ class CompressThreadsEncoder(SlotEncoder):
                 "compress-flushes": self.flushes,
                 **({"zlib": self.engine.version} if self.engine is ZLIB else {}),
                 "compression-engine": {"name": self.engine.name, "library": self.engine.version,
-                                       "compress-level": self.level,
+                                       self.level_param: self.level,
                                        "library-level": self.engine.library_level(self.level)},
             },
         }
@@ -524,15 +587,6 @@ class CompressThreadsEncoder(SlotEncoder):
 def _zero_records(index: np.ndarray, offsets: np.ndarray) -> RecordSet:
     """ZERO records a thread wrote for pages at ``offsets``, handed over at positions ``index``."""
     return RecordSet("zero", RAM_SAVE_FLAG_ZERO, index, prefix=_ZERO_FILL, offsets=offsets)
-
-
-def _compress_records(index: np.ndarray, offsets: np.ndarray, data: np.ndarray, starts: np.ndarray,
-                      lengths: np.ndarray) -> RecordSet:
-    """COMPRESS_PAGE records (be32 len, zlib stream ``data[starts[i]:][:lengths[i]]``) for pages at
-    ``offsets``, handed over at positions ``index``."""
-    return RecordSet("compress", RAM_SAVE_FLAG_COMPRESS_PAGE, index,
-                     prefix=lengths.astype(">u4").view(np.uint8).reshape(-1, 4), data=data, starts=starts,
-                     lengths=lengths, offsets=offsets)
 
 
 class CompressedPageDecoder(RecordDecoder):

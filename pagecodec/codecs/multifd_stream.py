@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import DecodeError
 
-__all__ = ["ChannelCompressor", "ChannelInflater", "zstd_library"]
+__all__ = ["ChannelCompressor", "ChannelInflater", "libzstd", "zstd_library"]
 
 _ZSTD_E_CONTINUE = 0
 _ZSTD_E_FLUSH = 1
@@ -48,9 +48,29 @@ class _Buf(ctypes.Structure):
     _fields_ = [("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
 
 
+#: One-shot calls (libzstd ≥ 1.4.0) of the compress-zstd codec (:mod:`.compress_pagecodecs`): name,
+#: argument types, result type. Bound when the library has them; the multifd streams do not need them.
+_ONE_SHOT: tuple[tuple[str, list[Any], Any], ...] = (
+    ("ZSTD_createCCtx", [], ctypes.c_void_p),
+    ("ZSTD_freeCCtx", [ctypes.c_void_p], ctypes.c_size_t),
+    ("ZSTD_CCtx_setParameter", [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_size_t),
+    ("ZSTD_compress2", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t],
+     ctypes.c_size_t),
+    ("ZSTD_createDCtx", [], ctypes.c_void_p),
+    ("ZSTD_freeDCtx", [ctypes.c_void_p], ctypes.c_size_t),
+    ("ZSTD_decompressDCtx", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t],
+     ctypes.c_size_t),
+    ("ZSTD_findFrameCompressedSize", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_size_t),
+    ("ZSTD_getErrorCode", [ctypes.c_size_t], ctypes.c_int),
+    ("ZSTD_minCLevel", [], ctypes.c_int),
+    ("ZSTD_maxCLevel", [], ctypes.c_int),
+)
+
+
 @lru_cache(maxsize=1)
-def _libzstd() -> Any:
-    """The system libzstd (the one QEMU links), or None."""
+def libzstd() -> Any:
+    """The system libzstd (the one QEMU links), or None: the streaming calls of the multifd channels
+    and, where the library has them, the one-shot calls of compress-zstd (:data:`_ONE_SHOT`)."""
     name = ctypes.util.find_library("zstd")
     if not name:
         return None
@@ -58,6 +78,10 @@ def _libzstd() -> Any:
         lib = ctypes.CDLL(name)
     except OSError:
         return None
+    for fname, args, res in _ONE_SHOT:
+        fn = getattr(lib, fname, None)
+        if fn is not None:
+            fn.argtypes, fn.restype = args, res
     sz, vp, bp = ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(_Buf)
     lib.ZSTD_versionString.restype = ctypes.c_char_p
     lib.ZSTD_createCStream.restype = vp
@@ -83,7 +107,7 @@ def _libzstd() -> Any:
 
 def zstd_library() -> str:
     """Which zstd compresses multifd payloads: ``libzstd <version> (system)`` or ``zstandard <version>``."""
-    lib = _libzstd()
+    lib = libzstd()
     if lib is not None:
         return f"libzstd {lib.ZSTD_versionString().decode()} (system)"
     import zstandard
@@ -143,7 +167,7 @@ class ChannelCompressor:
         if method == "zlib":
             self._z = zlib.compressobj(level, zlib.DEFLATED, 15)
         elif method == "zstd":
-            lib = _libzstd()
+            lib = libzstd()
             if lib is not None:
                 self._z = _SystemZstdCompressor(lib, level, packet_bytes)
             else:
@@ -187,7 +211,7 @@ class ChannelInflater:
         if method == "zlib":
             self._d = zlib.decompressobj()
         elif method == "zstd":
-            self._lib = _libzstd()
+            self._lib = libzstd()
             if self._lib is not None:
                 self._d = self._lib.ZSTD_createDStream()
                 self._lib.ZSTD_initDStream(self._d)

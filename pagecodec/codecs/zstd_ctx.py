@@ -5,7 +5,7 @@ the binding does not offer per call, *patch-from* (``ZSTD_CCtx_refPrefix`` / ``Z
 the destination's current copy of a page as the prefix of the new page's frame) and a decoder whose
 output is bounded by the caller's buffer (a hostile record can never make it allocate more). The
 library is the one QEMU links (Debian's ``libzstd.so.1``), loaded once by
-:func:`pagecodec.codecs.multifd_stream._libzstd`; every ctypes call releases the GIL.
+:func:`pagecodec.codecs.multifd_stream.libzstd`; every ctypes call releases the GIL.
 
 Memory of a hostile stream is bounded too: compressors set ``windowLog`` (:data:`WINDOW_LOG`, or
 the configured long window) and decompressors refuse frames that ask for a larger window than their
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DecodeError
-from .multifd_stream import _Buf, _libzstd
+from .multifd_stream import _Buf, libzstd
 
 __all__ = ["WINDOW_LOG", "zstd_lib", "zstd_version", "level_range", "check_level", "check_long", "Compressor",
            "Decompressor"]
@@ -42,7 +42,7 @@ _RESET_SESSION = 1
 @lru_cache(maxsize=1)
 def zstd_lib() -> Any:
     """The system libzstd with the prototypes the delta codecs call (ConfigError if there is none)."""
-    lib = _libzstd()
+    lib = libzstd()
     if lib is None:
         raise ConfigError("pagecodec's zstd codecs need the system libzstd (libzstd.so.1, Debian package libzstd1)")
     vp, sz, i = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int

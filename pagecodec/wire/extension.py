@@ -62,14 +62,17 @@ def payload_limit(page_size: int) -> int:
 
 
 def extension_records(kind: str, cid: int, index: np.ndarray, data: np.ndarray, starts: np.ndarray,
-                      lengths: np.ndarray) -> RecordSet:
-    """Extension records for the pages at ``index`` of a segment, payload i = ``data[starts[i]:][:lengths[i]]``."""
+                      lengths: np.ndarray, offsets: np.ndarray | None = None) -> RecordSet:
+    """Extension records for the pages at ``index`` of a segment, payload i = ``data[starts[i]:][:lengths[i]]``.
+
+    ``offsets``: the byte offsets the headers name, when a record is written at another page's position
+    (a compress thread's record handed over late, :class:`~pagecodec.wire.records.RecordSet`)."""
     lengths = np.asarray(lengths, np.int64)
     prefix = np.empty((len(index), EXTENSION_HEADER), np.uint8)
     prefix[:, :2] = np.array([cid >> 8, cid & 0xFF], np.uint8)
     prefix[:, 2:] = lengths.astype(">u4").view(np.uint8).reshape(-1, 4)
     return RecordSet(kind, RAM_SAVE_FLAG_EXTENSION, np.asarray(index, np.int64), prefix=prefix, data=data,
-                     starts=np.asarray(starts, np.int64), lengths=lengths)
+                     starts=np.asarray(starts, np.int64), lengths=lengths, offsets=offsets)
 
 
 def read_extension_header(buf: memoryview | bytes, pos: int) -> tuple[int, int]:
