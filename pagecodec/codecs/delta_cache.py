@@ -21,12 +21,16 @@ A cached copy therefore always equals the destination's page, which is what the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import numpy as np
 
+from .. import __version__
+from .base import Codec, CodecContext, Slot, SlotEncoder
+
 from .page_cache import PageCache, _round_indexes, check_xbzrle_cache_size
 
-__all__ = ["DestinationCache", "Lookup"]
+__all__ = ["DestinationCache", "Lookup", "DeltaCodec"]
 
 
 def _distinct(slots: np.ndarray) -> bool:
@@ -122,3 +126,17 @@ class DestinationCache:
         looked = self.hits + self.misses
         return {"cache-size": self.cache.size_bytes, "hits": self.hits, "cache-miss": self.misses,
                 "cache-miss-rate": self.misses / looked if looked else 0.0}
+
+
+class DeltaCodec(Codec):
+    """What pagecodec's delta codecs have in common as plugins: the delta slot, extension records, and
+    an encoder made from the context, the codec's wire id and its name (the records' kind)."""
+
+    slots = (Slot.DELTA,)
+    qemu_format = False
+    version = __version__
+    #: ``make(ctx, wire_id, name)``: the codec's encoder for one migration.
+    make: ClassVar[Callable[[CodecContext, int, str], SlotEncoder]]
+
+    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
+        return type(self).make(ctx, self.wire_id, self.name)

@@ -20,13 +20,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import __version__
 from ..errors import DecodeError
 from ..hookspecs import hookimpl
 from ..wire.extension import RAM_SAVE_FLAG_EXTENSION, extension_records
 from ..wire.reader import StreamReader
-from .base import Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
-from .delta_cache import DestinationCache
+from .base import CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
+from .delta_cache import DeltaCodec, DestinationCache
 from .zstd_ctx import Compressor, Decompressor, check_level, zstd_version
 
 __all__ = ["DeltaZstdCodec"]
@@ -101,16 +100,11 @@ class DeltaZstdDecoder(RecordDecoder):
         page[:] = self.out
 
 
-class DeltaZstdCodec(Codec):
+class DeltaZstdCodec(DeltaCodec):
     name = "delta-zstd"
-    slots = (Slot.DELTA,)
-    qemu_format = False
     description = ("pagecodec extension: one zstd frame per page, patch-from the destination's cached copy "
                    "(ZSTD_CCtx_refPrefix), from the bulk stage on")
-    version = __version__
-
-    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
-        return DeltaZstdEncoder(ctx, self.wire_id, self.name)
+    make = DeltaZstdEncoder
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [DeltaZstdDecoder(ctx.page_size)]

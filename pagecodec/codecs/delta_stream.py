@@ -23,10 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .. import __version__
 from ..hookspecs import hookimpl
-from .base import SLOT_ORDER, Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
-from .delta_cache import DestinationCache
+from .base import SLOT_ORDER, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
+from .delta_cache import DeltaCodec, DestinationCache
 from .delta_kernel import MODE_SKIP, xor_or_whole
 from .delta_kernel import warm_up as warm_up_delta
 from .delta_runs import MODE_PAGE, MODE_XBZRLE, MODE_XOR, RunDecoder, RunEncoder
@@ -156,31 +155,21 @@ class XbzrleZstdEncoder(SlotEncoder):
                           "overflow": self.overflow}}
 
 
-class XorZstdCodec(Codec):
+class XorZstdCodec(DeltaCodec):
     name = "xor-zstd"
-    slots = (Slot.DELTA,)
-    qemu_format = False
     description = ("pagecodec extension: XOR against the destination's cached copy (or the whole page), "
                    "one zstd stream in runs of 64 pages, from the bulk stage on")
-    version = __version__
-
-    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
-        return XorZstdEncoder(ctx, self.wire_id, self.name)
+    make = XorZstdEncoder
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XOR), int(ctx.config.param("pc-zstd-long")))]
 
 
-class XbzrleZstdCodec(Codec):
+class XbzrleZstdCodec(DeltaCodec):
     name = "xbzrle-zstd"
-    slots = (Slot.DELTA,)
-    qemu_format = False
     description = ("pagecodec extension: QEMU's XBZRLE and page cache (filled from the bulk stage on), "
                    "then zstd over records and whole pages in runs of 64")
-    version = __version__
-
-    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
-        return XbzrleZstdEncoder(ctx, self.wire_id, self.name)
+    make = XbzrleZstdEncoder
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XBZRLE), int(ctx.config.param("pc-zstd-long")))]
