@@ -27,7 +27,7 @@ class StreamReader:
         """``base`` is the stream offset of ``data[0]`` (for a stream read in chunks): errors add it."""
         self.base = base
         self._mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data.cast("B")
-        self._np = np.frombuffer(self._mv, dtype=np.uint8)
+        self._array: np.ndarray | None = None  # made on first use: a reader per extension record is common
         self.source = source
         self.pos = 0
 
@@ -42,6 +42,13 @@ class StreamReader:
         except OSError as e:
             raise WireError(f"cannot read stream: {e.strerror}", source=str(p)) from e
         return cls(data, source=str(p))
+
+    @property
+    def _np(self) -> np.ndarray:
+        """The stream as a uint8 array (np.frombuffer costs ~2 µs: only readers that need it pay)."""
+        if self._array is None:
+            self._array = np.frombuffer(self._mv, dtype=np.uint8)
+        return self._array
 
     # -- state ----------------------------------------------------------------------------------
     def __len__(self) -> int:
