@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-__all__ = ["RamCounters", "RoundStats", "MigrationStats", "CpuClock"]
+__all__ = ["RamCounters", "RoundStats", "MigrationStats", "CpuClock", "StageClock"]
 
 
 @dataclass
@@ -89,6 +89,80 @@ class CpuClock:
 
     def seconds(self) -> dict[str, float]:
         return {k: v / 1e9 for k, v in sorted(self.ns.items())}
+
+
+class StageClock:
+    """Thread CPU time per stage for a loop that changes stage often, such as the receiver's walk over
+    records: the clock is read only when the stage changes (:meth:`lap`), so a run of records of one
+    kind costs one clock read, not two per record (a read costs ~0.3 µs, as much as a small record).
+
+    Between :meth:`start` and :meth:`stop` every nanosecond of the calling thread goes to the stage
+    current at that moment; outside, nothing is charged and :meth:`lap` does nothing. Single-threaded:
+    work on other threads is added with :meth:`add`."""
+
+    __slots__ = ("ns", "stage", "_t0", "_depth")
+
+    def __init__(self) -> None:
+        self.ns: Counter[str] = Counter()
+        self.stage: str | None = None  # None: stopped
+        self._t0 = 0
+        self._depth = 0
+
+    def start(self, stage: str) -> None:
+        """Start charging ``stage``. Nested starts (a public load method calling another) keep the
+        current stage and only count, so the clock stops at the outermost :meth:`stop`."""
+        self._depth += 1
+        if self._depth == 1:
+            self.stage = stage
+            self._t0 = time.thread_time_ns()
+
+    def stop(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self.stage is not None:
+            self.ns[self.stage] += time.thread_time_ns() - self._t0
+            self.stage = None
+
+    def lap(self, stage: str) -> None:
+        """From now on charge ``stage``; the time since the last read goes to the stage before."""
+        cur = self.stage
+        if stage == cur or cur is None:
+            return
+        t = time.thread_time_ns()
+        self.ns[cur] += t - self._t0
+        self.stage = stage
+        self._t0 = t
+
+    @contextmanager
+    def within(self, stage: str) -> Iterator[None]:
+        """Charge the work inside to ``stage``, then return to the stage before (e.g. an observer's
+        multifd channel work inside the main stream's load); timed on its own when stopped."""
+        prev = self.stage
+        if prev is None:
+            self.start(stage)
+            try:
+                yield
+            finally:
+                self.stop()
+            return
+        self.lap(stage)
+        try:
+            yield
+        finally:
+            self.lap(prev)
+
+    def add(self, name: str, ns: int) -> None:
+        self.ns[name] += ns
+
+    def take(self) -> dict[str, int]:
+        """Nanoseconds per stage since the last take (a running clock is read, and keeps running)."""
+        cur = self.stage
+        if cur is not None:
+            t = time.thread_time_ns()
+            self.ns[cur] += t - self._t0
+            self._t0 = t
+        out = {k: v for k, v in self.ns.items() if v}
+        self.ns = Counter()
+        return out
 
 
 @dataclass
