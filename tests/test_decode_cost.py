@@ -1,4 +1,5 @@
-"""The destination's CPU per stage: the receiver's stage clock and the stages a config's stream uses."""
+"""The destination's CPU per stage: the receiver's stage clock, the stages a config's stream uses,
+replay's decoding (results, the sender's figures unchanged) and its failure on a corrupted stream."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from conftest import ROOT
 from pagecodec.chain.config import parse_spec
 from pagecodec.chain.metrics import StageClock
 from pagecodec.chain.receiver import Receiver
-from pagecodec.harness.replay import replay
+from pagecodec.codecs.compress import CompressedPageDecoder
+from pagecodec.errors import DecodeError, WireError
+from pagecodec.harness.destination import Destination
+from pagecodec.harness.replay import replay, verify
 from pagecodec.plugins import PluginManager
 from pagecodec.sources.synth import synthesize
 from pagecodec.trace.format import TraceReader
@@ -108,3 +112,109 @@ def test_worker_cpu_of_extension_decoders_is_taken(trace, pm_ext, monkeypatch):
     ns = rc.take_cpu_ns()
     assert rc.stats.records["lz4page"] > 0
     assert ns["lz4page"] > 7_000 and "page" not in ns
+
+
+# --- bench's decoding (replay with decode) -------------------------------------------------------
+#: config -> stages its stream must be charged to (besides "wire")
+STAGES = {
+    "none": {"zero", "page"},
+    "xbzrle": {"zero", "page", "xbzrle"},
+    "compress": {"zero", "compress"},
+    "xbzrle+compress": {"zero", "compress", "xbzrle"},
+    "multifd-zstd": {"zero", "multifd"},
+    "multifd-zlib,qemu-version=10.2": {"multifd"},
+}
+
+
+@pytest.mark.parametrize("spec", list(STAGES))
+def test_bench_run_has_decode_cpu_per_stage_adding_up_to_the_total(trace, pm, spec, monkeypatch):
+    outer: list[int] = []
+    workers: list[int] = []
+    real_load, real_take = Destination.load, CompressedPageDecoder.take_worker_cpu_ns
+
+    def load(self, r, n):
+        t0 = time.thread_time_ns()
+        try:
+            real_load(self, r, n)
+        finally:
+            outer.append(time.thread_time_ns() - t0)
+
+    def take(self):
+        ns = real_take(self)
+        workers.append(ns)
+        return ns
+
+    monkeypatch.setattr(Destination, "load", load)
+    monkeypatch.setattr(CompressedPageDecoder, "take_worker_cpu_ns", take)
+    res = replay(TraceReader(trace), parse_spec(spec, pm.presets), pm, decode=True)
+    dec = res["cpu_decode"]
+    assert STAGES[spec] | {"wire"} <= set(dec), dec
+    assert set(dec) <= STAGES[spec] | {"wire", "page"}, dec  # nothing else (raw pages may appear)
+    assert all(v >= 0 for v in dec.values())
+    assert set(res["cpu_decode_s_per_gib"]) == set(dec)
+    gib = res["page_bytes"] / (1 << 30)
+    assert res["cpu_decode_s_per_gib"]["wire"] == pytest.approx(dec["wire"] / gib)
+    total = (sum(outer) + sum(workers)) / 1e9  # this thread's time in the loads, and the decoders' workers
+    assert 0.8 * total - 0.002 <= sum(dec.values()) <= total + 1e-6, (dec, total)
+    assert res["decode_wall_s"] > 0
+    assert not any(k.startswith("decode") for k in res["cpu"])  # the sender's stages only
+    if "compress" in spec:
+        assert res["threads"]["decompress"] == 2
+
+
+def test_verify_reports_the_same_decode_stages(trace, pm):
+    res = verify(TraceReader(trace), parse_spec("xbzrle"), pm)
+    assert res.ok
+    assert {"wire", "zero", "page", "xbzrle"} <= set(res.metrics["cpu_decode"])
+
+
+def test_sender_figures_do_not_depend_on_the_destination(trace, pm):
+    """The hand-over of the bytes is nobody's stage: the sender's stages stay what --no-decode measures
+    (same counters and bytes; CPU within noise, so only the keys are compared exactly)."""
+    a = replay(TraceReader(trace), parse_spec("multifd-zstd", pm.presets), pm, decode=True)
+    b = replay(TraceReader(trace), parse_spec("multifd-zstd", pm.presets), pm)
+    assert set(a["cpu"]) == set(b["cpu"]) and a["wire"] == b["wire"] and a["ram"]["transferred"] == b["ram"]["transferred"]
+    assert "cpu_decode" not in b and "cpu_decode_s_per_gib" not in b
+
+
+def test_corrupted_stream_fails_the_bench_run_naming_the_offset(trace, pm):
+    """A record header changed into an unknown flag in round 1: the run fails where it breaks."""
+    base: list[int] = []
+
+    def tamper(r, chunk):
+        if r == 1:
+            base.append(sum(seen))
+            b = bytearray(chunk)
+            b[5 + 7] = 0x01  # the first record after the PART section's 5-byte header
+            chunk = bytes(b)
+        seen.append(len(chunk))
+        return chunk
+
+    seen: list[int] = []
+    with pytest.raises(WireError, match="unknown combination of migration flags 0x1") as ei:
+        replay(TraceReader(trace), parse_spec("xbzrle"), pm, decode=True, tamper=tamper)
+    at = base[0] + 5
+    msg = str(ei.value)
+    assert ei.value.offset == at and msg.startswith(f"replayed stream: offset {at}: "), msg
+    assert "t.parquet with config 'xbzrle', round 1: " in msg and "\n" not in msg
+
+
+def test_corrupted_channel_fails_the_bench_run_naming_file_and_offset(trace, pm):
+    def tamper_channel(k, r, chunk):
+        if (k, r) == (1, 2) and len(chunk) > 1400:
+            b = bytearray(chunk)
+            b[1344 + 10] ^= 0xFF  # inside the first packet's zstd payload
+            return bytes(b)
+        return chunk
+
+    with pytest.raises(DecodeError) as ei:
+        replay(TraceReader(trace), parse_spec("multifd-zstd", pm.presets), pm, decode=True,
+               tamper_channel=tamper_channel)
+    msg = str(ei.value)
+    assert msg.startswith("channel-1.bin: offset ") and ei.value.offset is not None, msg
+    assert "with config 'multifd-zstd', round 2: " in msg
+
+
+def test_decode_refuses_a_stream_file_or_sink(trace, pm, tmp_path):
+    with pytest.raises(ValueError, match="decode"):
+        replay(TraceReader(trace), parse_spec("none"), pm, decode=True, qemu_stream=tmp_path / "x.mig")

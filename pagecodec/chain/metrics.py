@@ -3,7 +3,8 @@
 ``ram`` holds QEMU's MigrationInfo.ram keys (``transferred``, ``duplicate``, ``normal``,
 ``normal-bytes``, ``dirty-sync-count``, …) with QEMU 7.2's semantics (QEMU-FACTS.md, "Counters").
 Codec slots add their own groups (``xbzrle-cache``, ``compression``, ``multifd``). ``wire`` counts
-every byte of the stream by category, ``cpu`` the thread CPU seconds each stage spent.
+every byte of the stream by category, ``cpu`` the thread CPU seconds each stage spent; with the
+destination decoding too (``bench``, ``verify``), ``cpu_decode`` the destination's per stage.
 """
 
 from __future__ import annotations
@@ -181,6 +182,9 @@ class MigrationStats:
     pages_offered: int = 0
     page_bytes_offered: int = 0
     channels: list[dict[str, int]] = field(default_factory=list)  # multifd: bytes by kind per channel
+    #: The destination's thread CPU per stage (ns; ``wire``, record kinds, ``multifd``), when it decoded.
+    decode_cpu_ns: dict[str, int] | None = None
+    decode_wall_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         cpu = self.cpu.seconds()
@@ -197,6 +201,11 @@ class MigrationStats:
             "page_bytes": self.page_bytes_offered,
             "rounds": [r.to_json() for r in self.rounds],
         }
+        if self.decode_cpu_ns is not None:
+            dec = {k: v / 1e9 for k, v in sorted(self.decode_cpu_ns.items())}
+            out["cpu_decode"] = dec
+            out["cpu_decode_s_per_gib"] = {k: (v / gib if gib else 0.0) for k, v in dec.items()}
+            out["decode_wall_s"] = self.decode_wall_s
         if self.channels:
             out["channels"] = [{"channel": k, "bytes": sum(c.values()), **dict(sorted(c.items()))}
                                for k, c in enumerate(self.channels)]
