@@ -41,26 +41,25 @@ MULTIFD_STAGE = "multifd"
 
 class PipeSink:
     """A connection from the sender to the destination in one process: keeps what is written until
-    :meth:`take`. Each write is copied once (the writer reuses its buffers) into a list, not a growing
-    buffer; ``ns`` and ``wall_ns`` are the writing thread's CPU and wall time spent here, which the
-    caller takes out of the sender's figures (a NullSink costs nothing, and the sender's figures must
-    not depend on who listens)."""
+    :meth:`take`. Each write is copied once (the writer reuses its buffers) onto one buffer that
+    :meth:`take` hands over as it is, so a round's stream is in memory once, not twice. ``ns`` and
+    ``wall_ns`` are the writing thread's CPU and wall time spent here, which the caller takes out of
+    the sender's figures (a NullSink costs nothing, and they must not depend on who listens)."""
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        self._buf = bytearray()
         self.ns = 0
         self.wall_ns = 0
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         w0, t0 = time.perf_counter_ns(), time.thread_time_ns()
-        self._chunks.append(data.tobytes() if isinstance(data, np.ndarray) else bytes(data))
+        self._buf += memoryview(data).cast("B") if isinstance(data, np.ndarray) else data
         self.ns += time.thread_time_ns() - t0
         self.wall_ns += time.perf_counter_ns() - w0
 
-    def take(self) -> bytes:
-        """Everything written since the last take."""
-        data = b"".join(self._chunks)
-        self._chunks = []
+    def take(self) -> bytearray:
+        """Everything written since the last take (the buffer itself: the sink starts a new one)."""
+        data, self._buf = self._buf, bytearray()
         return data
 
     def close(self) -> None:
@@ -159,10 +158,10 @@ class Destination:
             if self.multifd is not None:
                 for k in sorted(self._chan_sinks):
                     data = self._chan_sinks[k].take()
-                    self.multifd.feed(k, self.tamper_channel(k, r, data) if self.tamper_channel is not None else data)
-            chunk = self.sink.take()
+                    self.multifd.feed(k, self.tamper_channel(k, r, bytes(data)) if self.tamper_channel is not None else data)
+            chunk: bytes | bytearray = self.sink.take()
             if self.tamper is not None:
-                chunk = self.tamper(r, chunk)
+                chunk = self.tamper(r, bytes(chunk))
             sr = StreamReader(chunk, source=self.source, base=self.offset)
             rc = self.receiver
             try:
@@ -199,6 +198,15 @@ class Destination:
                 cpu.add(stage, -ns)
             for s in sinks:
                 s.ns = 0
+
+    def close(self) -> None:
+        """Break the links between receiver, observer and channels (reference cycles), so the
+        destination's RAM is freed when the run drops it, not at some later garbage collection: in a
+        bench of many runs those would pile up."""
+        self.observer.receiver = None
+        self.observer.multifd = None
+        self.receiver.observer = None
+        self.multifd = None
 
     def cpu_ns(self) -> dict[str, int]:
         """The destination's thread CPU nanoseconds per stage so far (see the module docstring)."""

@@ -128,14 +128,17 @@ def _decoded(
     sender = Sender(reader.meta, config, plugins, dest.sink, machine=machine,
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
     n = reader.num_rounds
-    sender.save_setup()
-    dest.load(-1, n)
-    for r, batches in _timed_rounds(reader, sender):
-        sender.save_round(r, tap_progress(batches, progress), last_stage=(r == n - 1))
-        dest.load(r, n)
-    stats = sender.finish()
-    in_window = dest.wall_ns + dest.transport_wall_ns
-    dest.load(n, n)
+    try:
+        sender.save_setup()
+        dest.load(-1, n)
+        for r, batches in _timed_rounds(reader, sender):
+            sender.save_round(r, tap_progress(batches, progress), last_stage=(r == n - 1))
+            dest.load(r, n)
+        stats = sender.finish()
+        in_window = dest.wall_ns + dest.transport_wall_ns
+        dest.load(n, n)
+    finally:
+        dest.close()
     return result_object(reader, config, _with_destination(stats, dest, in_window, config, plugins))
 
 
@@ -246,26 +249,30 @@ def verify(
             _apply(expected, names, b, ps, touched)
             yield b
 
-    sender.save_setup()
-    dest.load(-1, n)
-    touched.clear()
     pages = 0
     mismatch = None
-    for r, batches in rounds_of(reader):
-        rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
-        pages += rs.dirty_pages
-        dest.load(r, n)
-        mismatch = _compare(expected, receiver, meta.blocks, ps, r, touched.take())
-        if mismatch is not None:
-            break
-    if mismatch is None and n:
-        mismatch = _compare(expected, receiver, meta.blocks, ps, n - 1, None)
-    stats = sender.finish()
-    in_window = dest.wall_ns + dest.transport_wall_ns
-    if mismatch is None:
-        dest.load(n, n)
+    try:
+        sender.save_setup()
+        dest.load(-1, n)
+        touched.clear()
+        for r, batches in rounds_of(reader):
+            rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
+            pages += rs.dirty_pages
+            dest.load(r, n)
+            mismatch = _compare(expected, receiver, meta.blocks, ps, r, touched.take())
+            if mismatch is not None:
+                break
+        if mismatch is None and n:
+            mismatch = _compare(expected, receiver, meta.blocks, ps, n - 1, None)
+        stats = sender.finish()
+        in_window = dest.wall_ns + dest.transport_wall_ns
+        if mismatch is None:
+            dest.load(n, n)
+        channel_bytes = dest.channel_bytes
+    finally:
+        dest.close()
     metrics = _with_destination(stats, dest, in_window, config, plugins)
-    return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics), dest.channel_bytes)
+    return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics), channel_bytes)
 
 
 #: Pages compared in one step (bounds the comparison's temporaries to a few MiB).
