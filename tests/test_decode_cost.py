@@ -173,7 +173,8 @@ def test_sender_figures_do_not_depend_on_the_destination(trace, pm):
     (same counters and bytes; CPU within noise, so only the keys are compared exactly)."""
     a = replay(TraceReader(trace), parse_spec("multifd-zstd", pm.presets), pm, decode=True)
     b = replay(TraceReader(trace), parse_spec("multifd-zstd", pm.presets), pm)
-    assert set(a["cpu"]) == set(b["cpu"]) and a["wire"] == b["wire"] and a["ram"]["transferred"] == b["ram"]["transferred"]
+    assert set(a["cpu"]) == set(b["cpu"]) and a["wire"] == b["wire"]
+    assert a["ram"]["transferred"] == b["ram"]["transferred"]
     assert "cpu_decode" not in b and "cpu_decode_s_per_gib" not in b
 
 

@@ -110,7 +110,7 @@ class Destination:
     """Receiver (+ channels) fed from the sender's memory sinks, one section at a time.
 
     Give the sender :attr:`sink` and :meth:`channel_sink`; call :meth:`load` after ``save_setup``,
-    after every ``save_round`` and after ``finish``; then :meth:`finish`. ``context`` goes before the
+    after every ``save_round`` and after ``finish``; then :meth:`close`. ``context`` goes before the
     round in error messages (e.g. the trace and config of a bench run). ``tamper(round, chunk)`` and
     ``tamper_channel(channel, round, chunk)`` let tests corrupt bytes between sender and receiver."""
 
@@ -168,8 +168,10 @@ class Destination:
         try:
             if self.multifd is not None:
                 for k in sorted(self._chan_sinks):
-                    data = self._chan_sinks[k].take()
-                    self.multifd.feed(k, self.tamper_channel(k, r, bytes(data)) if self.tamper_channel is not None else data)
+                    data: bytes | memoryview = self._chan_sinks[k].take()
+                    if self.tamper_channel is not None:
+                        data = self.tamper_channel(k, r, bytes(data))
+                    self.multifd.feed(k, data)
             chunk: bytes | memoryview = self.sink.take()
             if self.tamper is not None:
                 chunk = self.tamper(r, bytes(chunk))
