@@ -115,13 +115,16 @@ def default_traces() -> list[str]:
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel runs (processes).")
 @click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
+@click.option("--decode/--no-decode", default=True, show_default=True,
+              help="Decode every stream on the destination and measure its CPU per stage (cpu_decode).")
 @pass_ctx
 def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], json_out: str | None,
-          csv_out: str | None, jobs: int, resume: bool, fmt: str) -> None:
-    """Replay traces × configurations and compare wire size and CPU.
+          csv_out: str | None, jobs: int, resume: bool, fmt: str, decode: bool) -> None:
+    """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
     With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
-    codecs are installed.
+    codecs are installed. Each stream is decoded as it is sent (a decode error fails the run, naming
+    the offset); pages are not compared, which is what `pagecodec verify` is for.
     """
     from .atomic import atomic_write_bytes, atomic_write_json
     from .harness.matrix import expand_sweeps, plan_runs, run_matrix
@@ -147,7 +150,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
             atomic_write_json(json_out, collected)
 
     with progress_bar(c.progress, len(runs), "runs") as tick:
-        run_matrix(runs, jobs=jobs, plugin_modules=c.plugin_modules, done=done,
+        run_matrix(runs, jobs=jobs, plugin_modules=c.plugin_modules, decode=decode, done=done,
                    on_result=lambda r: (on_result(r), tick(1) if tick else None))
     click.echo(format_table(collected, fmt))
     if json_out:
@@ -190,7 +193,7 @@ def _load_results(path: str) -> list[dict[str, Any]]:
 @click.option("--config", "spec", default="none", show_default=True, metavar="SPEC")
 @click.option("--machine", default="pc-i440fx-7.2", show_default=True, help="Machine type in the stream's configuration.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
-              help="Write the run's results JSON (with the destination's CPU as cpu.decode).")
+              help="Write the run's results JSON (with the destination's CPU per stage as cpu_decode).")
 @pass_ctx
 def verify(c: Ctx, trace: str, spec: str, machine: str, json_out: str | None) -> None:
     """Replay TRACE, decode the stream, and compare every page of every round with the trace."""

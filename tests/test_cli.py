@@ -68,6 +68,9 @@ def test_bench_table_json_csv_and_resume(trace, tmp_path):
     assert "| trace" in p.stdout and "t.parquet" in p.stdout
     assert len(json.loads(js.read_text())) == 1
     assert cs.read_text().startswith("trace,config")
+    assert "decode CPU s/GiB" in p.stdout and "decode CPU s/GiB" in cs.read_text().splitlines()[0]
+    res = json.loads(js.read_text())[0]
+    assert {"wire", "zero", "page"} <= set(res["cpu_decode"]) and set(res["cpu_decode_s_per_gib"]) == set(res["cpu_decode"])
     p = run("bench", str(trace), "--config", "none", "--json", str(js), "--resume")
     assert p.returncode == 0, p.stderr
     assert len(json.loads(js.read_text())) == 1  # nothing re-run
@@ -126,3 +129,32 @@ def test_verify_mismatch_exits_1_naming_round_block_offset(trace):
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "verify: FAILED" in p.stderr and "round 1, block 'pc.ram', offset 0x1000" in p.stderr
     assert "+0x64" in p.stderr  # the flipped byte
+
+
+def test_bench_no_decode_omits_the_destination(trace, tmp_path):
+    js = tmp_path / "n.json"
+    p = run("bench", str(trace), "--config", "none", "--no-decode", "--json", str(js))
+    assert p.returncode == 0, p.stderr
+    res = json.loads(js.read_text())[0]
+    assert "cpu_decode" not in res and "cpu_decode_s_per_gib" not in res and "decode_wall_s" not in res
+    row = next(line for line in p.stdout.splitlines() if "t.parquet" in line)
+    assert [c.strip() for c in row.strip("|").split("|")][10] == "-"  # the decode CPU column
+    p = run("report", str(js))
+    assert p.returncode == 0 and "decode CPU s/GiB" in p.stdout
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_bench_fails_on_a_stream_it_cannot_decode(trace, tmp_path, jobs):
+    """bench decodes every stream: records the destination rejects fail the run (exit 2, one line
+    naming the offset, the trace and the config); --no-decode does not look."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "plugins_for_tests"))
+    args = [sys.executable, "-m", "pagecodec.cli", "--plugin", "pc_test_badrecord", "bench", str(trace),
+            "--config", "raw-codec=badrecord", "--config", "none", "--jobs", jobs]
+    p = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "replayed stream: offset " in p.stderr and "badrecord payload rejected" in p.stderr
+    assert "t.parquet with config 'raw-codec=badrecord', setup: " not in p.stderr  # a round, not setup
+    assert "t.parquet with config 'raw-codec=badrecord', round 0: " in p.stderr, p.stderr
+    p = subprocess.run([*args, "--no-decode"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr

@@ -205,7 +205,7 @@ def test_wait_thread_off_is_marked_timing_dependent(tmp_path, pm):
     m = res.metrics
     assert m["threads"]["timing-dependent"] is True and m["threads"]["compress-wait-thread"] is False
     assert m["compression"]["pages"] + m["compression"]["busy"] > 0
-    assert m["cpu"]["decode"] > 0 and m["threads"]["decompress"] == 2
+    assert m["cpu_decode"]["compress"] > 0 and m["threads"]["decompress"] == 2
 
 
 def test_a_corrupt_record_in_a_run_writes_no_page_of_the_run(tmp_path, pm):

@@ -257,7 +257,7 @@ def test_encode_packet_layouts():
 def test_verify_qemu_102(trace, pm, spec):
     res = verify(TraceReader(trace), parse_spec(spec, pm.presets), pm)
     assert res.ok, res.mismatch
-    assert res.metrics["cpu"]["decode-multifd"] > 0
+    assert res.metrics["cpu_decode"]["multifd"] > 0
 
 
 def test_qemu_41_multifd_is_not_modelled(trace, pm):

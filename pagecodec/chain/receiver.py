@@ -23,16 +23,24 @@ This is the one RAM-record walker of pagecodec. Whoever needs to know where reco
 cutting passes into rounds, the multifd import splicing channel pages back in, ``verify`` comparing the
 pages a round touched) passes a :class:`RecordObserver`: it sees every section, control record and
 page record in stream order (a vectorised run as one call) with block, page indexes and byte
-positions. Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
+positions. The receiver charges its thread CPU per stage (:attr:`Receiver.cpu`, :meth:`Receiver.take_cpu_ns`):
+each page record kind (``zero``, ``page``, ``xbzrle``, ``compress``, an extension codec's name) gets
+its decoding, its decoders' worker threads included; ``wire`` the stream's framing (file header,
+sections, footers, commands, MEM_SIZE, EOS, MULTIFD_FLUSH); an observer's work counts in the stage it
+is called in unless it charges a stage of its own (:meth:`StageClock.within`). The clock is read
+where the stage changes, not per record: a record's header is read before its kind is known, so it
+goes to the stage of the record before (a few ns).
+Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
 byte offset: unknown flags, a CONTINUE with no previous block, an unknown block, an offset outside its
 block, a MEM_SIZE list that disagrees with the expected blocks, a truncated record, a missing footer.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -56,6 +64,7 @@ from ..wire.flags import (
 from ..wire.extension import EXTENSION_HEADER, RAM_SAVE_FLAG_EXTENSION, payload_limit, read_extension_header
 from ..wire.reader import StreamReader
 from .config import MigrationConfig
+from .metrics import StageClock
 from .ramstate import block_addresses
 
 __all__ = ["Receiver", "LoadStats", "RecordObserver", "PageRecords", "read_block_list"]
@@ -78,6 +87,25 @@ _KIND_OF_FLAG = {0x02: "zero", 0x08: "page", 0x40: "xbzrle", 0x100: "compress"}
 #: and an offset.
 _QEMU_PAGE_FLAGS = set(_KIND_OF_FLAG)
 _PAGE_FLAGS = PAGE_RECORD_FLAGS | RAM_SAVE_FLAG_EXTENSION
+#: The CPU stage of the stream's framing (sections, control records), as the sender names its own.
+WIRE_STAGE = "wire"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _timed(fn: _F) -> _F:
+    """A public load method runs with the receiver's stage clock started (framing until a record
+    kind takes over), and stops it on return, so time between calls is nobody's."""
+
+    @functools.wraps(fn)
+    def run(self: "Receiver", *args: Any, **kwargs: Any) -> Any:
+        self.cpu.start(WIRE_STAGE)
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self.cpu.stop()
+
+    return run  # type: ignore[return-value]
 
 
 @dataclass
@@ -215,6 +243,7 @@ class Receiver:
         self.device_state_at: int | None = None  # where the load stopped at device state
         self.vmdesc: dict | None = None
         self.vmdesc_offset: int | None = None
+        self.cpu = StageClock()  # thread CPU per stage; worker threads' via take_cpu_ns
         blocks = tuple(self.expected.values()) if self.expected else ()
         ctx = CodecContext(config or MigrationConfig(), page_size, blocks, block_addresses([b.used_length for b in blocks]))
         if isinstance(codecs, PluginManager):
@@ -248,8 +277,14 @@ class Receiver:
                     )
                 self.decoders[d.flag] = d
                 self._decoder_codec[d.flag] = codec.name
+        #: Each decoder's CPU stage: its record kind, an extension codec's name.
+        self._stages: list[tuple[str, RecordDecoder]] = [
+            *((_KIND_OF_FLAG.get(f) or hex(f), d) for f, d in self.decoders.items()),
+            *self.extension_decoders.values(),
+        ]
 
     # -- stream level ---------------------------------------------------------------------------
+    @_timed
     def load_stream(
         self,
         r: StreamReader,
@@ -272,6 +307,7 @@ class Receiver:
         if self.device_state_at is not None:
             self.locate_vmdesc(r)
 
+    @_timed
     def load_header(self, r: StreamReader) -> None:
         hdr = self.header = qevm.read_file_header(r)
         caps = hdr.capabilities
@@ -281,6 +317,7 @@ class Receiver:
             raise r.error(f"target-page-bits {hdr.target_page_bits}, but the page size here is {self.page_size}", 0)
         self.ignore_shared = ("x-ignore-shared" in caps) if caps else None
 
+    @_timed
     def load_section(self, r: StreamReader) -> qevm.SectionHeader:
         """One section (a command; START/PART/END of "ram"; EOF); returns its header. A device
         section after the RAM END section is left unread (see :meth:`load_stream`)."""
@@ -366,6 +403,7 @@ class Receiver:
         if self.observer is not None:
             self.observer.command(name, data, r.base + at)
 
+    @_timed
     def locate_vmdesc(self, r: StreamReader, found: tuple[int, dict] | None = None) -> dict | None:
         """The VMDESCRIPTION trailer at the end of the stream (:func:`qevm.find_vmdesc`; ``found``: its
         result from earlier, to save the search), which must lie after what was loaded. None if absent."""
@@ -380,12 +418,14 @@ class Receiver:
         return desc
 
     # -- ram_load_precopy -----------------------------------------------------------------------
+    @_timed
     def load_ram(self, r: StreamReader) -> None:
         """Records until EOS."""
         ps = self.page_size
         mask = ps - 1
         count = self.stats.records
         obs = self.observer
+        clock = self.cpu
         while True:
             at = r.pos
             word = r.get_be64("RAM record header")
@@ -398,6 +438,7 @@ class Receiver:
                     raise r.error(f"page offset {addr:#x} outside block {self.block_order[bi]!r} of {pages.nbytes:#x} bytes", at)
             kind = flags & ~RAM_SAVE_FLAG_CONTINUE
             if kind == RAM_SAVE_FLAG_EOS:
+                clock.lap(WIRE_STAGE)
                 if addr:
                     raise r.error(f"EOS record with a non-zero address {addr:#x}", at)
                 self.stats.eos += 1
@@ -407,11 +448,13 @@ class Receiver:
                     obs.eos(r.base + at)
                 return
             if kind == RAM_SAVE_FLAG_MEM_SIZE:
+                clock.lap(WIRE_STAGE)
                 self._load_mem_size(r, addr, at)
                 if obs is not None:
                     obs.mem_size(r.base + at, r.base + r.pos)
                 continue
             if kind == RAM_SAVE_FLAG_MULTIFD_FLUSH:  # 8.1+: multifd channels sync; nothing to load here
+                clock.lap(WIRE_STAGE)
                 self.stats.multifd_flush += 1
                 if obs is not None:
                     obs.multifd_flush(r.base + at)
@@ -425,6 +468,8 @@ class Receiver:
                     raise r.error("RAM control hook records (RDMA) are not supported", at)
                 raise r.error(f"unknown combination of migration flags {flags:#x}", at)
             name = _KIND_OF_FLAG.get(kind) or hex(kind)
+            if name != clock.stage:
+                clock.lap(name)
             if flags & RAM_SAVE_FLAG_CONTINUE and (dec.fixed_payload is not None or dec.loads_many):
                 n = (self._load_run(r, word, dec, bi, name) if dec.fixed_payload is not None
                      else self._load_variable_run(r, word, dec, bi, name))
@@ -544,6 +589,7 @@ class Receiver:
             raise r.error(f"extension record of codec id {cid:#06x}, which no installed plugin decodes (extension "
                           f"codecs here: {have})", hat)
         name, dec = entry
+        self.cpu.lap(name)
         limit = payload_limit(self.page_size)
         if n > limit:
             raise DecodeError(f"extension record of codec {name!r}: payload of {n} bytes, more than the limit of "
@@ -588,8 +634,19 @@ class Receiver:
         return [*self.decoders.values(), *(d for _, d in self.extension_decoders.values())]
 
     def take_worker_cpu_ns(self) -> int:
-        """Thread CPU nanoseconds the decoders' worker threads spent since the last call."""
-        return sum(d.take_worker_cpu_ns() for d in self._all_decoders())
+        """Thread CPU nanoseconds the decoders' worker threads spent since the last call (extension
+        codecs' decoders included). Shares the decoders' counters with :meth:`take_cpu_ns`."""
+        return sum(d.take_worker_cpu_ns() for _stage, d in self._stages)
+
+    def take_cpu_ns(self) -> dict[str, int]:
+        """The destination's thread CPU nanoseconds per stage since the last call: this thread's
+        (:attr:`cpu`) plus each decoder's worker threads under its stage."""
+        out = self.cpu.take()
+        for stage, d in self._stages:
+            ns = d.take_worker_cpu_ns()
+            if ns:
+                out[stage] = out.get(stage, 0) + ns
+        return out
 
     def _block_from_stream(self, r: StreamReader, flags: int, at: int) -> int:
         """ram_block_from_stream: CONTINUE reuses the last block, else u8 len + idstr follows."""

@@ -102,7 +102,8 @@ class Sender:
         self.block_addrs = block_addresses([b.used_length for b in meta.blocks])
         self.channel_sinks = channel_sinks
         self.channels: dict[int, WireWriter] = {}
-        self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs, channel=self.channel)
+        self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs,
+                                channel=_channel_opener(self.channels, channel_sinks))
         self.encoders = build_encoders(config, plugins, self.ctx)
         self.stats = MigrationStats(page_size=meta.page_size, total_ram=meta.ram_bytes)
         self._idstr = [b.name for b in meta.blocks]
@@ -111,10 +112,8 @@ class Sender:
 
     def channel(self, k: int) -> WireWriter:
         """Channel k's writer (multifd), made on first use with ``channel_sinks(k)`` (or counting only)."""
-        w = self.channels.get(k)
-        if w is None:
-            w = self.channels[k] = WireWriter(self.channel_sinks(k) if self.channel_sinks else NullSink())
-        return w
+        assert self.ctx.channel is not None
+        return self.ctx.channel(k)
 
     def _channel_bytes(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -320,6 +319,22 @@ class Sender:
             rs.wire.update(by_kind)
             rs.records.update(recs)
         self.stats.cpu.add("wire", time.thread_time_ns() - t0)
+
+
+def _channel_opener(channels: dict[int, WireWriter],
+                    sinks: Callable[[int], Sink] | None) -> Callable[[int], WireWriter]:
+    """``CodecContext.channel``: channel k's writer, made on first use in ``channels``. A closure over
+    the table, not a bound method of the Sender: the sender holds its encoders, which hold the context,
+    so a method would close a reference cycle, and the encoders' memory (XBZRLE's page cache: 64 MiB by
+    default) would outlive the run until a garbage collection; in a bench of many runs they pile up."""
+
+    def channel(k: int) -> WireWriter:
+        w = channels.get(k)
+        if w is None:
+            w = channels[k] = WireWriter(sinks(k) if sinks else NullSink())
+        return w
+
+    return channel
 
 
 def block_runs(blocks: np.ndarray) -> list[tuple[int, int]]:

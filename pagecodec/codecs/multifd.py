@@ -358,7 +358,7 @@ class MultifdReceiver:
         self.zero_pages = 0
         self.sync_point_kind = "MULTIFD_FLUSH" if self.modern else "EOS"
 
-    def feed(self, k: int, data: bytes) -> None:
+    def feed(self, k: int, data: bytes | bytearray | memoryview) -> None:
         self.ch[k].buf += data
 
     def sync(self, at: int | None = None) -> None:

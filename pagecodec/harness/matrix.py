@@ -1,7 +1,9 @@
 """Sweeps: every trace × every configuration, in this process or a local process pool.
 
-Each run is independent (its own plugin manager, sender and counters), so runs parallelise across
-processes; ``--resume`` skips (trace sha256, config) pairs already present in the results file.
+Each run is independent (its own plugin manager, sender, destination and counters), so runs
+parallelise across processes; ``--resume`` skips (trace sha256, config) pairs already present in the
+results file. By default every run's stream is also decoded (``replay(decode=True)``), so results
+carry the destination's CPU per stage next to the sender's; ``decode=False`` (``--no-decode``) skips it.
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ def plan_runs(traces: Sequence[str], specs: Sequence[str]) -> list[Run]:
     return [Run(t, s) for t in traces for s in specs]
 
 
-def run_one(run: Run, plugin_modules: Sequence[str] = ()) -> dict[str, Any]:
-    """One replay (also the unit of work of a pool worker)."""
+def run_one(run: Run, plugin_modules: Sequence[str] = (), decode: bool = True) -> dict[str, Any]:
+    """One replay, decoded on the destination unless ``decode`` is False (also the unit of work of
+    a pool worker)."""
     pm = PluginManager(plugin_modules)
     config = parse_spec(run.spec, pm.presets)
     reader = TraceReader(run.trace)
-    return replay(reader, config, pm)
+    return replay(reader, config, pm, decode=decode)
 
 
 def _key(trace_sha: str, label: str) -> tuple[str, str]:
@@ -63,6 +66,7 @@ def run_matrix(
     *,
     jobs: int = 1,
     plugin_modules: Sequence[str] = (),
+    decode: bool = True,
     done: Sequence[dict[str, Any]] = (),
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -76,13 +80,13 @@ def run_matrix(
     results: list[dict[str, Any]] = []
     if jobs <= 1 or len(todo) <= 1:
         for run in todo:
-            res = run_one(run, plugin_modules)
+            res = run_one(run, plugin_modules, decode)
             results.append(res)
             if on_result:
                 on_result(res)
         return results
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, run, tuple(plugin_modules)) for run in todo]
+        futures = [pool.submit(run_one, run, tuple(plugin_modules), decode) for run in todo]
         for f in futures:
             res = f.result()
             results.append(res)

@@ -1,7 +1,10 @@
-"""Replay: one trace through one configuration — the sender alone, or sender + receiver + check.
+"""Replay: one trace through one configuration — the sender alone, sender + receiver, or sender +
+receiver + check.
 
-:func:`replay` measures (wire bytes, QEMU counters, CPU per stage). :func:`verify` also decodes the
-stream round by round on a :class:`~pagecodec.chain.receiver.Receiver` and compares the destination's
+:func:`replay` measures (wire bytes, QEMU counters, CPU per stage); with ``decode`` (``bench``'s
+default) it also loads the stream on the destination (:mod:`.destination`) section by section and
+measures the destination's CPU per stage (``cpu_decode``): every record is decoded and checked by its
+decoder, pages are not compared. :func:`verify` decodes the same way and compares the destination's
 memory with the trace's RAM image after every round; the first difference is reported by round,
 block and offset.
 
@@ -30,14 +33,14 @@ import numpy as np
 
 from .. import __version__
 from ..chain.config import MigrationConfig
-from ..chain.receiver import PageRecords, Receiver, RecordObserver
+from ..chain.metrics import MigrationStats
+from ..chain.receiver import PageRecords, Receiver
 from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
-from ..codecs.multifd import MultifdReceiver
-from ..errors import ConfigError, WireError
+from ..errors import ConfigError
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceReader
-from ..wire.reader import StreamReader
-from ..wire.writer import FileSink, MemorySink, NullSink, Sink, StreamDirectory
+from ..wire.writer import FileSink, NullSink, Sink, StreamDirectory
+from .destination import ChannelSync, Destination
 
 __all__ = ["replay", "verify", "VerifyResult", "Mismatch", "rounds_of", "versions"]
 
@@ -63,11 +66,22 @@ def replay(
     machine: str = DEFAULT_MACHINE,
     progress: Callable[[int], None] | None = None,
     sink: Sink | None = None,
+    decode: bool = False,
+    tamper: Callable[[int, bytes], bytes] | None = None,
+    tamper_channel: Callable[[int, int, bytes], bytes] | None = None,
 ) -> dict[str, Any]:
     """Send the whole trace; returns the results object (DESIGN.md's results JSON, one run).
 
     ``qemu_stream``: write the stream there — a QEVM file, or for a multifd configuration a new
-    directory with ``main.mig`` and ``channel-<k>.bin`` (written atomically as a whole)."""
+    directory with ``main.mig`` and ``channel-<k>.bin`` (written atomically as a whole).
+    ``decode``: also load the stream on a destination after every section (:func:`_decoded`; not
+    with ``qemu_stream`` or ``sink``); a decode fault raises WireError naming the offset, the trace,
+    the config and the round. ``tamper``/``tamper_channel``: as in :func:`verify`, for tests."""
+    if decode:
+        if qemu_stream is not None or sink is not None:
+            raise ValueError("replay(decode=True) keeps the stream in memory: no qemu_stream or sink")
+        return _decoded(reader, config, plugins, machine=machine, progress=progress, tamper=tamper,
+                        tamper_channel=tamper_channel)
     fmt = stream_format(config, plugins)
     if qemu_stream is not None and fmt["extension-codecs"]:
         names = ", ".join(repr(n) for n in fmt["extension-codecs"])
@@ -93,6 +107,55 @@ def replay(
     if out_dir is not None:
         out_dir.commit()
     return result_object(reader, config, {**stats.to_json(), "format": fmt})
+
+
+def _decoded(
+    reader: TraceReader,
+    config: MigrationConfig,
+    plugins: PluginManager,
+    *,
+    machine: str,
+    progress: Callable[[int], None] | None,
+    tamper: Callable[[int, bytes], bytes] | None,
+    tamper_channel: Callable[[int, int, bytes], bytes] | None,
+) -> dict[str, Any]:
+    """replay with the destination loading each section as soon as it is sent (bounded memory: one
+    round of stream at a time). Pages are not compared (that is :func:`verify`'s job and costs a
+    second image of RAM); every record is decoded, with its decoder's checks."""
+    name = os.path.basename(str(reader.path))
+    dest = Destination(reader.meta, config, plugins, context=f"{name} with config {config.label!r}, ",
+                       tamper=tamper, tamper_channel=tamper_channel)
+    sender = Sender(reader.meta, config, plugins, dest.sink, machine=machine,
+                    channel_sinks=dest.channel_sink if config.cap("multifd") else None)
+    n = reader.num_rounds
+    try:
+        sender.save_setup()
+        dest.load(-1, n)
+        for r, batches in _timed_rounds(reader, sender):
+            sender.save_round(r, tap_progress(batches, progress), last_stage=(r == n - 1))
+            dest.load(r, n)
+        stats = sender.finish()
+        in_window = dest.wall_ns + dest.transport_wall_ns
+        dest.load(n, n)
+    finally:
+        dest.close()
+    return result_object(reader, config, _with_destination(stats, dest, in_window, config, plugins))
+
+
+def _with_destination(stats: MigrationStats, dest: Destination, in_window_ns: int, config: MigrationConfig,
+                      plugins: PluginManager) -> dict[str, Any]:
+    """The run's metrics with the destination's CPU per stage and wall time. The destination loaded
+    inside the sender's wall-clock window (after each section), so its wall time (``in_window_ns``,
+    with the hand-over of the bytes) leaves ``wall_s``, which stays the sender's (and
+    ``pages-per-second`` with it); loading EOF came after the window."""
+    dest.uncharge_transport(stats.cpu)
+    stats.decode_cpu_ns = dest.cpu_ns()
+    stats.decode_wall_s = dest.wall_ns / 1e9
+    stats.wall_s = max(0.0, stats.wall_s - in_window_ns / 1e9)
+    metrics = {**stats.to_json(), "format": stream_format(config, plugins)}
+    if config.cap("compress"):
+        metrics.setdefault("threads", {})["decompress"] = int(config.param("decompress-threads"))
+    return metrics
 
 
 def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, Any]:
@@ -172,112 +235,61 @@ def verify(
     """
     meta = reader.meta
     ps = meta.page_size
-    sink = MemorySink()
-    multifd = config.cap("multifd")
-    chan_sinks: dict[int, MemorySink] = {}
-
-    def channel_sink(k: int) -> Sink:
-        return chan_sinks.setdefault(k, MemorySink())
-
-    sender = Sender(meta, config, plugins, sink, machine=machine, channel_sinks=channel_sink if multifd else None)
     names = [b.name for b in meta.blocks]
     touched = _Touched(names)
-    receiver = touched.receiver = Receiver(
-        ps, plugins, config, expected_blocks=meta.blocks, source="replayed stream", observer=touched)
-    if multifd:
-        def block_of(name: str) -> np.ndarray | None:
-            mem = receiver.memory.get(name)
-            return mem.reshape(-1, ps) if mem is not None else None
-
-        mf = touched.multifd = MultifdReceiver(
-            config.qemu_version, config.param("multifd-channels"), config.param("multifd-compression"), ps,
-            block_of, lambda name, idx: touched.add(touched.index[name], idx))
+    dest = Destination(meta, config, plugins, observer=touched, tamper=tamper, tamper_channel=tamper_channel)
+    receiver = dest.receiver
+    sender = Sender(meta, config, plugins, dest.sink, machine=machine,
+                    channel_sinks=dest.channel_sink if config.cap("multifd") else None)
     expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
-    offset = 0
-    load_ns = 0
-
-    def feed(r: int, loader: Callable[[StreamReader], Any]) -> None:
-        nonlocal offset, load_ns
-        if multifd:
-            for k in sorted(chan_sinks):
-                data = chan_sinks[k].take()
-                mf.feed(k, tamper_channel(k, r, data) if tamper_channel is not None else data)
-        chunk = sink.take()
-        if tamper is not None:
-            chunk = tamper(r, chunk)
-        sr = StreamReader(chunk, source="replayed stream", base=offset)
-        t0 = time.thread_time_ns()
-        try:
-            loader(sr)
-        except WireError as e:
-            where = "setup" if r < 0 else (f"round {r}" if r < reader.num_rounds else "EOF and vmdesc")
-            raise e.within(before=f"{where}: ") from None
-        load_ns += time.thread_time_ns() - t0 + receiver.take_worker_cpu_ns()
-        if not sr.at_end():
-            raise sr.error(f"{sr.remaining} unexpected bytes after the section")
-        offset += len(chunk)
+    n = reader.num_rounds
 
     def expect(batches: Iterator[PageBatch]) -> Iterator[PageBatch]:
         for b in batches:
             _apply(expected, names, b, ps, touched)
             yield b
 
-    sender.save_setup()
-    feed(-1, lambda sr: (receiver.load_header(sr), receiver.load_section(sr)))
-    touched.clear()
     pages = 0
     mismatch = None
-    for r, batches in rounds_of(reader):
-        rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == reader.num_rounds - 1))
-        pages += rs.dirty_pages
-        feed(r, receiver.load_section)
-        mismatch = _compare(expected, receiver, meta.blocks, ps, r, touched.take())
-        if mismatch is not None:
-            break
-    if mismatch is None and reader.num_rounds:
-        mismatch = _compare(expected, receiver, meta.blocks, ps, reader.num_rounds - 1, None)
-    stats = sender.finish()
-    if mismatch is None:
-        feed(reader.num_rounds, receiver.load_section)
-        if not receiver.finished:
-            raise StreamReader(b"", "replayed stream", offset).error("stream did not end with EOF")
-        if multifd:
-            mf.finish()
-    # the destination's CPU: main-stream load with its decoders' worker threads (channel work
-    # excluded), and the channels' decoding
-    stats.cpu.add("decode", load_ns - (mf.cpu_ns if multifd else 0))
-    if multifd:
-        stats.cpu.add("decode-multifd", mf.cpu_ns)
-    metrics = {**stats.to_json(), "format": stream_format(config, plugins)}
-    if config.cap("compress"):
-        metrics.setdefault("threads", {})["decompress"] = int(config.param("decompress-threads"))
-    return VerifyResult(reader.num_rounds, pages, offset, mismatch, result_object(reader, config, metrics),
-                        sum(c.base + len(c.buf) for c in mf.ch) if multifd else 0)
+    try:
+        sender.save_setup()
+        dest.load(-1, n)
+        touched.clear()
+        for r, batches in rounds_of(reader):
+            rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
+            pages += rs.dirty_pages
+            dest.load(r, n)
+            mismatch = _compare(expected, receiver, meta.blocks, ps, r, touched.take())
+            if mismatch is not None:
+                break
+        if mismatch is None and n:
+            mismatch = _compare(expected, receiver, meta.blocks, ps, n - 1, None)
+        stats = sender.finish()
+        in_window = dest.wall_ns + dest.transport_wall_ns
+        if mismatch is None:
+            dest.load(n, n)
+        channel_bytes = dest.channel_bytes
+    finally:
+        dest.close()
+    metrics = _with_destination(stats, dest, in_window, config, plugins)
+    return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics), channel_bytes)
 
 
 #: Pages compared in one step (bounds the comparison's temporaries to a few MiB).
 _COMPARE_PAGES = 1024
 
 
-class _Touched(RecordObserver):
-    """The pages a round touched, per block: written by the stream (the receiver reports them) or
-    dirtied by the trace (:func:`_apply` adds them)."""
+class _Touched(ChannelSync):
+    """The pages a round touched, per block: written by the stream (the receiver reports them, the
+    multifd channels too) or dirtied by the trace (:func:`_apply` adds them)."""
 
     def __init__(self, names: list[str]) -> None:
+        super().__init__()
         self.index = {n: i for i, n in enumerate(names)}  # block name -> the trace's block index
         self.parts: list[list[np.ndarray]] = [[] for _ in names]
-        self.receiver: Receiver | None = None
-        self.multifd: MultifdReceiver | None = None  # the channels, synced at the main stream's sync points
 
-    def eos(self, at: int) -> None:
-        if self.multifd is not None and not self.multifd.modern:
-            self.multifd.sync(at)  # 7.2: ram_load's EOS runs multifd_recv_sync_main
-
-    def multifd_flush(self, at: int) -> None:
-        if self.multifd is None:
-            raise WireError("MULTIFD_FLUSH record in a stream without multifd channels", at, "replayed stream")
-        if self.multifd.modern:
-            self.multifd.sync(at)
+    def channel_pages(self, block: str, index: np.ndarray) -> None:
+        self.add(self.index[block], index)
 
     def pages(self, records: PageRecords) -> None:
         assert self.receiver is not None  # the stream's block order need not be the trace's

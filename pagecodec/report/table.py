@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-__all__ = ["summary_rows", "format_table", "HEADERS"]
+__all__ = ["summary_rows", "format_table", "HEADERS", "cpu_s_per_gib", "decode_cpu_s_per_gib"]
 
 HEADERS = [
     "trace",
@@ -20,14 +20,27 @@ HEADERS = [
     "normal",
     "xbzrle pages",
     "CPU s/GiB",
+    "decode CPU s/GiB",
     "pages/s",
     "wall s",
 ]
 
 
+#: ``cpu`` keys that are not the sender's migration work: trace decoding, and the destination's CPU as
+#: results of ``verify`` before ``cpu_decode`` held it.
+_NOT_SENDER = frozenset({"trace", "decode", "decode-multifd"})
+
+
 def cpu_s_per_gib(r: dict[str, Any]) -> float:
     """CPU of the migration's own work: chain slots and wire assembly (not trace decoding)."""
-    return sum(v for k, v in r.get("cpu_s_per_gib", {}).items() if k != "trace")
+    return sum(v for k, v in r.get("cpu_s_per_gib", {}).items() if k not in _NOT_SENDER)
+
+
+def decode_cpu_s_per_gib(r: dict[str, Any]) -> float | str:
+    """The destination's CPU (every decoding stage, framing and multifd channels included), or "-"
+    for a run that did not decode (``bench --no-decode``, ``replay``)."""
+    dec = r.get("cpu_decode_s_per_gib")
+    return sum(dec.values()) if dec is not None else "-"
 
 
 def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
@@ -47,6 +60,7 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
                 ram["normal"],
                 r.get("xbzrle-cache", {}).get("pages", "-"),
                 cpu_s_per_gib(r),
+                decode_cpu_s_per_gib(r),
                 ram["pages-per-second"],
                 r["wall_s"],
             ]
