@@ -632,9 +632,9 @@ class CompressedPageDecoder(RecordDecoder):
         if self.threads > 1 and len(chunks) > 1:
             with ThreadPoolExecutor(max_workers=min(self.threads, len(chunks)), thread_name_prefix="decompress") as pool:
                 results = list(pool.map(lambda c: work(*c), chunks))
+            self._cpu_ns += sum(ns for _, ns in results)  # worker threads' CPU (the caller's is its own clock's)
         else:
             results = [work(lo, hi) for lo, hi in chunks]
-        self._cpu_ns += sum(ns for _, ns in results)
         pages[index] = np.concatenate([o for o, _ in results])  # every page checked: now write them
 
     def take_worker_cpu_ns(self) -> int:
