@@ -241,3 +241,43 @@ def test_destination_cache_fast_and_safe_paths_agree():
         pages = pages ^ 1
     colliding = np.array([0, 64 * PS], np.int64)  # one slot, two addresses
     assert a.lookup(colliding, np.ones(2, bool), 3) is None
+
+
+def _stream(pm, spec: str, trace: str = "linux-counters") -> tuple[bytes, object]:
+    reader = TraceReader(CORPUS / f"{trace}.trace.parquet")
+    sink = MemorySink()
+    Sender(reader.meta, parse_spec(spec, pm.presets), pm, sink).run(reader.rounds(), reader.num_rounds)
+    return sink.getvalue(), reader.meta
+
+
+@pytest.mark.parametrize("spec", ["xor-zstd", "xbzrle+zstd"])
+def test_runs_of_extension_records_load_at_once_as_one_by_one(pm, spec, monkeypatch):
+    """The receiver hands a run of a codec's records to load_many; the destination is the same as
+    when every record is loaded on its own."""
+    data, meta = _stream(pm, spec)
+    cfg = parse_spec(spec, pm.presets)
+    fast = Receiver(PS, pm, cfg, expected_blocks=meta.blocks, source="s")
+    fast.load_stream(StreamReader(data, "s"))
+    monkeypatch.setattr(RunDecoder, "loads_many", False)
+    slow = Receiver(PS, pm, cfg, expected_blocks=meta.blocks, source="s")
+    slow.load_stream(StreamReader(data, "s"))
+    assert fast.stats.records == slow.stats.records
+    for name in fast.memory:
+        assert (fast.memory[name] == slow.memory[name]).all(), name
+
+
+def test_an_error_inside_a_run_names_its_page(pm):
+    data, meta = _stream(pm, "xor-zstd")
+    cfg = parse_spec("xor-zstd", pm.presets)
+    rc = Receiver(PS, pm, cfg, expected_blocks=meta.blocks, source="s")
+    cid = pm.codecs["xor-zstd"].wire_id.to_bytes(2, "big")
+    # the second run head of the stream (a non-empty payload after the first): corrupt its run length
+    heads = [i for i in range(len(data) - 14) if data[i + 8 : i + 10] == cid and data[i + 7] & 0x20
+             and int.from_bytes(data[i + 10 : i + 14], "big") > 0 and data[i + 6] & 0x04]
+    at = heads[1]
+    bad = data[: at + 14] + b"\x00" + data[at + 15 :]
+    with pytest.raises(DecodeError, match=r"run of 0 pages .*codec 'xor-zstd', block '.*', page offset 0x") as ei:
+        rc.load_stream(StreamReader(bad, "s"))
+    assert ei.value.offset == at + 14
+    page_off = int.from_bytes(data[at : at + 8], "big") & ~(PS - 1)
+    assert f"page offset {page_off:#x}" in str(ei.value)

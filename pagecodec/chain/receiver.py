@@ -460,7 +460,8 @@ class Receiver:
                     obs.multifd_flush(r.base + at)
                 continue
             if kind == RAM_SAVE_FLAG_EXTENSION:
-                self._load_extension(r, at, bi, addr)
+                if not (flags & RAM_SAVE_FLAG_CONTINUE and self._load_extension_run(r, at, word, bi)):
+                    self._load_extension(r, at, bi, addr)
                 continue
             dec = self.decoders.get(kind)
             if dec is None:
@@ -612,6 +613,65 @@ class Receiver:
         self.stats.records[name] = self.stats.records.get(name, 0) + 1
         if obs is not None:
             obs.pages(rec)  # type: ignore[arg-type]
+
+    def _load_extension_run(self, r: StreamReader, at: int, word: int, bi: int) -> int:
+        """A run of extension records of one codec (same flags, CONTINUE, ascending offsets, each within
+        the limit) whose decoder takes them at once (``loads_many``: a delta codec's run records, most
+        of them empty, cost more in per-record set-up than in decoding). The cursor stands after the
+        first record's be64 header. Returns how many records it applied (0: record by record)."""
+        buf = r.view_np()
+        end = len(buf)
+        ps = self.page_size
+        if r.pos + EXTENSION_HEADER > end:
+            return 0
+        cid, _n = read_extension_header(r._mv, r.pos)
+        entry = self.extension_decoders.get(cid)
+        if entry is None or not entry[1].loads_many:
+            return 0
+        name, dec = entry
+        pages = self.block_pages[bi]
+        limit = payload_limit(ps)
+        low = word & (ps - 1)
+        ats: list[int] = []
+        offs: list[int] = []
+        pays: list[tuple[int, int]] = []
+        pos, last = at, -1
+        mv = r._mv
+        while len(ats) < _RUN and pos + 8 + EXTENSION_HEADER <= end:
+            w = int.from_bytes(mv[pos : pos + 8], "big")
+            off = w & ~(ps - 1)
+            if w & (ps - 1) != low or off <= last or off + ps > pages.nbytes:
+                break
+            c, ln = read_extension_header(mv, pos + 8)
+            if c != cid or ln > limit or pos + 8 + EXTENSION_HEADER + ln > end:
+                break
+            ats.append(pos)
+            offs.append(off)
+            pays.append((pos + 8 + EXTENSION_HEADER, ln))
+            last = off
+            pos += 8 + EXTENSION_HEADER + ln
+        k = len(ats)
+        if k < 2:
+            return 0
+        self.cpu.lap(name)
+        idx = np.array(offs, np.int64) // ps
+        at_abs = r.base + np.array(ats, np.int64)
+        pay_abs = r.base + np.array([p for p, _ in pays], np.int64)
+        obs = self.observer
+        if obs is not None:
+            rec = PageRecords(bi, idx, name, at_abs, pay_abs - EXTENSION_HEADER)
+            obs.before_pages(rec)
+
+        def page_of(off: int | None) -> int:  # the record of the run whose header or payload holds ``off``
+            return int(idx[max(0, int(np.searchsorted(at_abs, off or 0, side="right")) - 1)]) * ps
+
+        with self._decoder_faults(r, name, bi, at, page_of, what=f"codec {name!r}, "):
+            dec.load_many([mv[p : p + ln] for p, ln in pays], pages, idx, pay_abs, r.source)
+        r.pos = pos
+        self.stats.records[name] = self.stats.records.get(name, 0) + k
+        if obs is not None:
+            obs.pages(rec)
+        return k
 
     @contextmanager
     def _decoder_faults(self, r: StreamReader, codec: str, bi: int, at: int, page_offset: Callable[[int | None], int],

@@ -207,7 +207,10 @@ class RecordDecoder(ABC):
     def load_many(self, payloads: list[memoryview], pages: np.ndarray, index: np.ndarray, at: np.ndarray,
                   source: str | None) -> None:
         """Apply a run of variable-length payloads onto ``pages[index]`` (``at``: each payload's stream
-        offset, for errors). Must validate every payload before writing any page."""
+        offset, for errors), as loading them one by one in order would. A rejected payload raises
+        DecodeError and leaves its page and every later page of the run untouched (a decoder that
+        works on threads validates every payload before writing any page). Extension records come
+        here too when their decoder sets ``loads_many`` (payloads without the extension header)."""
         raise NotImplementedError
 
     def take_worker_cpu_ns(self) -> int:

@@ -85,6 +85,7 @@ class RunDecoder(RecordDecoder):
     """Decodes run records of one codec (see the module docstring): ``modes`` are those it accepts."""
 
     flag = RAM_SAVE_FLAG_EXTENSION
+    loads_many = True
 
     def __init__(self, codec: str, page_size: int, modes: tuple[int, ...], long_window: int = 0) -> None:
         self.codec = codec
@@ -92,6 +93,16 @@ class RunDecoder(RecordDecoder):
         self.modes = modes
         self.z = Decompressor(long_window or WINDOW_LOG)
         self.owed: deque[tuple[int, np.ndarray]] = deque()
+
+    def load_many(self, payloads: list[memoryview], pages: np.ndarray, index: np.ndarray, at: np.ndarray,
+                  source: str | None) -> None:
+        """A run of this codec's records in stream order: each applied as :meth:`load` would."""
+        for payload, i, a in zip(payloads, index.tolist(), at.tolist()):
+            if len(payload) == 0 and self.owed:  # the common case: the next page of the run
+                mode, data = self.owed.popleft()
+                self._apply(mode, data, pages[i], a, source)
+            else:
+                self.load(StreamReader(payload, source, base=a), pages[i])
 
     def load(self, r: StreamReader, page: np.ndarray) -> None:
         at = r.base + r.pos
