@@ -2,6 +2,8 @@
 
     python bench/record_table.py [TRACE…] [--repeat N] [--candidate SPEC]… [--json FILE]
 
+(about 8 minutes with the defaults on the 2-core machine)
+
 For each trace (default: the corpus traces of real sources in corpora/MANIFEST.json), in one run,
 every config is replayed ``--repeat`` times, interleaved (config order rotates each pass, so all
 configs see the same load of this shared machine); bytes are the same every time, encode CPU is the
@@ -12,7 +14,9 @@ QEMU's configs at QEMU 7.2's defaults: none, xbzrle, compress, xbzrle+compress, 
 multifd-zstd. The QEMU reference of a trace is the one with the fewest wire bytes after the bulk
 stage (rounds ≥ 1). pagecodec's candidates (``--candidate``, default below) are judged against it:
 the record needs ≥ 25% fewer bytes in rounds ≥ 1, fewer bytes over the whole migration, and encode
-CPU per GiB no higher. The table says, per trace, the best candidate that meets all three (by
+CPU per GiB no higher: the median over the passes of the candidate's CPU divided by the reference's
+in the same pass is at most 1 (this shared machine's load moves both; the best-of-passes figures
+are shown too). The table says, per trace, the best candidate that meets all three (by
 rounds ≥ 1 bytes), or the closest one and what it misses.
 """
 
@@ -22,6 +26,8 @@ import argparse
 import json
 import resource
 import sys
+
+import numpy as np
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +39,8 @@ from pagecodec.trace.format import TraceReader
 
 ROOT = Path(__file__).resolve().parents[1]
 QEMU_CONFIGS = ["none", "xbzrle", "compress", "xbzrle+compress", "multifd-zlib", "multifd-zstd"]
-CANDIDATES = ["xor-zstd", "xor-zstd,pc-zstd-long=24", "xor-zstd,pc-zstd-long=27", "xbzrle+zstd", "delta-zstd"]
+CANDIDATES = ["xor-zstd", "xor-zstd-long", "xor-zstd-long,pc-zstd-level=-2", "xor-zstd-long,pc-zstd-level=-4",
+              "xbzrle+zstd", "delta-zstd", "zstd"]
 GOAL = 0.25
 
 
@@ -57,23 +64,30 @@ def measure(trace: Path, specs: list[str], repeat: int, pm: PluginManager) -> di
                 assert (prev["total"], prev["after_bulk"]) == (row["total"], row["after_bulk"]), (
                     f"{trace.name} {spec}: bytes differ between passes")
                 row["cpu_s_per_gib"] = min(prev["cpu_s_per_gib"], cpu)
+                row["cpu_passes"] = prev["cpu_passes"] + [cpu]
+            else:
+                row["cpu_passes"] = [cpu]
             out[spec] = row
     return out
 
 
 def judge(rows: dict[str, dict[str, Any]], candidates: list[str]) -> dict[str, Any]:
+    """The QEMU reference and each candidate's verdict. CPU is compared pass by pass (the two ran
+    moments apart in the same pass, so they saw the same load): the median of the paired ratios must
+    be at most 1."""
     qemu = min(QEMU_CONFIGS, key=lambda s: rows[s]["after_bulk"])
     ref = rows[qemu]
     verdicts = []
     for spec in candidates:
         r = rows[spec]
         saving = 1 - r["after_bulk"] / ref["after_bulk"]
+        ratio = float(np.median(np.array(r["cpu_passes"]) / np.array(ref["cpu_passes"])))
         misses = [what for what, ok in (
             (f"rounds>=1 only {saving:.0%} fewer", saving >= GOAL),
             ("more bytes over the whole migration", r["total"] < ref["total"]),
-            (f"CPU {r['cpu_s_per_gib']:.2f} > {ref['cpu_s_per_gib']:.2f} s/GiB", r["cpu_s_per_gib"] <= ref["cpu_s_per_gib"]),
+            (f"CPU {ratio:.2f}x of it (median of paired passes)", ratio <= 1.0),
         ) if not ok]
-        verdicts.append({"spec": spec, "saving_after_bulk": saving, "misses": misses})
+        verdicts.append({"spec": spec, "saving_after_bulk": saving, "cpu_ratio": ratio, "misses": misses})
     met = [v for v in verdicts if not v["misses"]]
     best = max(met or verdicts, key=lambda v: (not v["misses"], v["saving_after_bulk"]))
     return {"qemu": qemu, "best": best, "verdicts": verdicts, "record": bool(met)}
@@ -92,15 +106,15 @@ def main() -> None:
     results = []
     mib = 2**20
     print("| trace | QEMU's best (rounds ≥ 1) | its bytes ≥ 1 / total, CPU s/GiB | pagecodec's best | bytes ≥ 1 / total, "
-          "CPU s/GiB | fewer bytes ≥ 1 | record |")
-    print("|---|---|---|---|---|---|---|")
+          "CPU s/GiB | fewer bytes ≥ 1 | CPU ÷ QEMU's (paired median) | record |")
+    print("|---|---|---|---|---|---|---|---|")
     for trace in traces:
         rows = measure(trace, QEMU_CONFIGS + candidates, args.repeat, pm)
         j = judge(rows, candidates)
         q, b = rows[j["qemu"]], rows[j["best"]["spec"]]
         print(f"| {trace.name.split('.')[0]} | {j['qemu']} | {q['after_bulk'] / mib:.3f} / {q['total'] / mib:.3f} MiB, "
               f"{q['cpu_s_per_gib']:.2f} | {j['best']['spec']} | {b['after_bulk'] / mib:.3f} / {b['total'] / mib:.3f} MiB, "
-              f"{b['cpu_s_per_gib']:.2f} | {j['best']['saving_after_bulk']:.1%} | "
+              f"{b['cpu_s_per_gib']:.2f} | {j['best']['saving_after_bulk']:.1%} | {j['best']['cpu_ratio']:.2f} | "
               f"{'yes' if j['record'] else 'no: ' + '; '.join(j['best']['misses'])} |", flush=True)
         results.append({"trace": trace.name, "configs": rows, **j})
     print("\nevery config (MiB after the bulk stage / whole migration, encode CPU s/GiB):")

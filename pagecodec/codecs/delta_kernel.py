@@ -2,10 +2,11 @@
 
 For each page a delta could encode, xor-zstd needs the XOR of the new page and the destination's
 copy, how many of its bytes are non-zero (0: unchanged, nothing sent; more than a quarter: the page
-was renewed and goes whole), and the bytes to stream. In numpy that is a gather from the cache, an
+was renewed and goes whole), and, for a page sent as XOR, those bytes. In numpy that is a gather from the cache, an
 XOR, a scatter, another gather to count and a copy back for renewed pages: five passes over every
 hit page, which cost as much CPU as zstd itself on a workload that renews its pages. This kernel
-reads the page and the copy once and writes the bytes to stream once (numba, compiled on first use
+reads the page and the copy once and writes the XOR once (a whole page is not copied at all: zstd
+reads it where it is) (numba, compiled on first use
 and cached on disk like the XBZRLE kernels; :func:`warm_up` does it outside the timed chain).
 """
 
@@ -23,13 +24,12 @@ MODE_SKIP = 255
 
 
 def _xor_or_whole(pages, rows, cache, slots, hit, max_changed, out, modes):  # pragma: no cover - compiled
-    """out[j] = the bytes to send for pages[rows[j]]; modes[j] = 0 (whole), 1 (XOR), 255 (unchanged)."""
+    """modes[j] = 0 (send pages[rows[j]] whole), 1 (send its XOR, written to out[j]), 255 (unchanged)."""
     n, ps = out.shape
     for j in range(n):
         src = pages[rows[j]]
         dst = out[j]
         if not hit[j]:
-            dst[:] = src
             modes[j] = 0
             continue
         ref = cache[slots[j]]
@@ -41,7 +41,6 @@ def _xor_or_whole(pages, rows, cache, slots, hit, max_changed, out, modes):  # p
         if changed == 0:
             modes[j] = MODE_SKIP
         elif changed > max_changed:
-            dst[:] = src
             modes[j] = 0
         else:
             modes[j] = 1
@@ -56,8 +55,9 @@ def _compiled() -> Callable[..., Any]:
 
 def xor_or_whole(pages: np.ndarray, rows: np.ndarray, cache: np.ndarray, slots: np.ndarray, hit: np.ndarray,
                  max_changed: int) -> tuple[np.ndarray, np.ndarray]:
-    """For pages ``pages[rows]``: the bytes to stream (k, page_size) and each page's mode; a hit page
-    is compared with ``cache[slots[j]]``."""
+    """For pages ``pages[rows]``: each page's mode, and (k, page_size) rows holding the XOR of the
+    pages whose mode is XOR (other rows are not written: a whole page is streamed from where it is);
+    a hit page is compared with ``cache[slots[j]]``."""
     k, ps = len(rows), pages.shape[1]
     out = np.empty((k, ps), np.uint8)
     modes = np.empty(k, np.uint8)

@@ -59,17 +59,36 @@ class RunEncoder:
     def records(self, index: np.ndarray, modes: np.ndarray, data: np.ndarray, lengths: np.ndarray) -> RecordSet:
         """Run records for the segment positions ``index`` (ascending): page i is ``modes[i]`` with
         ``lengths[i]`` bytes of ``data`` (packed back to back in order)."""
+        lengths = np.asarray(lengths, np.int64)
+        data = np.ascontiguousarray(data)
+        return self.records_at(index, modes, data.ctypes.data + np.cumsum(lengths) - lengths, lengths)
+
+    def records_at(self, index: np.ndarray, modes: np.ndarray, ptrs: np.ndarray, lengths: np.ndarray) -> RecordSet:
+        """Like :meth:`records` with page i's bytes at memory address ``ptrs[i]`` (the caller keeps that
+        memory alive for the call): pages whose bytes follow each other in memory go to zstd as one
+        piece, so bytes already in place (a run of whole pages of the segment) are not gathered first."""
         m = len(index)
         lengths = np.asarray(lengths, np.int64)
-        ends = np.cumsum(lengths)
+        ptrs = np.asarray(ptrs, np.int64)
+        joined = np.zeros(m, bool)  # page i continues page i - 1's piece
+        if m > 1:
+            joined[1:] = ptrs[:-1] + lengths[:-1] == ptrs[1:]
         heads = np.arange(0, m, RUN_PAGES)
+        joined[heads] = False
+        starts = np.flatnonzero(~joined)
+        piece_len = np.add.reduceat(lengths, starts) if m else lengths
+        piece_ptr = ptrs[starts].tolist()
+        run_of_piece = starts // RUN_PAGES
         out: list[np.ndarray] = []
         plen = np.zeros(m, np.int64)
-        for h in heads.tolist():
+        first = np.searchsorted(run_of_piece, np.arange(len(heads)))
+        last = np.searchsorted(run_of_piece, np.arange(len(heads)), side="right")
+        piece_len_l = piece_len.tolist()
+        for r, h in enumerate(heads.tolist()):
             e = min(m, h + RUN_PAGES)
             k = e - h
-            lo = int(ends[h] - lengths[h])
-            z = self.z.flush(data[lo : int(ends[e - 1])])
+            a, b = int(first[r]), int(last[r])
+            z = self.z.flush_pieces(piece_ptr[a:b], piece_len_l[a:b])
             table = np.empty((k, 3), np.uint8)
             table[:, 0] = modes[h:e]
             table[:, 1] = lengths[h:e] >> 8

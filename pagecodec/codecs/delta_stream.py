@@ -72,18 +72,24 @@ class XorZstdEncoder(SlotEncoder):
             data, modes = xor_or_whole(seg.pages, pos, look.ref, pos, look.hit[pos], self.max_changed)
         if not len(pos):
             return
+        rows = np.arange(len(pos))  # each page's row in ``data``
         same = modes == MODE_SKIP
         if same.any():
             seg.claim(Slot.DELTA, pos[same])
             self.unchanged += int(same.sum())
-            keep = np.flatnonzero(~same)
-            pos, data, modes = pos[keep], data[keep], modes[keep]
+            rows = np.flatnonzero(~same)
+            pos, modes = pos[rows], modes[rows]
         if not len(pos):
             return
-        xor = int(np.count_nonzero(modes == MODE_XOR))
+        is_xor = modes == MODE_XOR
+        xor = int(np.count_nonzero(is_xor))
         self.xor_pages += xor
         self.whole_pages += len(pos) - xor
-        rs = self.runs.records(pos, modes, data.reshape(-1), np.full(len(pos), self.page_size, np.int64))
+        # each page's bytes where they are: its XOR in ``data``, a whole page in the segment
+        ps = self.page_size
+        pages = seg.pages if seg.pages.flags.c_contiguous else np.ascontiguousarray(seg.pages)
+        ptrs = np.where(is_xor, data.ctypes.data + rows * ps, pages.ctypes.data + pos * ps)
+        rs = self.runs.records_at(pos, modes, ptrs, np.full(len(pos), ps, np.int64))
         seg.claim(Slot.DELTA, pos, rs)
 
     def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:
@@ -122,8 +128,8 @@ class XbzrleZstdEncoder(SlotEncoder):
             self.cache.insert_batch(seg.addrs[other], seg.pages[other], stage.dirty_sync_count)
         if not len(ev):
             return
-        res = xbzrle_process(self.cache, seg.addrs[ev], seg.pages[ev], by_zero[ev], stage.dirty_sync_count,
-                             stage.last_stage)
+        res = xbzrle_process(self.cache, seg.addrs[ev], seg.pages if len(ev) == len(seg) else seg.pages[ev],
+                             by_zero[ev], stage.dirty_sync_count, stage.last_stage)
         out = res.outcome
         skip = ev[out == Outcome.SKIP]
         seg.claim(Slot.DELTA, skip)
@@ -136,16 +142,13 @@ class XbzrleZstdEncoder(SlotEncoder):
         enc = out[send_ev] == Outcome.ENCODED
         lengths = np.where(enc, res.lengths[send_ev], self.page_size).astype(np.int64)
         modes = np.where(enc, MODE_XBZRLE, MODE_PAGE).astype(np.uint8)
-        parts: list[np.ndarray] = []
-        for j, e in enumerate(send_ev.tolist()):  # per page: an XBZRLE record or the page itself
-            if enc[j]:
-                s = int(res.starts[e])
-                parts.append(res.data[s : s + int(lengths[j])])
-            else:
-                parts.append(seg.pages[ev[e]])
+        # each page's bytes where they are: its XBZRLE record in ``res.data``, a whole page in the segment
+        pages = seg.pages if seg.pages.flags.c_contiguous else np.ascontiguousarray(seg.pages)
+        data = np.ascontiguousarray(res.data)
+        ptrs = np.where(enc, data.ctypes.data + res.starts[send_ev], pages.ctypes.data + ev[send_ev] * self.page_size)
         self.encoded += int(enc.sum())
         self.whole_pages += int(len(send_ev) - enc.sum())
-        rs = self.runs.records(ev[send_ev], modes, np.concatenate(parts), lengths)
+        rs = self.runs.records_at(ev[send_ev], modes, ptrs, lengths)
         seg.claim(Slot.DELTA, ev[send_ev], rs)
 
     def counters(self, wire_bytes: Mapping[str, int], wire_records: Mapping[str, int]) -> dict[str, dict[str, Any]]:

@@ -79,8 +79,9 @@ def _round_indexes(slots: np.ndarray) -> list[np.ndarray]:
     return np.split(by_rank, bounds)
 
 
-#: Bytes of cache memory faulted in at once (:meth:`PageCache._populate`).
-_POPULATE_BYTES = 2 << 20
+#: Bytes of cache memory faulted in at once (:meth:`PageCache._populate`): 256 KiB populates little that
+#: stays unused where stored pages are scattered among zero pages (measured: 2 MiB cost ~20% more).
+_POPULATE_BYTES = 256 << 10
 _MADV_POPULATE_WRITE = 23  # linux/mman.h, 5.14+
 
 

@@ -35,7 +35,7 @@ LONG_WINDOW_LOG_MAX = 27
 # zstd.h (stable API): parameter and directive numbers
 _C_LEVEL, _C_WINDOWLOG, _C_LDM, _C_CONTENTSIZE, _C_CHECKSUM, _C_DICTID = 100, 101, 160, 200, 201, 202
 _D_WINDOWLOG_MAX = 100
-_E_FLUSH = 1
+_E_CONTINUE, _E_FLUSH = 0, 1
 _RESET_SESSION = 1
 
 
@@ -193,6 +193,25 @@ class Compressor:
                 return self.out[: ob.pos]
             if ob.pos == ob.size:
                 raise RuntimeError("zstd stream output larger than its buffer")
+
+    def flush_pieces(self, ptrs: list[int], sizes: list[int]) -> np.ndarray:
+        """Like :meth:`flush` for input in several pieces of memory (addresses and sizes, alive for the
+        call), fed in order (ZSTD_e_continue, the last ZSTD_e_flush): zstd copies its input into its
+        window anyway, so a caller whose data lies in a few pieces need not gather them first."""
+        lib, ob, ib = self.lib, self._ob, self._ib
+        ob.pos = 0
+        last = len(ptrs) - 1
+        for i, (ptr, size) in enumerate(zip(ptrs, sizes)):
+            ib.ptr, ib.size, ib.pos = ptr, size, 0
+            mode = _E_FLUSH if i == last else _E_CONTINUE
+            while True:
+                ret = self._check(lib.ZSTD_compressStream2(self.cctx, ctypes.byref(ob), ctypes.byref(ib), mode),
+                                  "ZSTD_compressStream2")
+                if ib.pos == ib.size and (mode == _E_CONTINUE or ret == 0):
+                    break
+                if ob.pos == ob.size:
+                    raise RuntimeError("zstd stream output larger than its buffer")
+        return self.out[: ob.pos]
 
     def __del__(self) -> None:
         if getattr(self, "cctx", None):
