@@ -117,7 +117,8 @@ def assert_same_as_compress_threads(path: Path, codec: str, pm, extra: str = "")
 
 
 @pytest.mark.parametrize("codec", list(CODECS))
-@pytest.mark.parametrize("trace", ["linux-mixed", "linux-gunzip-sort", "process-redis", "synth-default"])
+@pytest.mark.parametrize("trace", ["linux-mixed", "linux-gunzip-sort", "process-redis", "synth-default", "linux-idle",
+                                   "linux-counters"])
 def test_corpus_traces_verify(pm, codec, trace):
     path = CORPORA / f"{trace}.trace.parquet"
     with TraceReader(path) as r:
