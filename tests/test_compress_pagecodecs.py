@@ -32,6 +32,7 @@ from pagecodec.wire.extension import RAM_SAVE_FLAG_EXTENSION, codec_id, payload_
 from pagecodec.wire.reader import StreamReader
 from pagecodec.wire.writer import MemorySink
 from test_compress_chain import make_trace
+from test_compress_engines import COUNTERS, run
 
 PS = 4096
 CORPORA = Path(__file__).resolve().parents[1] / "corpora"
@@ -80,17 +81,6 @@ def walk(data: bytes, pm, codec: str | None) -> _Records:
     obs.rc = rc
     rc.load_stream(StreamReader(data))
     return obs
-
-
-def run(path: Path, spec: str, pm) -> tuple[dict, bytes]:
-    sink = MemorySink()
-    with TraceReader(path) as r:
-        res = replay(r, parse_spec(spec, pm.presets), pm, sink=sink)
-    return res, sink.getvalue()
-
-
-COUNTERS = (("compression", "pages"), ("compression", "busy"), ("ram", "duplicate"), ("ram", "normal"),
-            ("threads", "compress-flushes"))
 
 
 def assert_same_as_compress_threads(path: Path, codec: str, pm, extra: str = "") -> _Records:
