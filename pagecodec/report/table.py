@@ -7,11 +7,12 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
-__all__ = ["summary_rows", "format_table", "HEADERS", "cpu_s_per_gib", "decode_cpu_s_per_gib"]
+__all__ = ["summary_rows", "format_table", "HEADERS", "cpu_s_per_gib", "decode_cpu_s_per_gib", "qemu_loadable"]
 
 HEADERS = [
     "trace",
     "config",
+    "QEMU loads it",
     "rounds",
     "pages",
     "wire MiB",
@@ -43,6 +44,15 @@ def decode_cpu_s_per_gib(r: dict[str, Any]) -> float | str:
     return sum(dec.values()) if dec is not None else "-"
 
 
+def qemu_loadable(r: dict[str, Any]) -> str:
+    """"yes", or "no (codec, …)" for a run that wrote pagecodec extension records ("?" for results
+    older than the field)."""
+    fmt = r.get("format")
+    if fmt is None:
+        return "?"
+    return "yes" if fmt.get("qemu-loadable") else f"no ({', '.join(fmt.get('extension-codecs', []))})"
+
+
 def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for r in results:
@@ -52,6 +62,7 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
             [
                 Path(r["trace"]["path"]).name,
                 r["config"]["label"],
+                qemu_loadable(r),
                 r["trace"]["rounds"],
                 r.get("pages", 0),
                 r["wire"]["total"] / (1 << 20),
