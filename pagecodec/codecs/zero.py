@@ -3,7 +3,7 @@
 QEMU checks each page with ``buffer_is_zero``, which stops at the first non-zero bytes it finds;
 :func:`zero_page_mask` does the same for a whole batch in one compiled pass (numba, compiled on first
 use and cached on disk like the XBZRLE kernels; :func:`warm_up` does it outside the timed chain):
-per page, the first, middle and last 64-bit words (most non-zero pages show it there), then 256-byte
+per page, the first, middle and last 64-bit words (most non-zero pages show it there), then 1 KiB
 blocks ORed together, leaving the page at the first non-zero block. A non-zero page thus costs a few
 words where a reduction over the batch read all of it. The slot also tells later slots which pages
 were zero (``seg.meta["zero"]``): XBZRLE's page cache must learn them (``xbzrle_cache_zero_page``).
@@ -27,32 +27,35 @@ __all__ = ["zero_page_mask", "warm_up", "ZeroPageEncoder", "ZeroPageDecoder", "Z
 _FILL = np.zeros((1, 1), dtype=np.uint8)
 
 
-_BLOCK = 32  # words ORed together between two tests for non-zero (256 bytes)
+_BLOCK = 128  # words ORed together between two tests for non-zero (1 KiB: measured best of 16…128 words)
 
 
 def _zero_rows(flat, n, stride, w, out):  # pragma: no cover - compiled
-    """out[i] = row i is all zero; row i is flat[i * stride : i * stride + w] (64-bit words)."""
+    """out[i] = row i is all zero; row i is flat[i * stride : i * stride + w] (64-bit words).
+
+    The row is a slice and each block's OR starts from 0 over a fixed trip count: written so, LLVM
+    turns the block into vector ORs (indexing ``flat`` directly with offsets left it scalar, 3× slower)."""
     mid = w >> 1
     for i in range(n):
-        b = i * stride
-        if flat[b] | flat[b + mid] | flat[b + w - 1]:
+        row = flat[i * stride : i * stride + w]
+        if row[0] | row[mid] | row[w - 1]:
             out[i] = False
             continue
         zero = True
         c = 0
         while c + _BLOCK <= w:
-            acc = flat[b + c]
-            for k in range(b + c + 1, b + c + _BLOCK):
-                acc |= flat[k]
+            acc = np.uint64(0)
+            for k in range(c, c + _BLOCK):
+                acc |= row[k]
             if acc != 0:
                 zero = False
                 break
             c += _BLOCK
         if zero:
-            for k in range(b + c, b + w):
-                if flat[k] != 0:
-                    zero = False
-                    break
+            acc = np.uint64(0)
+            for k in range(c, w):
+                acc |= row[k]
+            zero = acc == 0
         out[i] = zero
 
 
