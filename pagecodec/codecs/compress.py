@@ -72,6 +72,7 @@ from ..wire.flags import RAM_SAVE_FLAG_COMPRESS_PAGE, RAM_SAVE_FLAG_ZERO, compre
 from ..wire.reader import StreamReader
 from ..wire.records import RecordSet
 from .base import Codec, CodecContext, Emission, RecordDecoder, Segment, Slot, SlotEncoder, Stage
+from .zero import warm_up as warm_up_zero
 from .zero import zero_page_mask
 
 __all__ = ["CompressedPageDecoder", "CompressThreadsEncoder", "CompressThreadsCodec", "PageCompressor", "DeflateEngine",
@@ -295,6 +296,7 @@ class CompressThreadsEncoder(SlotEncoder):
                  layout: RecordLayout = COMPRESS_PAGE_RECORDS, level_param: str = "compress-level") -> None:
         self.engine = engine
         self.layout = layout
+        warm_up_zero()  # the zero-page kernel's JIT load belongs to set-up
         cfg = ctx.config
         self.threads = int(cfg.param("compress-threads"))
         self.level_param = level_param

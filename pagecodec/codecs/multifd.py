@@ -70,6 +70,7 @@ from ..wire.reader import StreamReader
 from ..wire.writer import NullSink, WireWriter
 from .base import Codec, CodecContext, ControlRecord, Segment, Slot, SlotEncoder, Stage
 from .multifd_stream import ChannelCompressor, ChannelInflater, zstd_library
+from .zero import warm_up as warm_up_zero
 from .zero import zero_page_mask
 
 __all__ = ["MultifdCodec", "MultifdEncoder", "MultifdReceiver", "zero_page_partition", "channel_file_name"]
@@ -137,6 +138,7 @@ class MultifdEncoder(SlotEncoder):
             raise ConfigError(f"codec 'multifd' models QEMU 7.2's and 10.2's channels; qemu-version="
                               f"{cfg.qemu_version} is not modelled")
         self.ps = ctx.page_size
+        warm_up_zero()  # the zero-page kernel's JIT load belongs to set-up, not to a channel's CPU
         self.slots = packet_slots(self.ps)
         self.packet_len = packet_size(self.ps)
         self.modern = cfg.qemu_version == "10.2"
