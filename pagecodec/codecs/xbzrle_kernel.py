@@ -407,7 +407,8 @@ def _decode_records(buf, starts, lengths, pages):
     Stops at the first record that QEMU's ``xbzrle_decode_buffer`` rejects, before writing anything
     to its page. Returns (status, k, offset, v1, v2): status 0 = all n records applied (k = n), else
     the rule that failed (``_CODE_REASON``) in record k, ``offset`` = position of the failing ULEB
-    header in the record, and v1, v2 for the message.
+    header in the record, and v1, v2 for the message; status -1: record k does not lie inside
+    ``buf`` (checked for all records before any is decoded).
 
     Each record is walked once to validate it, noting where each literal run goes (page offset,
     position in ``buf``, length) in ``runs``; only when the whole record is valid are the runs copied
@@ -421,6 +422,10 @@ def _decode_records(buf, starts, lengths, pages):
     flat = pages.reshape(-1)
     # A valid record has at most dlen pairs (each writes at least one byte of the page).
     runs = np.empty(3 * pages.shape[1] + 3, np.uint64)
+    size = buf.size
+    for k in range(n):  # every record inside buf, before anything is decoded
+        if (starts[k] < 0) | (lengths[k] < 0) | (lengths[k] > size - starts[k]):
+            return -1, k, _U0, _U0, _U0
     base = _U0
     for k in range(n):
         s = np.uint64(starts[k])
@@ -479,6 +484,8 @@ def _run(kernel, buf, starts, lengths, pages, source, base_offset, where):
     """Call the kernel (on a contiguous copy of ``pages`` if need be); raise its rejection."""
     target = pages if pages.flags.c_contiguous else np.ascontiguousarray(pages)
     code, k, off, v1, v2 = kernel(buf, starts, lengths, target)
+    if code < 0:
+        raise ValueError("a record lies outside data")
     if target is not pages:
         pages[:k] = target[:k]
     if code:
@@ -518,6 +525,13 @@ def decode_page(
 _START_0 = np.zeros(1, np.int64)  # decode_page's record starts at 0 (never written)
 
 
+def _as_int64(a) -> np.ndarray:
+    """``a`` as a contiguous 1-D int64 array (as it is, if it is one)."""
+    if type(a) is np.ndarray and a.dtype == np.int64 and a.ndim == 1 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, np.int64).reshape(-1)
+
+
 def _no_record(k: int) -> str:
     return ""
 
@@ -552,17 +566,16 @@ def decode_batch(
         raise TypeError("pages must be a (n, page_size) uint8 numpy array")
     if not pages.flags.writeable:
         raise ValueError("pages is read-only")
-    kernel = _decoder(force_path)
+    kernel = _compiled["_decode_records"] if force_path is None and _compiled else _decoder(force_path)
     buf = _as_buffer(data)
-    starts = np.ascontiguousarray(starts, np.int64).reshape(-1)
-    lengths = np.ascontiguousarray(lengths, np.int64).reshape(-1)
+    starts = _as_int64(starts)
+    lengths = _as_int64(lengths)
     n = pages.shape[0]
     if starts.size != n or lengths.size != n:
         raise ValueError(f"{n} pages but {starts.size} starts and {lengths.size} lengths")
     if n == 0:
         return
-    if int(starts.min()) < 0 or int(lengths.min()) < 0 or int((starts + lengths).max()) > buf.size:
-        raise ValueError("a record lies outside data")
+    # (the kernel checks that every record lies inside data before it decodes any)
     err, k = _run(kernel, buf, starts, lengths, pages, source, base_offset, _record)
     if err is not None:
         err.record = k  # type: ignore[attr-defined]
