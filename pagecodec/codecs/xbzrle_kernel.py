@@ -328,6 +328,8 @@ def _detail(code: int, v1: int, v2: int, dlen: int) -> str:
 
 # The decoding kernel, _decode_records, and its helpers (compiled with it: see _jit).
 
+_DENSE = np.uint64(3 * 64)  # a record with more than 64 runs is finished by _dense
+
 
 def _copy16(dst, a, src, b) -> None:
     """dst[a : a + 16] = src[b : b + 16]; compiled: one unaligned 16-byte load and store."""
@@ -401,6 +403,50 @@ def _copy_run(page, d, src, b, nz, dlen, nbuf) -> None:
             page[d + t] = src[b + t]
 
 
+def _dense(buf, s, e, i, d, flat, base, runs, m, out, dlen, nbuf):
+    """Finish a record with many runs in one pass: (status, offset, v1, v2); the page is written
+    only if the status is 0.
+
+    The page flat[base : base + dlen] is copied to ``out`` (dlen + 32 bytes), the m / 3 runs noted
+    so far are applied to it, then the rest of the record, from buf[i] and page offset d, is checked
+    and applied to ``out`` as it is parsed, and ``out`` is copied back to the page if the record is
+    valid. The common pair (one-byte ULEBs, a run of 1-16 bytes with 16 bytes of room after it in the
+    page and in ``buf``) is applied as 16 bytes copied from ``buf``, then the 16 bytes after it from
+    the page (never written in this pass): no branch on the run length, and the parse (a dependency
+    chain of one load per pair) is not held up by the copies.
+    """
+    for t in range(dlen):
+        out[t] = flat[base + t]
+    t = _U0
+    while t < m:
+        _copy_run(out, runs[t], buf, runs[t + _U1], runs[t + _U2], dlen, nbuf)
+        t += _U3
+    dmax = dlen - _U16
+    while i < e:
+        if i + _U4 <= nbuf:
+            z = np.uint64(buf[i])
+            nz = np.uint64(buf[i + _U1])
+            lit = i + _U2
+            ni = lit + nz
+            nd = d + z + nz
+            # (i != s here, so a zero zrun is invalid)
+            if ((z - _U1) < _U127) & ((nz - _U1) < _U16) & (nd <= dmax) & (ni <= e) & (lit + _U16 <= nbuf):
+                _copy16(out, d + z, buf, lit)
+                _copy16(out, nd, flat, base + nd)
+                d = nd
+                i = ni
+                continue
+        code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
+        if code:
+            return code, off, v1, v2
+        _copy_run(out, d + z, buf, lit, nz, dlen, nbuf)
+        d += z + nz
+        i = lit + nz
+    for t in range(d):
+        flat[base + t] = out[t]
+    return 0, _U0, _U0, _U0
+
+
 def _decode_records(buf, starts, lengths, pages):
     """Apply record k = buf[starts[k] : starts[k] + lengths[k]] to pages[k], for k = 0, 1, ... in order.
 
@@ -422,6 +468,7 @@ def _decode_records(buf, starts, lengths, pages):
     flat = pages.reshape(-1)
     # A valid record has at most dlen pairs (each writes at least one byte of the page).
     runs = np.empty(3 * pages.shape[1] + 3, np.uint64)
+    out = np.empty(pages.shape[1] + 32, np.uint8)
     size = buf.size
     for k in range(n):  # every record inside buf, before anything is decoded
         if (starts[k] < 0) | (lengths[k] < 0) | (lengths[k] > size - starts[k]):
@@ -434,9 +481,28 @@ def _decode_records(buf, starts, lengths, pages):
         d = _U0
         m = _U0
         while i < e:
+            if m == _DENSE:  # a dense record: the rest in one pass through a scratch copy
+                code, off, v1, v2 = _dense(buf, s, e, i, d, flat, base, runs, m, out, dlen, nbuf)
+                if code:
+                    return code, k, off, v1, v2
+                m = _U0  # (applied)
+                break
             if i + _U4 <= nbuf:  # (then buf[i : i + 4] can be read: both ULEBs, 1 or 2 bytes each)
                 z0 = np.uint64(buf[i])
                 z1 = np.uint64(buf[i + _U1])
+                if (z0 | z1) < _U128:  # two one-byte ULEBs (dense records): one load deep
+                    nz = z1
+                    lit = i + _U2
+                    ni = lit + nz
+                    nd = d + z0 + nz
+                    if ((z0 != _U0) | (i == s)) & (nz != _U0) & (nd <= dlen) & (ni <= e):
+                        runs[m] = d + z0
+                        runs[m + _U1] = lit
+                        runs[m + _U2] = nz
+                        m += _U3
+                        d = nd
+                        i = ni
+                        continue
                 zl = z0 >> _U7  # 1: a two-byte zrun
                 z = (z0 & ~(zl << _U7)) | ((z1 << _U7) & (_U0 - zl))
                 j = i + _U1 + zl
@@ -623,6 +689,7 @@ _HELPERS = (
     (_encode_page, True),
     (_pair, True),
     (_copy_run, True),
+    (_dense, False),
 )
 _KERNELS = (_encode_pages, _decode_records)
 
