@@ -625,7 +625,7 @@ def decode_batch(
     ``data`` (overlapping, repeated, out of order).
 
     The records are decoded in order by a compiled loop (compiled on first use, or loaded from
-    numba's cache), which overlaps the parses of consecutive records with many pairs.
+    numba's cache), which validates each record in one walk before it writes the page.
     ``force_path="py"`` runs its Python source in the interpreter instead (slow; for tests).
     """
     if not isinstance(pages, np.ndarray) or pages.dtype != np.uint8 or pages.ndim != 2:
