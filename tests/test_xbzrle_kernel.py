@@ -585,7 +585,7 @@ def _pair_offsets(enc: bytes) -> list[int]:
 @pytest.mark.parametrize("bad", [0, 1, 2, 3, 40, 41, 77])
 @pytest.mark.parametrize("defect", ["early", "middle", "late"])
 def test_decode_batch_first_bad_record_among_many(vectors, bad, defect):
-    """The first-bad rule whatever the position: records with many pairs are decoded two at a time."""
+    """The first-bad rule whatever the position: also among records with many pairs (finished in one pass through a scratch page)."""
     pos = [i for i in np.flatnonzero(vectors.lens > 0) if len(_pair_offsets(vectors.encs[i])) > 20][:80]
     assert len(pos) == 80
     recs = [vectors.encs[i] for i in pos]

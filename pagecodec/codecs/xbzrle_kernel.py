@@ -145,7 +145,7 @@ def encode_page(old: np.ndarray, new: np.ndarray) -> bytes | int:
 # The kernels' index arithmetic is unsigned (np.uint64, and the constants below): numba gives every
 # signed index a negative-index wraparound, which slows the loops and stops LLVM from vectorising
 # the copies.
-_U0, _U1, _U2, _U3, _U7, _U8, _U16, _U24, _U32 = (np.uint64(v) for v in (0, 1, 2, 3, 7, 8, 16, 24, 32))
+_U0, _U1, _U2, _U3, _U4, _U7, _U8, _U16, _U24, _U32 = (np.uint64(v) for v in (0, 1, 2, 3, 4, 7, 8, 16, 24, 32))
 _U127, _U128 = np.uint64(127), np.uint64(128)
 _ONES = np.uint64(0x0101010101010101)
 _HIGHS = np.uint64(0x8080808080808080)
@@ -328,12 +328,20 @@ def _detail(code: int, v1: int, v2: int, dlen: int) -> str:
 
 # The decoding kernel, _decode_records, and its helpers (compiled with it: see _jit).
 
-_FEW_PAIRS = 8  # records with at most this many pairs are validated, then applied in place
+_DENSE = np.uint64(3 * 64)  # a record with more than 64 runs is finished by _dense
 
 
 def _copy16(dst, a, src, b) -> None:
     """dst[a : a + 16] = src[b : b + 16]; compiled: one unaligned 16-byte load and store."""
     dst[a : a + 16] = src[b : b + 16]
+
+
+def _patch16(page, d, src, b, nz) -> None:
+    """page[d : d + nz] = src[b : b + nz] for nz < 16, where page[d : d + nz + 16] and src[b : b + 16]
+    can be read. Compiled: the 16 bytes at page[d + nz] are loaded, 16 bytes are copied from src[b]
+    to page[d], and the saved 16 bytes stored back at page[d + nz] (four unaligned 16-byte accesses,
+    no branch on nz)."""
+    page[d : d + nz] = src[b : b + nz]
 
 
 def _pair(buf, s, e, i, d, dlen):
@@ -375,189 +383,68 @@ def _pair(buf, s, e, i, d, dlen):
     return 0, _U0, _U0, _U0, z, nz, lit
 
 
-def _check_few(buf, s, e, dlen):
-    """Validate the record buf[s:e] if it has at most _FEW_PAIRS pairs.
+def _copy_run(page, d, src, b, nz, dlen, nbuf) -> None:
+    """page[d : d + nz] = src[b : b + nz], for a run inside its page (d + nz <= dlen, the page's end).
 
-    Returns (status, offset, v1, v2, many): many = it has more pairs (those seen are valid).
+    A run of 16 bytes or more is copied 16 bytes at a time, the last 16 ending where it ends; a shorter
+    one with 16 bytes of room after it in the page and in ``src`` by _patch16; any other byte by byte.
     """
-    i = s
-    d = _U0
-    pairs = 0
-    while i < e:
-        if pairs == _FEW_PAIRS:
-            return 0, _U0, _U0, _U0, True
-        code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
-        if code:
-            return code, off, v1, v2, False
-        d += z + nz
-        i = lit + nz
-        pairs += 1
-    return 0, _U0, _U0, _U0, False
-
-
-def _apply_valid(buf, s, e, page) -> None:
-    """Apply the record buf[s:e], known to be valid, to ``page``."""
-    i = s
-    d = _U0
-    while i < e:
-        z = np.uint64(buf[i])
-        i += _U1
-        if z >= _U128:
-            z = (z & _U127) | (np.uint64(buf[i]) << _U7)
-            i += _U1
-        nz = np.uint64(buf[i])
-        i += _U1
-        if nz >= _U128:
-            nz = (nz & _U127) | (np.uint64(buf[i]) << _U7)
-            i += _U1
-        d += z
-        for t in range(nz):
-            page[d + t] = buf[i + t]
-        d += nz
-        i += nz
-
-
-# Records with many pairs are decoded in one pass into ``out``, a scratch copy of the page (with 32
-# bytes of slack), which is copied to the page once the record has been accepted. A literal run of
-# up to 16 bytes is copied as 16 bytes, and the 16 bytes after it are then restored from the page:
-# no branch depends on the run lengths. The common pair (zrun 1-16383 in a valid ULEB, one-byte
-# nzrun 1-16, clear of the page end and of the end of ``buf``) takes one combined test that implies
-# all of QEMU's checks; any other pair goes through ``_pair`` (in ``_next_pair``).
-
-
-def _tail_limits(e, nbuf, dlen):
-    """(emax, dmax): a common pair can be taken whole if it ends at or before buf[emax] and page
-    offset dmax. From a position 0 < i <= emax, buf[i : i + 3] can be read, and the 16 bytes after
-    a pair ending there. (The callers' positions are past a record's first pair, so never 0.)"""
-    emax = e if e + _U16 <= nbuf else (nbuf - _U16 if nbuf >= _U16 else _U0)
-    dmax = dlen - _U16 if dlen >= _U16 else _U0
-    return emax, dmax
-
-
-def _put(out, buf, page, d, z, nz, lit, dlen, nbuf):
-    """Decode one checked pair into ``out``; returns the page offset after it."""
-    d += z
-    if nz <= _U16 and lit + _U16 <= nbuf:
-        _copy16(out, d, buf, lit)
+    if nz >= _U16:
+        t = _U0
+        while t + _U16 < nz:
+            _copy16(page, d + t, src, b + t)
+            t += _U16
+        t = nz - _U16
+        _copy16(page, d + t, src, b + t)
+    elif (d + nz + _U16 <= dlen) & (b + _U16 <= nbuf):
+        _patch16(page, d, src, b, nz)
     else:
         for t in range(nz):
-            out[d + t] = buf[lit + t]
-    d += nz
-    if d + _U16 <= dlen:
-        _copy16(out, d, page, d)
-    else:
-        for t in range(dlen - d):
-            out[d + t] = page[d + t]
-    return d
+            page[d + t] = src[b + t]
 
 
-def _start(buf, s, e, page, out, dlen, nbuf):
-    """Scratch copy of the page, and the record's first pair (whose zrun may be 0): (status, ..., i, d)."""
+def _dense(buf, s, e, i, d, flat, base, runs, m, out, dlen, nbuf):
+    """Finish a record with many runs in one pass: (status, offset, v1, v2); the page is written
+    only if the status is 0.
+
+    The page flat[base : base + dlen] is copied to ``out`` (dlen + 32 bytes), the m / 3 runs noted
+    so far are applied to it, then the rest of the record, from buf[i] and page offset d, is checked
+    and applied to ``out`` as it is parsed, and ``out`` is copied back to the page if the record is
+    valid. The common pair (one-byte ULEBs, a run of 1-16 bytes with 16 bytes of room after it in the
+    page and in ``buf``) is applied as 16 bytes copied from ``buf``, then the 16 bytes after it from
+    the page (never written in this pass): no branch on the run length, and the parse (a dependency
+    chain of one load per pair) is not held up by the copies.
+    """
     for t in range(dlen):
-        out[t] = page[t]
-    return _next_pair(buf, s, e, s, _U0, page, out, dlen, nbuf)
-
-
-def _finish(buf, s, e, i, d, page, out, dlen, nbuf):
-    """Decode the rest of the record into ``out``, from buf[i] and page offset d: (status, ..., d)."""
-    emax, dmax = _tail_limits(e, nbuf, dlen)
+        out[t] = flat[base + t]
+    t = _U0
+    while t < m:
+        _copy_run(out, runs[t], buf, runs[t + _U1], runs[t + _U2], dlen, nbuf)
+        t += _U3
+    dmax = dlen - _U16
     while i < e:
-        if i <= emax:  # (then buf[i : i + 3] can be read)
+        if i + _U4 <= nbuf:
             z = np.uint64(buf[i])
-            j = i + _U1
-            ok = True
-            if z >= _U128:  # a two-byte zrun
-                hi = np.uint64(buf[j])
-                ok = hi < _U128
-                z = (z & _U127) | (hi << _U7)
-                j += _U1
-            nz = np.uint64(buf[j])
-            lit = j + _U1
+            nz = np.uint64(buf[i + _U1])
+            lit = i + _U2
             ni = lit + nz
             nd = d + z + nz
-            if ok & (z != _U0) & ((nz - _U1) < _U16) & (nd <= dmax) & (ni <= emax):
+            # (i != s here, so a zero zrun is invalid)
+            if ((z - _U1) < _U127) & ((nz - _U1) < _U16) & (nd <= dmax) & (ni <= e) & (lit + _U16 <= nbuf):
                 _copy16(out, d + z, buf, lit)
-                _copy16(out, nd, page, nd)
+                _copy16(out, nd, flat, base + nd)
                 d = nd
                 i = ni
                 continue
-        code, off, v1, v2, i, d = _next_pair(buf, s, e, i, d, page, out, dlen, nbuf)
+        code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
         if code:
-            return code, off, v1, v2, d
-    return 0, _U0, _U0, _U0, d
-
-
-def _next_pair(buf, s, e, i, d, page, out, dlen, nbuf):
-    """Check and decode any pair into ``out``: (status, offset, v1, v2, next i, next d).
-
-    Compiled as a function of its own, so that ``_finish``'s loop stays small.
-    """
-    code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
-    if code:
-        return code, off, v1, v2, i, d
-    return 0, _U0, _U0, _U0, lit + nz, _put(out, buf, page, d, z, nz, lit, dlen, nbuf)
-
-
-def _decode_one(buf, s, e, page, out, dlen, nbuf):
-    """Decode a record with many pairs; write the page if it is valid. Returns (status, offset, v1, v2)."""
-    code, off, v1, v2, i, d = _start(buf, s, e, page, out, dlen, nbuf)
-    if code == 0:
-        code, off, v1, v2, d = _finish(buf, s, e, i, d, page, out, dlen, nbuf)
-    if code == 0:
-        for t in range(d):
-            page[t] = out[t]
-    return code, off, v1, v2
-
-
-def _decode_two(buf, s, e, page, out, s2, e2, page2, out2, dlen, nbuf):
-    """_decode_one for two records at once, whose parses (dependency chains) then overlap.
-
-    Returns (status, offset, v1, v2, which): which = 0 or 1, the record that failed; the second
-    record's page is written only if the first one is valid.
-    """
-    code, off, v1, v2, i, d = _start(buf, s, e, page, out, dlen, nbuf)
-    if code:
-        return code, off, v1, v2, 0
-    code2, off2, w1, w2, i2, d2 = _start(buf, s2, e2, page2, out2, dlen, nbuf)
-    if code2 == 0:
-        emax, dmax = _tail_limits(e, nbuf, dlen)
-        emax2, _ = _tail_limits(e2, nbuf, dlen)
-        while (i <= emax) & (i2 <= emax2):  # both records: common pairs only
-
-            z = np.uint64(buf[i])
-            nz = np.uint64(buf[i + _U1])
-            z2 = np.uint64(buf[i2])
-            nz2 = np.uint64(buf[i2 + _U1])
-            lit = i + _U2
-            lit2 = i2 + _U2
-            ni = lit + nz
-            ni2 = lit2 + nz2
-            nd = d + z + nz
-            nd2 = d2 + z2 + nz2
-            ok = ((z - _U1) < _U127) & ((nz - _U1) < _U16) & (nd <= dmax) & (ni <= emax)
-            ok2 = ((z2 - _U1) < _U127) & ((nz2 - _U1) < _U16) & (nd2 <= dmax) & (ni2 <= emax2)
-            if not (ok & ok2):
-                break
-            _copy16(out, d + z, buf, lit)
-            _copy16(out2, d2 + z2, buf, lit2)
-            _copy16(out, nd, page, nd)
-            _copy16(out2, nd2, page2, nd2)
-            d = nd
-            d2 = nd2
-            i = ni
-            i2 = ni2
-    code, off, v1, v2, d = _finish(buf, s, e, i, d, page, out, dlen, nbuf)
-    if code:
-        return code, off, v1, v2, 0
-    if code2 == 0:
-        code2, off2, w1, w2, d2 = _finish(buf, s2, e2, i2, d2, page2, out2, dlen, nbuf)
+            return code, off, v1, v2
+        _copy_run(out, d + z, buf, lit, nz, dlen, nbuf)
+        d += z + nz
+        i = lit + nz
     for t in range(d):
-        page[t] = out[t]
-    if code2:
-        return code2, off2, w1, w2, 1
-    for t in range(d2):
-        page2[t] = out2[t]
-    return 0, _U0, _U0, _U0, 0
+        flat[base + t] = out[t]
+    return 0, _U0, _U0, _U0
 
 
 def _decode_records(buf, starts, lengths, pages):
@@ -566,48 +453,96 @@ def _decode_records(buf, starts, lengths, pages):
     Stops at the first record that QEMU's ``xbzrle_decode_buffer`` rejects, before writing anything
     to its page. Returns (status, k, offset, v1, v2): status 0 = all n records applied (k = n), else
     the rule that failed (``_CODE_REASON``) in record k, ``offset`` = position of the failing ULEB
-    header in the record, and v1, v2 for the message.
+    header in the record, and v1, v2 for the message; status -1: record k does not lie inside
+    ``buf`` (checked for all records before any is decoded).
 
-    A record with few pairs is validated, then applied in place by a second walk. One with many
-    pairs is decoded through a scratch page (``_decode_one``), two such records at a time when they
-    come one after the other (``_decode_two``).
+    Each record is walked once to validate it, noting where each literal run goes (page offset,
+    position in ``buf``, length) in ``runs``; only when the whole record is valid are the runs copied
+    to the page. A pair (ULEBs of one or two bytes, decoded without branches) takes one combined test that implies all of
+    QEMU's checks for it; any other pair (one that fails, or one within 4 bytes of the end of
+    ``buf``) goes through ``_pair``, which checks in QEMU's order.
     """
     n = pages.shape[0]
     dlen = np.uint64(pages.shape[1])
     nbuf = np.uint64(buf.size)
-    scratch = np.empty((0, 0), np.uint8)
-    k = 0
-    while k < n:
+    flat = pages.reshape(-1)
+    # A valid record has at most dlen pairs (each writes at least one byte of the page).
+    runs = np.empty(3 * pages.shape[1] + 3, np.uint64)
+    out = np.empty(pages.shape[1] + 32, np.uint8)
+    size = buf.size
+    for k in range(n):  # every record inside buf, before anything is decoded
+        if (starts[k] < 0) | (lengths[k] < 0) | (lengths[k] > size - starts[k]):
+            return -1, k, _U0, _U0, _U0
+    base = _U0
+    for k in range(n):
         s = np.uint64(starts[k])
         e = s + np.uint64(lengths[k])
-        code, off, v1, v2, many = _check_few(buf, s, e, dlen)
-        if code:
-            return code, k, off, v1, v2
-        if not many:
-            _apply_valid(buf, s, e, pages[k])
-            k += 1
-            continue
-        if scratch.shape[0] == 0:
-            scratch = np.empty((2, pages.shape[1] + 32), np.uint8)
-        many2 = False
-        s2 = e2 = _U0
-        if k + 1 < n:
-            s2 = np.uint64(starts[k + 1])
-            e2 = s2 + np.uint64(lengths[k + 1])
-            code2, _, _, _, many2 = _check_few(buf, s2, e2, dlen)
-            many2 = many2 and code2 == 0
-        if many2:
-            code, off, v1, v2, which = _decode_two(
-                buf, s, e, pages[k], scratch[0], s2, e2, pages[k + 1], scratch[1], dlen, nbuf
-            )
-            if code:
-                return code, k + which, off, v1, v2
-            k += 2
-        else:
-            code, off, v1, v2 = _decode_one(buf, s, e, pages[k], scratch[0], dlen, nbuf)
+        i = s
+        d = _U0
+        m = _U0
+        while i < e:
+            if m == _DENSE:  # a dense record: the rest in one pass through a scratch copy
+                code, off, v1, v2 = _dense(buf, s, e, i, d, flat, base, runs, m, out, dlen, nbuf)
+                if code:
+                    return code, k, off, v1, v2
+                m = _U0  # (applied)
+                break
+            if i + _U4 <= nbuf:  # (then buf[i : i + 4] can be read: both ULEBs, 1 or 2 bytes each)
+                z0 = np.uint64(buf[i])
+                z1 = np.uint64(buf[i + _U1])
+                if (z0 | z1) < _U128:  # two one-byte ULEBs (dense records): one load deep
+                    nz = z1
+                    lit = i + _U2
+                    ni = lit + nz
+                    nd = d + z0 + nz
+                    if ((z0 != _U0) | (i == s)) & (nz != _U0) & (nd <= dlen) & (ni <= e):
+                        runs[m] = d + z0
+                        runs[m + _U1] = lit
+                        runs[m + _U2] = nz
+                        m += _U3
+                        d = nd
+                        i = ni
+                        continue
+                zl = z0 >> _U7  # 1: a two-byte zrun
+                z = (z0 & ~(zl << _U7)) | ((z1 << _U7) & (_U0 - zl))
+                j = i + _U1 + zl
+                n0 = np.uint64(buf[j])
+                n1 = np.uint64(buf[j + _U1])
+                nl = n0 >> _U7
+                nz = (n0 & ~(nl << _U7)) | ((n1 << _U7) & (_U0 - nl))
+                lit = j + _U1 + nl
+                ni = lit + nz
+                nd = d + z + nz
+                # valid ULEBs, QEMU's zero-run rules, inside the page and inside the record (which
+                # implies the two "2 bytes left" checks: lit + nz <= e with nz >= 1)
+                if (
+                    (((z1 & (zl << _U7)) | (n1 & (nl << _U7))) == _U0)
+                    & ((z != _U0) | (i == s))
+                    & (nz != _U0)
+                    & (nd <= dlen)
+                    & (ni <= e)
+                ):
+                    runs[m] = d + z
+                    runs[m + _U1] = lit
+                    runs[m + _U2] = nz
+                    m += _U3
+                    d = nd
+                    i = ni
+                    continue
+            code, off, v1, v2, z, nz, lit = _pair(buf, s, e, i, d, dlen)
             if code:
                 return code, k, off, v1, v2
-            k += 1
+            runs[m] = d + z
+            runs[m + _U1] = lit
+            runs[m + _U2] = nz
+            m += _U3
+            d += z + nz
+            i = lit + nz
+        t = _U0
+        while t < m:
+            _copy_run(flat, base + runs[t], buf, runs[t + _U1], runs[t + _U2], base + dlen, nbuf)
+            t += _U3
+        base += dlen
     return 0, n, _U0, _U0, _U0
 
 
@@ -615,6 +550,8 @@ def _run(kernel, buf, starts, lengths, pages, source, base_offset, where):
     """Call the kernel (on a contiguous copy of ``pages`` if need be); raise its rejection."""
     target = pages if pages.flags.c_contiguous else np.ascontiguousarray(pages)
     code, k, off, v1, v2 = kernel(buf, starts, lengths, target)
+    if code < 0:
+        raise ValueError("a record lies outside data")
     if target is not pages:
         pages[:k] = target[:k]
     if code:
@@ -654,6 +591,13 @@ def decode_page(
 _START_0 = np.zeros(1, np.int64)  # decode_page's record starts at 0 (never written)
 
 
+def _as_int64(a) -> np.ndarray:
+    """``a`` as a contiguous 1-D int64 array (as it is, if it is one)."""
+    if type(a) is np.ndarray and a.dtype == np.int64 and a.ndim == 1 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, np.int64).reshape(-1)
+
+
 def _no_record(k: int) -> str:
     return ""
 
@@ -681,24 +625,23 @@ def decode_batch(
     ``data`` (overlapping, repeated, out of order).
 
     The records are decoded in order by a compiled loop (compiled on first use, or loaded from
-    numba's cache), which overlaps the parses of consecutive records with many pairs.
+    numba's cache), which validates each record in one walk before it writes the page.
     ``force_path="py"`` runs its Python source in the interpreter instead (slow; for tests).
     """
     if not isinstance(pages, np.ndarray) or pages.dtype != np.uint8 or pages.ndim != 2:
         raise TypeError("pages must be a (n, page_size) uint8 numpy array")
     if not pages.flags.writeable:
         raise ValueError("pages is read-only")
-    kernel = _decoder(force_path)
+    kernel = _compiled["_decode_records"] if force_path is None and _compiled else _decoder(force_path)
     buf = _as_buffer(data)
-    starts = np.ascontiguousarray(starts, np.int64).reshape(-1)
-    lengths = np.ascontiguousarray(lengths, np.int64).reshape(-1)
+    starts = _as_int64(starts)
+    lengths = _as_int64(lengths)
     n = pages.shape[0]
     if starts.size != n or lengths.size != n:
         raise ValueError(f"{n} pages but {starts.size} starts and {lengths.size} lengths")
     if n == 0:
         return
-    if int(starts.min()) < 0 or int(lengths.min()) < 0 or int((starts + lengths).max()) > buf.size:
-        raise ValueError("a record lies outside data")
+    # (the kernel checks that every record lies inside data before it decodes any)
     err, k = _run(kernel, buf, starts, lengths, pages, source, base_offset, _record)
     if err is not None:
         err.record = k  # type: ignore[attr-defined]
@@ -745,15 +688,8 @@ _HELPERS = (
     (_uleb, True),
     (_encode_page, True),
     (_pair, True),
-    (_check_few, True),
-    (_apply_valid, True),
-    (_tail_limits, True),
-    (_put, True),
-    (_start, True),
-    (_next_pair, False),
-    (_finish, False),
-    (_decode_one, False),
-    (_decode_two, False),
+    (_copy_run, True),
+    (_dense, False),
 )
 _KERNELS = (_encode_pages, _decode_records)
 
@@ -836,7 +772,23 @@ def _intrinsics() -> dict:
 
         return nbtypes.uint64(x), codegen
 
-    return {"_copy16": copy16, "_load8": load8, "_ctz": ctz}
+    @intrinsic
+    def patch16(typingctx, page, d, src, b, nz):
+        def codegen(context, builder, sig, args):
+            i128p = ir.IntType(128).as_pointer()
+            dp = builder.bitcast(address(context, builder, sig.args[0], args[0], args[1]), i128p)
+            tp = builder.bitcast(
+                address(context, builder, sig.args[0], args[0], builder.add(args[1], args[4])), i128p
+            )
+            sp = builder.bitcast(address(context, builder, sig.args[2], args[2], args[3]), i128p)
+            saved = builder.load(tp, align=1)
+            builder.store(builder.load(sp, align=1), dp, align=1)
+            builder.store(saved, tp, align=1)
+            return context.get_dummy_value()
+
+        return nbtypes.void(page, d, src, b, nz), codegen
+
+    return {"_copy16": copy16, "_patch16": patch16, "_load8": load8, "_ctz": ctz}
 
 
 def _uninstrumented(fn) -> types.CodeType:
