@@ -144,3 +144,37 @@ def test_verify_catches_a_stray_write_at_the_final_compare(tmp_path, pm, monkeyp
     res = verify(TraceReader(path), parse_spec("none"), pm)
     assert hit and not res.ok
     assert res.mismatch.round == 2 and res.mismatch.offset == 7 * ps and "first at +0x0" in res.mismatch.detail
+
+
+def test_expected_ram_fingerprints_find_the_first_differing_byte(tmp_path):
+    """verify keeps a 16-byte fingerprint per page instead of a copy of RAM; a page that differs is
+    found, and its expected content is read back from the trace to say which byte."""
+    from conftest import write_trace
+    from pagecodec.harness.expected import ExpectedRAM
+    from pagecodec.trace.format import TraceReader
+
+    ps = 4096
+    rng = np.random.default_rng(4)
+    ram = rng.integers(0, 256, (16, ps), dtype=np.uint8)
+    ram[3] = 0
+    r1 = ram.copy()
+    r1[[5, 9]] ^= 1
+    path = tmp_path / "t.parquet"
+    write_trace(path, [("pc.ram", 16 * ps)], [{0: (np.arange(16) * ps, ram)}, {0: (np.array([5, 9]) * ps, r1[[5, 9]])}])
+    reader = TraceReader(path)
+    exp = ExpectedRAM(reader, seed=1)
+    for b in reader.batches():
+        exp.apply(b)
+    dest = {"pc.ram": r1.reshape(-1).copy()}
+    assert exp.first_difference(dest, 1, None) is None
+    assert exp.first_difference(dest, 1, [np.array([5, 9])]) is None
+    dest["pc.ram"][9 * ps + 100] ^= 0x40
+    block, offset, detail = exp.first_difference(dest, 1, None)
+    assert (block, offset) == ("pc.ram", 9 * ps)
+    assert detail == (f"1 byte(s) differ, first at +0x64 (got {int(r1[9, 100] ^ 0x40):#04x}, "
+                      f"trace has {int(r1[9, 100]):#04x})")
+    assert exp.first_difference(dest, 1, [np.array([5])]) is None  # only the pages asked about
+    assert exp.first_difference({}, 1, None) == ("pc.ram", 0, "block missing at the destination")
+    # the fingerprints of distinct pages differ, of equal ones agree, of a zero page are zero
+    f = exp.fingerprint(np.stack([ram[0], ram[0], ram[3], ram[1]]))
+    assert (f[0] == f[1]).all() and (f[2] == 0).all() and (f[0] != f[3]).any()

@@ -35,9 +35,10 @@ from .. import __version__
 from ..chain.config import MigrationConfig
 from ..chain.metrics import MigrationStats
 from ..chain.receiver import PageRecords, Receiver
-from ..chain.sender import DEFAULT_MACHINE, Sender, block_runs, tap_progress
+from ..chain.sender import DEFAULT_MACHINE, Sender, tap_progress
 from ..errors import ConfigError
 from ..plugins import PluginManager
+from .expected import ExpectedRAM
 from ..trace.format import PageBatch, TraceReader
 from ..wire.writer import FileSink, NullSink, Sink, StreamDirectory
 from .destination import ChannelSync, Destination
@@ -234,19 +235,19 @@ def verify(
     ``tamper_channel(channel, round, chunk) -> chunk`` a multifd channel's bytes.
     """
     meta = reader.meta
-    ps = meta.page_size
     names = [b.name for b in meta.blocks]
     touched = _Touched(names)
     dest = Destination(meta, config, plugins, observer=touched, tamper=tamper, tamper_channel=tamper_channel)
     receiver = dest.receiver
     sender = Sender(meta, config, plugins, dest.sink, machine=machine,
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
-    expected = {b.name: np.zeros(b.used_length, dtype=np.uint8) for b in meta.blocks}
+    expected = ExpectedRAM(reader)
     n = reader.num_rounds
 
     def expect(batches: Iterator[PageBatch]) -> Iterator[PageBatch]:
         for b in batches:
-            _apply(expected, names, b, ps, touched)
+            for bi, idx in expected.apply(b):
+                touched.add(bi, idx)
             yield b
 
     pages = 0
@@ -259,11 +260,11 @@ def verify(
             rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
             pages += rs.dirty_pages
             dest.load(r, n)
-            mismatch = _compare(expected, receiver, meta.blocks, ps, r, touched.take())
+            mismatch = _compare(expected, receiver, r, touched.take())
             if mismatch is not None:
                 break
         if mismatch is None and n:
-            mismatch = _compare(expected, receiver, meta.blocks, ps, n - 1, None)
+            mismatch = _compare(expected, receiver, n - 1, None)
         stats = sender.finish()
         in_window = dest.wall_ns + dest.transport_wall_ns
         if mismatch is None:
@@ -275,13 +276,9 @@ def verify(
     return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics), channel_bytes)
 
 
-#: Pages compared in one step (bounds the comparison's temporaries to a few MiB).
-_COMPARE_PAGES = 1024
-
-
 class _Touched(ChannelSync):
     """The pages a round touched, per block: written by the stream (the receiver reports them, the
-    multifd channels too) or dirtied by the trace (:func:`_apply` adds them)."""
+    multifd channels too) or dirtied by the trace (verify adds what :meth:`ExpectedRAM.apply` reports)."""
 
     def __init__(self, names: list[str]) -> None:
         super().__init__()
@@ -309,42 +306,8 @@ class _Touched(ChannelSync):
         return out
 
 
-def _apply(expected: dict[str, np.ndarray], names: list[str], b: PageBatch, ps: int, touched: _Touched) -> None:
-    for a, z in block_runs(b.block):
-        bi = int(b.block[a])
-        mem = expected[names[bi]].reshape(-1, ps)
-        idx = b.offset[a:z] // ps
-        mem[idx] = b.pages[a:z]
-        touched.add(bi, idx)
-
-
-def _compare(  # type: ignore[no-untyped-def]
-    expected: dict[str, np.ndarray], receiver: Receiver, blocks, ps: int, r: int, touched: list[np.ndarray] | None
-) -> Mismatch | None:
+def _compare(expected: ExpectedRAM, receiver: Receiver, r: int, touched: list[np.ndarray] | None) -> Mismatch | None:
     """The first page (block order, then page order) where the destination differs from the trace,
     among ``touched`` pages per block (None: all pages)."""
-    for bi, b in enumerate(blocks):
-        got = receiver.memory.get(b.name)
-        if got is None:
-            return Mismatch(r, b.name, 0, "block missing at the destination")
-        g2, e2 = got.reshape(-1, ps), expected[b.name].reshape(-1, ps)
-        cand = touched[bi] if touched is not None else None
-        n = len(g2) if cand is None else len(cand)
-        for lo in range(0, n, _COMPARE_PAGES):  # bounded temporaries: one batch of pages at a time
-            if cand is None:
-                c = np.arange(lo, min(n, lo + _COMPARE_PAGES))
-                gs, es = g2[lo : lo + _COMPARE_PAGES], e2[lo : lo + _COMPARE_PAGES]
-            else:
-                c = cand[lo : lo + _COMPARE_PAGES]
-                gs, es = g2[c], e2[c]
-            if np.array_equal(gs, es):
-                continue
-            page = int(c[int(np.flatnonzero((gs != es).any(axis=1))[0])])
-            pg, pe = g2[page], e2[page]
-            first = int(np.flatnonzero(pg != pe)[0])
-            return Mismatch(
-                r, b.name, page * ps,
-                f"{int((pg != pe).sum())} byte(s) differ, first at +{first:#x} (got {int(pg[first]):#04x}, "
-                f"trace has {int(pe[first]):#04x})",
-            )
-    return None
+    diff = expected.first_difference(receiver.memory, r, touched)
+    return None if diff is None else Mismatch(r, *diff)
