@@ -19,6 +19,7 @@ that page data over the bytes of the codec's records.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import sys
 import time
 from pathlib import Path
@@ -47,23 +48,27 @@ def replay(reader, rounds, spec: str) -> tuple[Sender, bytes]:
 
 
 def record_calls(reader, rounds, spec: str) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-    """Every zstd call of one replay: ("flush", data, None) or ("frame", page, prefix)."""
+    """Every zstd call of one replay: ("flush", data, None) for a run (its pieces joined: the direct
+    call gets them as one buffer) or ("frame", page, prefix)."""
     calls: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    flush, frame = zstd_ctx.Compressor.flush, zstd_ctx.Compressor.frame
+    pieces, frame = zstd_ctx.Compressor.flush_pieces, zstd_ctx.Compressor.frame
 
-    def rec_flush(self, src):
-        calls.append(("flush", src.copy(), None))
-        return flush(self, src)
+    def rec_pieces(self, ptrs, sizes):
+        data = b"".join(ctypes.string_at(p, n) for p, n in zip(ptrs, sizes))
+        calls.append(("flush", np.frombuffer(data, np.uint8), None))
+        return pieces(self, ptrs, sizes)
 
     def rec_frame(self, src, prefix=None):
         calls.append(("frame", src.copy(), None if prefix is None else prefix.copy()))
         return frame(self, src, prefix)
 
-    zstd_ctx.Compressor.flush, zstd_ctx.Compressor.frame = rec_flush, rec_frame
+    zstd_ctx.Compressor.flush_pieces, zstd_ctx.Compressor.frame = rec_pieces, rec_frame
     try:
         replay(reader, rounds, spec)
     finally:
-        zstd_ctx.Compressor.flush, zstd_ctx.Compressor.frame = flush, frame
+        zstd_ctx.Compressor.flush_pieces, zstd_ctx.Compressor.frame = pieces, frame
+    if not calls:
+        raise SystemExit(f"{spec}: no zstd call recorded (the codec calls zstd some other way)")
     return calls
 
 

@@ -183,16 +183,7 @@ class Compressor:
         """``src`` (contiguous, at most ``capacity`` bytes) through the context's one endless frame,
         flushed (ZSTD_e_flush): everything needed to decode ``src`` is in the output, and later calls
         may still match into it (window :data:`WINDOW_LOG`). A view valid until the next call."""
-        lib, ob, ib = self.lib, self._ob, self._ib
-        ob.pos = 0
-        ib.ptr, ib.size, ib.pos = src.ctypes.data, src.nbytes, 0
-        while True:
-            ret = self._check(lib.ZSTD_compressStream2(self.cctx, ctypes.byref(ob), ctypes.byref(ib), _E_FLUSH),
-                              "ZSTD_compressStream2")
-            if ret == 0:
-                return self.out[: ob.pos]
-            if ob.pos == ob.size:
-                raise RuntimeError("zstd stream output larger than its buffer")
+        return self.flush_pieces([src.ctypes.data], [src.nbytes])
 
     def flush_pieces(self, ptrs: list[int], sizes: list[int]) -> np.ndarray:
         """Like :meth:`flush` for input in several pieces of memory (addresses and sizes, alive for the
