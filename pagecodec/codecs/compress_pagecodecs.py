@@ -12,8 +12,8 @@ cannot load these streams, every result says so (``format.qemu-loadable: false``
 
 * **compress-zstd**: one zstd frame per page at ``pc-zstd-level`` (zstd's levels: 1 … 22, 0 = zstd's
   default 3, negative = its fast levels down to ``ZSTD_minCLevel()``; checked against the loaded
-  library). The system libzstd through ctypes (:func:`~pagecodec.codecs.multifd_stream.libzstd`, the
-  loader the multifd channels use), one ``ZSTD_CCtx`` per worker thread, ``ZSTD_compress2`` per page
+  library). The system libzstd through ctypes (:func:`~pagecodec.codecs.zstd_ctx.zstd_lib`, the
+  delta codecs' bindings), one ``ZSTD_CCtx`` per worker thread, ``ZSTD_compress2`` per page
   into a preallocated buffer: the ctypes call releases the GIL for the whole page, so the workers run
   in parallel. The frame carries no content size, checksum or dictionary id (the content size would cost
   a byte per page and bound nothing the decoder does not bound already: it decompresses into a buffer
@@ -31,7 +31,6 @@ Decoders validate before they write (a rejected record leaves the page as it was
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from functools import lru_cache
 from itertools import repeat
@@ -46,26 +45,12 @@ from ..wire.extension import RAM_SAVE_FLAG_EXTENSION, payload_limit
 from ..wire.reader import StreamReader
 from .base import Codec, CodecContext, RecordDecoder, Slot, SlotEncoder
 from .compress import CompressThreadsEncoder, ExtensionRecords, PageCompressor
-from .multifd_stream import libzstd, zstd_library
+from .zstd_ctx import C_LEVEL, FRAME_PARAMS, check_level, zstd_lib, zstd_version
 
 __all__ = ["ZstdPages", "Lz4Pages", "ZstdPageDecoder", "Lz4PageDecoder", "CompressZstdCodec", "CompressLz4Codec",
            "CompressLz4hcCodec", "lz4_compress_bound"]
 
-# ZSTD_cParameter values (zstd.h, stable API)
-_ZSTD_C_COMPRESSION_LEVEL = 100
-_ZSTD_C_CONTENT_SIZE_FLAG = 200
-_ZSTD_C_CHECKSUM_FLAG = 201
-_ZSTD_C_DICT_ID_FLAG = 202
 _ZSTD_ERROR_DST_SIZE_TOO_SMALL = 70  # ZSTD_ErrorCode (zstd_errors.h)
-
-
-def _zstd() -> Any:
-    """The system libzstd with its one-shot calls, or a PluginError saying what is missing."""
-    lib = libzstd()
-    if lib is None or not hasattr(lib, "ZSTD_compress2"):
-        raise PluginError("compress-zstd needs the system libzstd ≥ 1.4.0 (libzstd.so.1, Debian's libzstd1), "
-                          + ("which has no ZSTD_compress2" if lib is not None else "which was not found"))
-    return lib
 
 
 class _CCtx:
@@ -77,7 +62,7 @@ class _CCtx:
         if not self.ptr:
             raise MemoryError("ZSTD_createCCtx failed")
         self.level: int | None = None
-        for param, value in ((_ZSTD_C_CONTENT_SIZE_FLAG, 0), (_ZSTD_C_CHECKSUM_FLAG, 0), (_ZSTD_C_DICT_ID_FLAG, 0)):
+        for param, value in FRAME_PARAMS:
             self._set(param, value)
 
     def _set(self, param: int, value: int) -> None:
@@ -88,7 +73,7 @@ class _CCtx:
     def at_level(self, level: int) -> int:
         """The context's pointer, set to ``level`` (parameters persist across ZSTD_compress2 calls)."""
         if level != self.level:
-            self._set(_ZSTD_C_COMPRESSION_LEVEL, level)
+            self._set(C_LEVEL, level)
             self.level = level
         return self.ptr
 
@@ -110,8 +95,7 @@ class ZstdPages:
 
     @property
     def version(self) -> str:
-        _zstd()
-        return zstd_library()
+        return zstd_version()
 
     def library_level(self, level: int) -> int:
         """``pc-zstd-level`` is zstd's own level."""
@@ -119,18 +103,14 @@ class ZstdPages:
 
     def check_level(self, level: int) -> None:
         """ConfigError unless the loaded libzstd has ``level`` (ZSTD_minCLevel … ZSTD_maxCLevel)."""
-        lib = _zstd()
-        lo, hi = lib.ZSTD_minCLevel(), lib.ZSTD_maxCLevel()
-        if not lo <= level <= hi:
-            raise ConfigError(f"pc-zstd-level={level} out of range {lo}..{hi} ({zstd_library()}: ZSTD_minCLevel() .. "
-                              f"ZSTD_maxCLevel())")
+        check_level(level)
 
     def compress_run(self, pages: np.ndarray, level: int) -> tuple[np.ndarray, np.ndarray]:
         """Each page's zstd frame, back to back, and their lengths: one ``ZSTD_compress2`` per page with
         this thread's context, into this thread's buffer of ``ZSTD_compressBound`` per page, of which the
         frames are copied out at the end (a fresh buffer per run cost ~1.3 µs a page at zstd -5, mostly
         page faults, the copy ~0.5 µs)."""
-        lib = _zstd()
+        lib = zstd_lib()
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
             cctx = self._local.cctx = _CCtx(lib)
@@ -224,7 +204,7 @@ class ZstdPageDecoder(RecordDecoder):
 
     def _ctx(self, page_size: int) -> tuple[Any, int]:
         if self._dctx is None:  # on first use: every receiver builds every codec's decoders
-            self._lib = _zstd()
+            self._lib = zstd_lib()
             self._dctx = self._lib.ZSTD_createDCtx()
             if not self._dctx:
                 raise MemoryError("ZSTD_createDCtx failed")
@@ -328,7 +308,7 @@ class CompressZstdCodec(_PageCodec):
         return comp
 
     def bound(self, page_size: int) -> int:
-        return int(_zstd().ZSTD_compressBound(page_size))
+        return int(zstd_lib().ZSTD_compressBound(page_size))
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [ZstdPageDecoder()]

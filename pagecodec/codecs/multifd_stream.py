@@ -48,29 +48,11 @@ class _Buf(ctypes.Structure):
     _fields_ = [("ptr", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
 
 
-#: One-shot calls (libzstd ≥ 1.4.0) of the compress-zstd codec (:mod:`.compress_pagecodecs`): name,
-#: argument types, result type. Bound when the library has them; the multifd streams do not need them.
-_ONE_SHOT: tuple[tuple[str, list[Any], Any], ...] = (
-    ("ZSTD_createCCtx", [], ctypes.c_void_p),
-    ("ZSTD_freeCCtx", [ctypes.c_void_p], ctypes.c_size_t),
-    ("ZSTD_CCtx_setParameter", [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_size_t),
-    ("ZSTD_compress2", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t],
-     ctypes.c_size_t),
-    ("ZSTD_createDCtx", [], ctypes.c_void_p),
-    ("ZSTD_freeDCtx", [ctypes.c_void_p], ctypes.c_size_t),
-    ("ZSTD_decompressDCtx", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t],
-     ctypes.c_size_t),
-    ("ZSTD_findFrameCompressedSize", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_size_t),
-    ("ZSTD_getErrorCode", [ctypes.c_size_t], ctypes.c_int),
-    ("ZSTD_minCLevel", [], ctypes.c_int),
-    ("ZSTD_maxCLevel", [], ctypes.c_int),
-)
-
-
 @lru_cache(maxsize=1)
 def libzstd() -> Any:
-    """The system libzstd (the one QEMU links), or None: the streaming calls of the multifd channels
-    and, where the library has them, the one-shot calls of compress-zstd (:data:`_ONE_SHOT`)."""
+    """The system libzstd (the one QEMU links), or None, with the streaming calls of the multifd
+    channels bound (:func:`pagecodec.codecs.zstd_ctx.zstd_lib` binds the rest pagecodec's own zstd
+    codecs call)."""
     name = ctypes.util.find_library("zstd")
     if not name:
         return None
@@ -78,10 +60,6 @@ def libzstd() -> Any:
         lib = ctypes.CDLL(name)
     except OSError:
         return None
-    for fname, args, res in _ONE_SHOT:
-        fn = getattr(lib, fname, None)
-        if fn is not None:
-            fn.argtypes, fn.restype = args, res
     sz, vp, bp = ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(_Buf)
     lib.ZSTD_versionString.restype = ctypes.c_char_p
     lib.ZSTD_createCStream.restype = vp

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import ConfigError, DecodeError
 from .multifd_stream import _Buf, libzstd
 
-__all__ = ["WINDOW_LOG", "zstd_lib", "zstd_version", "level_range", "check_level", "check_long", "Compressor",
+__all__ = ["WINDOW_LOG", "C_LEVEL", "FRAME_PARAMS", "zstd_lib", "zstd_version", "level_range", "check_level", "check_long", "Compressor",
            "Decompressor"]
 
 #: Window of pagecodec's zstd streams without ``pc-zstd-long``: 1 MiB (256 pages of 4 KiB).
@@ -33,7 +33,10 @@ WINDOW_LOG = 20
 LONG_WINDOW_LOG_MAX = 27
 
 # zstd.h (stable API): parameter and directive numbers
-_C_LEVEL, _C_WINDOWLOG, _C_LDM, _C_CONTENTSIZE, _C_CHECKSUM, _C_DICTID = 100, 101, 160, 200, 201, 202
+C_LEVEL, _C_WINDOWLOG, _C_LDM = 100, 101, 160
+#: The frame fields every pagecodec zstd frame leaves out (content size, checksum, dictionary id): a
+#: record says what its frame stands for, and the destination checks it gives exactly that.
+FRAME_PARAMS = ((200, 0), (201, 0), (202, 0))
 _D_WINDOWLOG_MAX = 100
 _E_CONTINUE, _E_FLUSH = 0, 1
 _RESET_SESSION = 1
@@ -41,7 +44,8 @@ _RESET_SESSION = 1
 
 @lru_cache(maxsize=1)
 def zstd_lib() -> Any:
-    """The system libzstd with the prototypes the delta codecs call (ConfigError if there is none)."""
+    """The system libzstd with the prototypes pagecodec's zstd codecs call (delta codecs, compress-zstd);
+    ConfigError if there is none, or it lacks a call (libzstd ≥ 1.4.0 has them all)."""
     lib = libzstd()
     if lib is None:
         raise ConfigError("pagecodec's zstd codecs need the system libzstd (libzstd.so.1, Debian package libzstd1)")
@@ -57,8 +61,12 @@ def zstd_lib() -> Any:
         ("ZSTD_compressStream2", [vp, bp, bp, i], sz), ("ZSTD_decompressStream", [vp, bp, bp], sz),
         ("ZSTD_minCLevel", [], i), ("ZSTD_maxCLevel", [], i),
         ("ZSTD_createCCtx_advanced", [_CustomMem], vp), ("ZSTD_createDCtx_advanced", [_CustomMem], vp),
+        ("ZSTD_findFrameCompressedSize", [vp, sz], sz), ("ZSTD_getErrorCode", [sz], i),
     ):
-        fn = getattr(lib, name)
+        fn = getattr(lib, name, None)
+        if fn is None:
+            raise ConfigError(f"pagecodec's zstd codecs need {name}, which the system libzstd "
+                              f"{lib.ZSTD_versionString().decode()} lacks (libzstd ≥ 1.4.0 has it)")
         fn.argtypes, fn.restype = args, res
     return lib
 
@@ -78,7 +86,8 @@ def check_level(level: int) -> int:
     """``pc-zstd-level`` checked against the library (negative levels are zstd's fast levels)."""
     lo, hi = level_range()
     if not lo <= level <= hi:
-        raise ConfigError(f"pc-zstd-level={level}: {zstd_version()} takes {lo} … {hi}")
+        raise ConfigError(f"pc-zstd-level={level} out of range {lo}..{hi} ({zstd_version()}: ZSTD_minCLevel() .. "
+                          f"ZSTD_maxCLevel())")
     return level
 
 
@@ -152,8 +161,7 @@ class Compressor:
         self.cctx = lib.ZSTD_createCCtx_advanced(self._memory.mem)
         if not self.cctx:
             raise MemoryError("ZSTD_createCCtx failed")
-        params = [(_C_LEVEL, level), (_C_WINDOWLOG, long_window or WINDOW_LOG), (_C_CONTENTSIZE, 0),
-                  (_C_CHECKSUM, 0), (_C_DICTID, 0)]
+        params = [(C_LEVEL, level), (_C_WINDOWLOG, long_window or WINDOW_LOG), *FRAME_PARAMS]
         if long_window:
             params.append((_C_LDM, 1))
         for p, v in params:
