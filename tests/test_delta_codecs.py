@@ -20,7 +20,7 @@ from pagecodec.codecs.delta_cache import DestinationCache
 from pagecodec.codecs.delta_runs import MODE_PAGE, MODE_XOR, RunDecoder, RunEncoder
 from pagecodec.codecs.delta_patch import DeltaZstdDecoder
 from pagecodec.codecs.zstd_ctx import Compressor
-from pagecodec.errors import ConfigError, DecodeError, PageCodecError
+from pagecodec.errors import ConfigError, DecodeError
 from pagecodec.harness.replay import verify
 from pagecodec.trace.format import TraceReader
 from pagecodec.wire.reader import StreamReader
