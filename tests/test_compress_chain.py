@@ -166,6 +166,12 @@ def test_chain_equals_the_page_by_page_model(tmp_path, pm, threads, level, seed)
 @pytest.mark.parametrize("spec", ["compress", "compress,compress-threads=3", "xbzrle+compress",
                                   "compress-isal,compress-threads=3", "compress-zlibng,compress-threads=3"])
 def test_batch_size_does_not_change_the_stream(tmp_path, pm, spec):
+    outs = streams_by_batch_size(tmp_path, pm, spec)
+    assert outs[0] == outs[1] == outs[2]
+
+
+def streams_by_batch_size(tmp_path, pm, spec: str) -> list[bytes]:
+    """The stream of ``spec`` on a 3-round trace read in batches of 1, 3 and 4096 pages."""
     path = tmp_path / "t.parquet"
     make_trace(path, 3)
     outs = []
@@ -175,7 +181,7 @@ def test_batch_size_does_not_change_the_stream(tmp_path, pm, spec):
         Sender(reader.meta, parse_spec(spec, pm.presets), pm, sink).run(rounds_of(reader, max_pages=max_pages),
                                                                         reader.num_rounds)
         outs.append(sink.getvalue())
-    assert outs[0] == outs[1] == outs[2]
+    return outs
 
 
 def test_compress_pages_are_zlibs_bytes():

@@ -22,16 +22,14 @@ from hypothesis import strategies as st
 from conftest import write_trace
 from pagecodec.chain.config import PC_PARAMETERS, MigrationConfig, parse_spec
 from pagecodec.chain.receiver import PageRecords, Receiver, RecordObserver
-from pagecodec.chain.sender import Sender
 from pagecodec.codecs.base import CodecContext, Slot
 from pagecodec.codecs.compress_pagecodecs import ZstdPageDecoder, ZstdPages
 from pagecodec.errors import ConfigError, DecodeError
-from pagecodec.harness.replay import replay, rounds_of, verify
+from pagecodec.harness.replay import replay, verify
 from pagecodec.trace.format import TraceReader
 from pagecodec.wire.extension import RAM_SAVE_FLAG_EXTENSION, codec_id, payload_limit
 from pagecodec.wire.reader import StreamReader
-from pagecodec.wire.writer import MemorySink
-from test_compress_chain import make_trace
+from test_compress_chain import make_trace, streams_by_batch_size
 from test_compress_engines import COUNTERS, run
 
 PS = 4096
@@ -150,15 +148,7 @@ def test_compressed_size_counts_the_extension_header(tmp_path, pm):
 
 @pytest.mark.parametrize("spec", ["zstd,compress-threads=3", "lz4,compress-threads=2", "lz4hc", "xbzrle,zstd"])
 def test_batch_size_does_not_change_the_stream(tmp_path, pm, spec):
-    path = tmp_path / "t.parquet"
-    make_trace(path, 3)
-    outs = []
-    for max_pages in (1, 3, 4096):
-        reader = TraceReader(path)
-        sink = MemorySink()
-        Sender(reader.meta, parse_spec(spec, pm.presets), pm, sink).run(rounds_of(reader, max_pages=max_pages),
-                                                                        reader.num_rounds)
-        outs.append(sink.getvalue())
+    outs = streams_by_batch_size(tmp_path, pm, spec)
     assert outs[0] == outs[1] == outs[2]
 
 
