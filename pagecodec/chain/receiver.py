@@ -568,22 +568,7 @@ class Receiver:
         k = len(ats)
         if k < 2:
             return 0
-        idx = np.array(offs, np.int64) // ps
-        at_abs = r.base + np.array(ats, np.int64)
-        pay_abs = r.base + np.array([p for p, _ in pays], np.int64)
-        obs = self.observer
-        if obs is not None:
-            rec = PageRecords(bi, idx, name, at_abs, pay_abs)
-            obs.before_pages(rec)
-        def page_of(off: int | None) -> int:  # the record of the run whose payload holds ``off``
-            return int(idx[max(0, int(np.searchsorted(pay_abs, off or 0, side="right")) - 1)]) * ps
-
-        mv = r._mv
-        with self._decoder_faults(r, self._decoder_codec.get(dec.flag, "?"), bi, start, page_of):
-            dec.load_many([mv[p : p + ln] for p, ln in pays], pages, idx, pay_abs, r.source)
-        r.pos = pos
-        if obs is not None:
-            obs.pages(rec)
+        self._load_gathered(r, dec, bi, name, self._decoder_codec.get(dec.flag, "?"), "", ats, offs, pays, pos, 0)
         return k
 
     def _load_extension(self, r: StreamReader, at: int, bi: int, addr: int) -> None:
@@ -662,24 +647,35 @@ class Receiver:
         if k < 2:
             return 0
         self.cpu.lap(name)
+        self._load_gathered(r, dec, bi, name, name, f"codec {name!r}, ", ats, offs, pays, pos, EXTENSION_HEADER)
+        self.stats.records[name] = self.stats.records.get(name, 0) + k
+        return k
+
+    def _load_gathered(self, r: StreamReader, dec: RecordDecoder, bi: int, kind: str, codec: str, what: str,
+                       ats: list[int], offs: list[int], pays: list[tuple[int, int]], end: int, header: int) -> None:
+        """Hand a gathered run of variable-length records to ``dec.load_many``: ``ats`` their positions,
+        ``offs`` their pages' offsets, ``pays`` (position, length) of each payload, which ``header``
+        bytes of the record's own layout precede (the observer is told where those start); a fault
+        names the page of the record it lies in. The cursor ends at ``end``."""
+        ps = self.page_size
         idx = np.array(offs, np.int64) // ps
         at_abs = r.base + np.array(ats, np.int64)
         pay_abs = r.base + np.array([p for p, _ in pays], np.int64)
         obs = self.observer
+        rec = None
         if obs is not None:
-            rec = PageRecords(bi, idx, name, at_abs, pay_abs - EXTENSION_HEADER)
+            rec = PageRecords(bi, idx, kind, at_abs, pay_abs - header)
             obs.before_pages(rec)
 
-        def page_of(off: int | None) -> int:  # the record of the run whose header or payload holds ``off``
+        def page_of(off: int | None) -> int:  # the record of the run whose bytes hold ``off``
             return int(idx[max(0, int(np.searchsorted(at_abs, off or 0, side="right")) - 1)]) * ps
 
-        with self._decoder_faults(r, name, bi, at, page_of, what=f"codec {name!r}, "):
-            dec.load_many([mv[p : p + ln] for p, ln in pays], pages, idx, pay_abs, r.source)
-        r.pos = pos
-        self.stats.records[name] = self.stats.records.get(name, 0) + k
+        mv = r._mv
+        with self._decoder_faults(r, codec, bi, ats[0], page_of, what=what):
+            dec.load_many([mv[p : p + ln] for p, ln in pays], self.block_pages[bi], idx, pay_abs, r.source)
+        r.pos = end
         if obs is not None:
-            obs.pages(rec)
-        return k
+            obs.pages(rec)  # type: ignore[arg-type]
 
     @contextmanager
     def _decoder_faults(self, r: StreamReader, codec: str, bi: int, at: int, page_offset: Callable[[int | None], int],
