@@ -82,7 +82,8 @@ def _round_indexes(slots: np.ndarray) -> list[np.ndarray]:
 #: Bytes of cache memory faulted in at once (:meth:`PageCache._populate`): 256 KiB populates little that
 #: stays unused where stored pages are scattered among zero pages (measured: 2 MiB cost ~20% more).
 _POPULATE_BYTES = 256 << 10
-_MADV_POPULATE_WRITE = 23  # linux/mman.h, 5.14+
+#: madvise advice that faults a range in at once (linux/mman.h, Linux 5.14+); the zstd contexts use it too.
+MADV_POPULATE_WRITE = 23
 
 
 def _slot_memory(slots: int, page_size: int) -> tuple[np.ndarray, "mmap.mmap | None"]:
@@ -173,7 +174,7 @@ class PageCache:
         size = len(self._memory)
         try:
             for c in new.tolist():
-                self._memory.madvise(_MADV_POPULATE_WRITE, c * step, min(step, size - c * step))
+                self._memory.madvise(MADV_POPULATE_WRITE, c * step, min(step, size - c * step))
         except (OSError, ValueError, AttributeError):
             self._memory = None  # not supported: let the writes fault the pages in
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError, DecodeError
 from .multifd_stream import _Buf, libzstd
+from .page_cache import MADV_POPULATE_WRITE
 
 __all__ = ["WINDOW_LOG", "C_LEVEL", "FRAME_PARAMS", "zstd_lib", "zstd_version", "level_range", "check_level", "check_long", "Compressor",
            "Decompressor"]
@@ -101,7 +102,6 @@ def check_long(window_log: int) -> int:
 
 _ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
-_MADV_POPULATE_WRITE = 23  # linux/mman.h, 5.14+
 
 
 class _CustomMem(ctypes.Structure):
@@ -130,7 +130,7 @@ class _PopulatedMemory:
         except (OSError, ValueError):
             return 0  # zstd reports the allocation failure
         try:
-            m.madvise(_MADV_POPULATE_WRITE)
+            m.madvise(MADV_POPULATE_WRITE)
         except (OSError, ValueError, AttributeError):
             pass
         addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
