@@ -110,13 +110,8 @@ class DestinationCache:
                 c.age[hs] = now  # cache_is_cached: a hit makes the slot young
                 hit[idx[h]] = True
                 ref[idx[h]] = c.data[hs]
-            if store:
-                z = zero[idx] if zero is not None else None
-                if z is not None and z.any():
-                    self._drop(a[z], s[z])
-                    c._insert_distinct(s[~z], a[~z], pages[idx[~z]], now)
-                else:
-                    c._insert_distinct(s, a, pages[idx], now)
+            if store:  # the slots of one round are distinct: store() applies
+                self.store(a, s, pages[idx], now, zero[idx] if zero is not None else None)
         k = int(hit.sum())
         self.hits += k
         self.misses += int(want.sum()) - k
