@@ -69,14 +69,15 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool, progress: boo
 
 # --- progress ------------------------------------------------------------------------------------
 @contextmanager
-def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+def progress_bar(enabled: bool, total: int, label: str, unit: str = "pages") -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar counting ``unit`` (pages, runs, bytes…), or None when disabled."""
     if not enabled:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("pages"), TimeRemainingColumn(),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn(),
         transient=True,
     ) as prog:
         task = prog.add_task(label, total=total)
@@ -109,58 +110,130 @@ def default_traces() -> list[str]:
 @cli.command()
 @click.argument("traces", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--config", "configs", multiple=True, metavar="SPEC", help="Preset and/or key=value list (repeatable).")
-@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2", help="Multiply configs by parameter values.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results JSON (atomically).")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write the summary table as CSV.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel runs (processes).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY=V1,V2",
+              help="Multiply configs by parameter values (only the configs that read KEY).")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 100),
+              help="Runs per trace × config; min and median CPU and wall are reported, wire bytes checked equal.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results JSON (atomically, after every run).")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write every column as CSV.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write plots (PNG + SVG) into this directory.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel runs (local processes).")
 @click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
+@click.option("--wide", is_flag=True, help="Every column (page counts, cache misses, wall times, …).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Compare the decoded pages with the trace (the first repeat of every run).")
 @click.option("--decode/--no-decode", default=True, show_default=True,
-              help="Decode every stream on the destination and measure its CPU per stage (cpu_decode).")
+              help="Decode every stream on the destination and measure its CPU (--no-decode implies --no-verify).")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Add the memcpy and none rows every other row is read against.")
 @pass_ctx
-def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], json_out: str | None,
-          csv_out: str | None, jobs: int, resume: bool, fmt: str, decode: bool) -> None:
+def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], repeat: int,
+          json_out: str | None, csv_out: str | None, plots: str | None, jobs: int, resume: bool, fmt: str, wide: bool,
+          verify: bool, decode: bool, baselines: bool) -> None:
     """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
     With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
-    codecs are installed. Each stream is decoded as it is sent (a decode error fails the run, naming
-    the offset); pages are not compared, which is what `pagecodec verify` is for.
+    codecs are installed. Every run is repeated (--repeat) with the repeats interleaved; the first
+    repeat decodes the stream and compares every page with the trace. A run that fails (a decode
+    error, a page that differs, a plugin that raises, bytes that change between repeats) keeps its
+    row, marked FAILED, the others go on, and the exit status is 1. Each row is also read against
+    the trace's `none` run (bytes saved, CPU ×) and the memcpy floor; Pareto-optimal configs (wire
+    bytes vs sender CPU) are starred.
     """
-    from .atomic import atomic_write_bytes, atomic_write_json
-    from .harness.matrix import expand_sweeps, plan_runs, run_matrix
-    from .report.table import HEADERS, format_table, summary_rows
+    from .harness.matrix import MEMCPY, LocalPool, expand_sweeps, plan_runs, run_matrix
 
     trace_list = list(traces) or default_traces()
     specs = list(configs) or runnable_presets(c)
-    specs = [c.spec(s) for s in expand_sweeps(specs, sweeps)]
+    if baselines:
+        specs = [MEMCPY, "none", *[s for s in specs if s.strip() not in ("none", MEMCPY)]]
+    specs = expand_sweeps(specs, sweeps, lambda s: c.config(s).keys_read(c.pm.codecs))
+    specs = [s if s == MEMCPY else c.spec(s) for s in specs]
     for s in specs:
-        c.config(s)  # refuse bad specs before any run
+        if s != MEMCPY:
+            c.config(s)  # refuse bad specs before any run
+    if not decode:
+        verify = False
+        click.echo("bench: --no-decode: streams are not decoded; no decode CPU and no check of the pages", err=True)
+    elif not verify:
+        click.echo("bench: --no-verify: streams are decoded, but pages are not compared with the trace", err=True)
+    sidecar = f"{json_out}.partial" if json_out else None
     done: list[dict[str, Any]] = []
+    samples_done: list[dict[str, Any]] = []
     if resume:
         if not json_out:
             raise click.UsageError("--resume needs --json FILE")
         if Path(json_out).exists():
             done = _load_results(json_out)
+        if sidecar and Path(sidecar).exists():
+            samples_done = _load_results(sidecar)
     runs = plan_runs(trace_list, specs)
     collected = list(done)
+    partial: list[dict[str, Any]] = list(samples_done)
+    executor = LocalPool(jobs)
+    with progress_bar(c.progress, len(runs) * repeat, "bench", unit="runs") as tick:
 
-    def on_result(res: dict[str, Any]) -> None:
-        collected.append(res)
-        if json_out:  # after every run, so an interrupted sweep can --resume
-            atomic_write_json(json_out, collected)
+        def on_result(res: dict[str, Any]) -> None:
+            collected.append(res)
+            if json_out:  # after every run, so an interrupted sweep can --resume
+                _write_json(json_out, collected)
+            if tick:
+                tick(1)
 
-    with progress_bar(c.progress, len(runs), "runs") as tick:
-        run_matrix(runs, jobs=jobs, plugin_modules=c.plugin_modules, decode=decode, done=done,
-                   on_result=lambda r: (on_result(r), tick(1) if tick else None))
-    click.echo(format_table(collected, fmt))
+        def on_sample(sample: dict[str, Any]) -> None:
+            partial.append(sample)
+            if sidecar:
+                _write_json(sidecar, partial)
+            if tick:
+                tick(1)
+
+        run_matrix(runs, repeat=repeat, check=verify, decode=decode, executor=executor,
+                   plugin_modules=c.plugin_modules, done=done, samples_done=samples_done,
+                   on_result=on_result, on_sample=on_sample)
+    _publish(collected, fmt, wide, json_out, csv_out, plots)
+    if sidecar:
+        Path(sidecar).unlink(missing_ok=True)
+    _exit_for(collected)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    from .atomic import atomic_write_json
+
+    atomic_write_json(path, obj)
+
+
+def _publish(results: list[dict[str, Any]], fmt: str, wide: bool, json_out: str | None, csv_out: str | None,
+             plots: str | None) -> None:
+    """The table on stdout, the files asked for (each written atomically)."""
+    from .atomic import atomic_write_bytes
+    from .report.table import csv_rows, format_table
+
+    click.echo(format_table(results, fmt, wide=wide))
     if json_out:
-        atomic_write_json(json_out, collected)
+        _write_json(json_out, results)
     if csv_out:
+        headers, rows = csv_rows(results)
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(HEADERS)
-        w.writerows(summary_rows(collected))
+        w.writerow(headers)
+        w.writerows(rows)
         atomic_write_bytes(csv_out, buf.getvalue().encode())
+    if plots:
+        from .report.plots import write_plots
+
+        for p in write_plots(results, plots):
+            click.echo(f"wrote {p}", err=True)
+
+
+def _exit_for(results: list[dict[str, Any]]) -> None:
+    """Exit 1 when a run failed a check or raised, 2 when every failure was bad input (a trace or
+    config that could not be read)."""
+    failed = [r for r in results if r.get("status", "ok") != "ok"]
+    if not failed:
+        return
+    bad_input = all(r.get("error", {}).get("type") in ("TraceError", "ConfigError") for r in failed)
+    click.echo(f"bench: {len(failed)} of {len(results)} runs failed", err=True)
+    sys.exit(2 if bad_input else 1)
 
 
 def runnable_presets(c: Ctx) -> list[str]:
@@ -179,43 +252,68 @@ def runnable_presets(c: Ctx) -> list[str]:
 
 
 def _load_results(path: str) -> list[dict[str, Any]]:
+    """A results file: bench's list of runs, or the one run ``replay --json`` / ``verify --json``
+    writes."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise PageCodecError(f"{path}: cannot read results: {e}") from e
+    if isinstance(data, dict):
+        data = [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) and "trace" in r and "config" in r for r in data):
-        raise PageCodecError(f"{path}: not a pagecodec results file (expected a list of runs)")
+        raise PageCodecError(f"{path}: not a pagecodec results file (expected a run or a list of runs)")
     return data
 
 
 @cli.command()
-@click.argument("trace", type=click.Path(dir_okay=False))
-@click.option("--config", "spec", default="none", show_default=True, metavar="SPEC")
+@click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "specs", multiple=True, metavar="SPEC", help="Config to check (repeatable; default none).")
 @click.option("--machine", default="pc-i440fx-7.2", show_default=True, help="Machine type in the stream's configuration.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
-              help="Write the run's results JSON (with the destination's CPU per stage as cpu_decode).")
+              help="Write the results JSON (one run: an object; several: a list), with the destination's CPU per stage.")
 @pass_ctx
-def verify(c: Ctx, trace: str, spec: str, machine: str, json_out: str | None) -> None:
-    """Replay TRACE, decode the stream, and compare every page of every round with the trace."""
+def verify(c: Ctx, traces: tuple[str, ...], specs: tuple[str, ...], machine: str, json_out: str | None) -> None:
+    """Replay each TRACE with each config, decode the stream, and compare every page of every round
+    with the trace. Every pair is checked (a failure does not stop the others); exit 1 if any failed."""
     from .atomic import atomic_write_json
     from .harness.replay import verify as do_verify
     from .trace.format import TraceReader
 
-    reader = TraceReader(trace)
-    cfg = c.config(spec)
-    with progress_bar(c.progress, reader.num_pages, "verify") as tick:
-        res = do_verify(reader, cfg, c.pm, machine=machine, progress=tick)
+    cfgs = [c.config(s) for s in (specs or ("none",))]  # refuse bad specs before any run
+    out: list[dict[str, Any]] = []
+    failed = 0
+    for trace in traces:
+        for cfg in cfgs:
+            try:
+                reader = TraceReader(trace)
+                with progress_bar(c.progress, reader.num_pages, "verify", unit="pages") as tick:
+                    res = do_verify(reader, cfg, c.pm, machine=machine, progress=tick)
+            except PageCodecError as e:
+                if len(traces) * len(cfgs) == 1:
+                    raise
+                failed += 1
+                click.echo(f"verify: FAILED: {trace} with config {cfg.label!r}: {e}", err=True)
+                out.append({"trace": {"path": trace}, "config": cfg.to_json(), "status": "failed",
+                            "error": {"type": type(e).__name__, "message": str(e)}})
+                continue
+            out.append({**res.metrics, "status": "ok" if res.ok else "failed",
+                        "verify": {"checked": True, "ok": res.ok, "mismatch": str(res.mismatch) if res.mismatch else None}})
+            if res.mismatch is not None:
+                failed += 1
+                click.echo(f"verify: FAILED: {trace} with config {cfg.label!r}: {res.mismatch}", err=True)
+                continue
+            click.echo(
+                f"verify: OK: {trace} with config {cfg.label!r}: {res.rounds} rounds, {res.pages} pages, "
+                f"{res.stream_bytes} stream bytes"
+                + (f" + {res.channel_bytes} bytes on {cfg.param('multifd-channels')} multifd channels" if res.channel_bytes else "")
+                + "; every page of every round arrived intact"
+            )
     if json_out:
-        atomic_write_json(json_out, {**res.metrics, "verify": {"ok": res.ok, "mismatch": str(res.mismatch) if res.mismatch else None}})
-    if res.mismatch is not None:
-        click.echo(f"verify: FAILED: {trace} with config {cfg.label!r}: {res.mismatch}", err=True)
+        atomic_write_json(json_out, out[0] if len(out) == 1 else out)
+    if failed:
+        if len(out) > 1:
+            click.echo(f"verify: {failed} of {len(out)} checks failed", err=True)
         sys.exit(1)
-    click.echo(
-        f"verify: OK: {trace} with config {cfg.label!r}: {res.rounds} rounds, {res.pages} pages, "
-        f"{res.stream_bytes} stream bytes"
-        + (f" + {res.channel_bytes} bytes on {cfg.param('multifd-channels')} multifd channels" if res.channel_bytes else "")
-        + "; every page of every round arrived intact"
-    )
 
 
 @cli.command()
@@ -273,20 +371,37 @@ def plugins(c: Ctx, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("results", type=click.Path(exists=True, dir_okay=False))
+@click.argument("baseline", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", default="github", show_default=True,
               type=click.Choice(["github", "pipe", "rst", "latex", "html", "plain", "simple"]))
-@click.option("--plots", type=click.Path(file_okay=False), help="Write plots (PNG) into this directory.")
-def report(results: str, fmt: str, plots: str | None) -> None:
-    """Tables (and plots) from a results JSON written by bench or replay."""
+@click.option("--wide", is_flag=True, help="Every column.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write plots (PNG + SVG) into this directory.")
+@click.option("--fail-cpu", "fail_cpu", default=10.0, show_default=True, type=click.FloatRange(0),
+              help="With BASELINE: a min CPU (sender or decode) this many percent above the baseline's is a regression.")
+@click.option("--fail-wire", "fail_wire", default=0.1, show_default=True, type=click.FloatRange(0),
+              help="With BASELINE: wire bytes this many percent above the baseline's are a regression.")
+def report(results: str, baseline: str | None, fmt: str, wide: bool, plots: str | None, fail_cpu: float,
+           fail_wire: float) -> None:
+    """Tables (and plots) from a results JSON written by bench, replay or verify; with BASELINE, how
+    RESULTS compare with it (exit 1 on a regression beyond the thresholds)."""
     from .report.table import format_table
 
-    data = _load_results(results) if results else []
-    click.echo(format_table(data, fmt))
+    data = _load_results(results)
+    if baseline is None:
+        click.echo(format_table(data, fmt, wide=wide))
+    else:
+        from .report.compare import compare, format_comparison
+
+        cmp = compare(data, _load_results(baseline), cpu_pct=fail_cpu, wire_pct=fail_wire)
+        click.echo(f"{results} against the baseline {baseline}:")
+        click.echo(format_comparison(cmp, fmt))
     if plots:
         from .report.plots import write_plots
 
         for p in write_plots(data, plots):
             click.echo(f"wrote {p}", err=True)
+    if baseline is not None and cmp.failed:
+        sys.exit(1)
 
 
 # --- trace ---------------------------------------------------------------------------------------

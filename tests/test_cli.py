@@ -63,20 +63,26 @@ def test_replay_json_and_stream(trace, tmp_path):
 
 def test_bench_table_json_csv_and_resume(trace, tmp_path):
     js, cs = tmp_path / "b.json", tmp_path / "b.csv"
-    p = run("bench", str(trace), "--config", "none", "--json", str(js), "--csv", str(cs))
+    p = run("bench", str(trace), "--config", "xbzrle", "--repeat", "2", "--json", str(js), "--csv", str(cs))
     assert p.returncode == 0, p.stderr
     assert "| trace" in p.stdout and "t.parquet" in p.stdout
-    assert len(json.loads(js.read_text())) == 1
+    res = json.loads(js.read_text())
+    assert [r["config"]["label"] for r in res] == ["memcpy", "none", "xbzrle"]  # the baselines come first
+    assert all(r["status"] == "ok" and r["timing"]["repeats"] == 2 for r in res)
     assert cs.read_text().startswith("trace,config")
-    assert "decode CPU s/GiB" in p.stdout and "decode CPU s/GiB" in cs.read_text().splitlines()[0]
-    res = json.loads(js.read_text())[0]
-    assert {"wire", "zero", "page"} <= set(res["cpu_decode"]) and set(res["cpu_decode_s_per_gib"]) == set(res["cpu_decode"])
-    p = run("bench", str(trace), "--config", "none", "--json", str(js), "--resume")
+    assert "decode CPU s/GiB min" in p.stdout and "decode CPU s/GiB min" in cs.read_text().splitlines()[0]
+    x = res[2]
+    assert x["verify"] == {"checked": True, "ok": True, "mismatch": None}
+    assert {"wire", "zero", "page"} <= set(x["cpu_decode"]) and set(x["cpu_decode_s_per_gib"]) == set(x["cpu_decode"])
+    assert len(x["timing"]["cpu_s_per_gib"]["samples"]) == 2
+    assert x["timing"]["cpu_s_per_gib"]["min"] <= x["timing"]["cpu_s_per_gib"]["median"]
+    assert not (tmp_path / "b.json.partial").exists()
+    p = run("bench", str(trace), "--config", "xbzrle", "--repeat", "2", "--json", str(js), "--resume")
     assert p.returncode == 0, p.stderr
-    assert len(json.loads(js.read_text())) == 1  # nothing re-run
+    assert json.loads(js.read_text()) == res  # nothing re-run
     p = run("report", str(js), "--format", "rst", "--plots", str(tmp_path / "plots"))
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "plots" / "wire.png").stat().st_size > 1000
+    assert any(f.suffix == ".png" and f.stat().st_size > 1000 for f in (tmp_path / "plots").iterdir())
 
 
 def test_bad_config_is_one_line_exit_2(trace):
@@ -133,30 +139,59 @@ def test_verify_mismatch_exits_1_naming_round_block_offset(trace):
 
 def test_bench_no_decode_omits_the_destination(trace, tmp_path):
     js = tmp_path / "n.json"
-    p = run("bench", str(trace), "--config", "none", "--no-decode", "--json", str(js))
+    p = run("bench", str(trace), "--config", "none", "--no-decode", "--no-baselines", "--repeat", "1", "--json", str(js))
     assert p.returncode == 0, p.stderr
+    assert "--no-decode: streams are not decoded" in p.stderr
     res = json.loads(js.read_text())[0]
     assert "cpu_decode" not in res and "cpu_decode_s_per_gib" not in res and "decode_wall_s" not in res
-    row = next(line for line in p.stdout.splitlines() if "t.parquet" in line)
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[11] == "-"  # the decode CPU column
-    assert cells[2] == "yes"  # QEMU loads what config none writes
+    assert "verify" not in res
+    lines = p.stdout.splitlines()
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in next(line for line in lines if "t.parquet" in line).strip("|").split("|")]
+    row = dict(zip(headers, cells))
+    assert row["decode CPU s/GiB min"] == "" and row["check"] == "not run"
+    assert row["QEMU loads it"] == "yes"  # QEMU loads what config none writes
     p = run("report", str(js))
-    assert p.returncode == 0 and "decode CPU s/GiB" in p.stdout
+    assert p.returncode == 0 and "decode CPU s/GiB min" in p.stdout
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
-def test_bench_fails_on_a_stream_it_cannot_decode(trace, tmp_path, jobs):
-    """bench decodes every stream: records the destination rejects fail the run (exit 2, one line
-    naming the offset, the trace and the config); --no-decode does not look."""
+def test_bench_marks_a_stream_it_cannot_decode_failed_and_goes_on(trace, tmp_path, jobs):
+    """bench decodes every stream: records the destination rejects fail that run (its row says
+    FAILED, the error names the offset, the trace and the config), the other runs finish, exit 1;
+    --no-decode does not look."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "plugins_for_tests"))
+    js = tmp_path / "f.json"
     args = [sys.executable, "-m", "pagecodec.cli", "--plugin", "pc_test_badrecord", "bench", str(trace),
-            "--config", "raw-codec=badrecord", "--config", "none", "--jobs", jobs]
+            "--config", "raw-codec=badrecord", "--config", "xbzrle", "--jobs", jobs, "--repeat", "2", "--json", str(js)]
     p = subprocess.run(args, capture_output=True, text=True, env=env)
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr, p.stderr
-    assert "replayed stream: offset " in p.stderr and "badrecord payload rejected" in p.stderr
-    assert "t.parquet with config 'raw-codec=badrecord', setup: " not in p.stderr  # a round, not setup
-    assert "t.parquet with config 'raw-codec=badrecord', round 0: " in p.stderr, p.stderr
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    res = {r["config"]["label"]: r for r in json.loads(js.read_text())}
+    assert set(res) == {"memcpy", "none", "xbzrle", "raw-codec=badrecord"}
+    bad = res.pop("raw-codec=badrecord")
+    assert bad["status"] == "failed" and bad["error"]["type"] == "DecodeError"
+    msg = bad["error"]["message"]
+    assert "replayed stream: offset " in msg and "badrecord payload rejected" in msg
+    assert "t.parquet with config 'raw-codec=badrecord', round 0: " in msg, msg
+    assert all(r["status"] == "ok" for r in res.values())
+    row = next(line for line in p.stdout.splitlines() if "badrecord" in line and "|" in line)
+    assert "FAILED" in row
+    assert f"FAILED: t.parquet with config 'raw-codec=badrecord': {msg}" in p.stdout
     p = subprocess.run([*args, "--no-decode"], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
+
+
+def test_bench_marks_pages_that_arrive_wrong_failed(trace, tmp_path):
+    """A decoder that decodes without error but writes the wrong bytes: the check (first repeat)
+    names the round, block and offset; --no-verify skips the check and says so."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "plugins_for_tests"))
+    args = [sys.executable, "-m", "pagecodec.cli", "--plugin", "pc_test_liar", "bench", str(trace),
+            "--config", "raw-codec=liar", "--no-baselines", "--repeat", "2"]
+    p = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "FAILED: t.parquet with config 'raw-codec=liar': mismatch in round 1, block 'pc.ram', offset 0x1000" in p.stdout
+    p = subprocess.run([*args, "--no-verify"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "--no-verify: streams are decoded, but pages are not compared" in p.stderr
+    assert "not run" not in p.stdout and "decoded" in p.stdout

@@ -100,7 +100,7 @@ def assert_same_as_compress_threads(path: Path, codec: str, pm, extra: str = "")
     eng = res["threads"]["compression-engine"]
     _preset, param, lib = CODECS[codec]
     assert eng["name"] == lib and eng[param] == eng["library-level"] == PC_PARAMETERS[param]
-    assert res["format"] == {"qemu-loadable": False, "extension-codecs": [codec]}
+    assert res["format"] == {"qemu-loadable": False, "extension-codecs": [codec], "unreproducible-codecs": []}
     return got
 
 
@@ -114,7 +114,7 @@ def test_corpus_traces_verify(pm, codec, trace):
     assert res.ok, res.mismatch
     m = res.metrics
     assert m["records"][codec] > 1000 and "compress" not in m["records"]
-    assert m["format"] == {"qemu-loadable": False, "extension-codecs": [codec]}
+    assert m["format"] == {"qemu-loadable": False, "extension-codecs": [codec], "unreproducible-codecs": []}
 
 
 @pytest.mark.parametrize("codec", list(CODECS))

@@ -54,7 +54,7 @@ def test_extension_codec_round_trips_and_is_marked(trace, pm_ext):
     assert res.ok, res.mismatch
     m = res.metrics
     assert m["records"]["lz4page"] > 0 and "page" not in m["records"]
-    assert m["format"] == {"qemu-loadable": False, "extension-codecs": ["lz4page"]}
+    assert m["format"] == {"qemu-loadable": False, "extension-codecs": ["lz4page"], "unreproducible-codecs": []}
     assert verify(TraceReader(trace), parse_spec("none"), pm_ext).metrics["format"]["qemu-loadable"] is True
 
 

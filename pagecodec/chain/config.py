@@ -129,6 +129,19 @@ class MigrationConfig:
             slots[Slot(slot_name)] = codec
         return {s: slots[s] for s in SLOT_ORDER if s in slots}
 
+    def keys_read(self, codecs: Mapping[str, Any]) -> set[str]:
+        """Every SPEC key that can change this migration: the capabilities, ``qemu-version``, the slot
+        overrides, what the chain itself reads, and what each active codec reads
+        (``codecs[name].parameters_read(self)``; a codec missing from ``codecs`` adds nothing). A
+        sweep applies a key only where it is read (``bench --sweep``)."""
+        keys = set(CAPABILITIES) | {"qemu-version"} | {f"{s.value}-codec" for s in Slot}
+        if self.qemu_version == "10.2":
+            keys.add("zero-page-detection")  # main_thread_zero_detection
+        for name in self.slot_codecs().values():
+            if name in codecs:
+                keys.update(codecs[name].parameters_read(self))
+        return keys
+
     def to_json(self) -> dict[str, Any]:
         return {
             "label": self.label,

@@ -235,6 +235,22 @@ class Codec(ABC):
     description: ClassVar[str] = ""
     #: An extension codec's 16-bit wire id (None: derived from the name, :func:`pagecodec.wire.extension.codec_id`).
     extension_id: ClassVar[int | None] = None
+    #: The configuration parameters this codec reads (QEMU's names or ``pc-`` ones). ``bench --sweep``
+    #: applies a swept key only to the configs where the chain or an active codec reads it, so a sweep
+    #: never makes rows that differ in a key nothing looked at (:meth:`parameters_read`).
+    parameters: ClassVar[tuple[str, ...]] = ()
+
+    def parameters_read(self, config: MigrationConfig) -> tuple[str, ...]:
+        """The parameters this codec reads under ``config``;
+        a codec whose reading depends on another parameter (multifd's compression level) narrows it here."""
+        return self.parameters
+
+    def reproducible(self, config: MigrationConfig) -> bool:
+        """Whether the same pages give the same bytes on every run under ``config``. True for every
+        codec that does not depend on timing or uninitialised memory; ``bench --repeat`` checks it and
+        fails a run whose wire bytes differ between repeats, unless the codec says False here (then the
+        spread is reported instead)."""
+        return True
 
     @property
     def wire_id(self) -> int:

@@ -670,12 +670,18 @@ def inflate_page(data: bytes | memoryview, page_size: int, at: int, source: str 
     return np.frombuffer(out, np.uint8)
 
 
+#: What the compress-thread model reads (every codec of the compress slot built on it): the level is
+#: QEMU's ``compress-level`` unless the codec names its own.
+COMPRESS_THREAD_PARAMETERS = ("compress-threads", "compress-wait-thread", "decompress-threads", "compress-level")
+
+
 class CompressThreadsCodec(Codec):
     name = "compress-threads"
     slots = (Slot.COMPRESS,)
     qemu_format = True
     description = "zlib compress threads (COMPRESS_PAGE), QEMU 4.1 … 9.0"
     version = __version__
+    parameters = COMPRESS_THREAD_PARAMETERS
 
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
         return CompressThreadsEncoder(ctx)

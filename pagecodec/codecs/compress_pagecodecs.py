@@ -44,7 +44,7 @@ from ..hookspecs import hookimpl
 from ..wire.extension import RAM_SAVE_FLAG_EXTENSION, payload_limit
 from ..wire.reader import StreamReader
 from .base import Codec, CodecContext, RecordDecoder, Slot, SlotEncoder
-from .compress import CompressThreadsEncoder, ExtensionRecords, PageCompressor
+from .compress import COMPRESS_THREAD_PARAMETERS, CompressThreadsEncoder, ExtensionRecords, PageCompressor
 from .zstd_ctx import C_LEVEL, FRAME_PARAMS, check_level, zstd_lib, zstd_version
 
 __all__ = ["ZstdPages", "Lz4Pages", "ZstdPageDecoder", "Lz4PageDecoder", "CompressZstdCodec", "CompressLz4Codec",
@@ -295,6 +295,9 @@ class _PageCodec(Codec):
                               f"{self.bound(ctx.page_size)} bytes, more than an extension record's limit of {limit}")
         comp = self.compressor(int(ctx.config.param(self.level_param)))
         return CompressThreadsEncoder(ctx, comp, ExtensionRecords(self.name, self.wire_id), self.level_param)
+
+    def parameters_read(self, config: Any) -> tuple[str, ...]:
+        return tuple(p for p in COMPRESS_THREAD_PARAMETERS if p != "compress-level") + (self.level_param,)
 
 
 class CompressZstdCodec(_PageCodec):

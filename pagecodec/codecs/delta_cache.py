@@ -132,6 +132,8 @@ class DeltaCodec(Codec):
     version = __version__
     #: ``make(ctx, wire_id, name)``: the codec's encoder for one migration.
     make: ClassVar[Callable[[CodecContext, int, str], SlotEncoder]]
+    #: The cache is sized as QEMU's XBZRLE cache is; the payloads are zstd at pc-zstd-level.
+    parameters = ("xbzrle-cache-size", "pc-zstd-level")
 
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
         return type(self).make(ctx, self.wire_id, self.name)

@@ -163,6 +163,7 @@ class XorZstdCodec(DeltaCodec):
     description = ("pagecodec extension: XOR against the destination's cached copy (or the whole page), "
                    "one zstd stream in runs of 64 pages, from the bulk stage on")
     make = XorZstdEncoder
+    parameters = ("xbzrle-cache-size", "pc-zstd-level", "pc-zstd-long")
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XOR), int(ctx.config.param("pc-zstd-long")))]
@@ -173,6 +174,7 @@ class XbzrleZstdCodec(DeltaCodec):
     description = ("pagecodec extension: QEMU's XBZRLE and page cache (filled from the bulk stage on), "
                    "then zstd over records and whole pages in runs of 64")
     make = XbzrleZstdEncoder
+    parameters = ("xbzrle-cache-size", "pc-zstd-level", "pc-zstd-long")
 
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XBZRLE), int(ctx.config.param("pc-zstd-long")))]

@@ -312,6 +312,14 @@ class MultifdCodec(Codec):
     description = "multifd channels: 128-page packets, round robin, none/zlib/zstd (ram_save_multifd_page)"
     version = __version__
 
+    def parameters_read(self, config: Any) -> tuple[str, ...]:
+        """The channel count and compression; a compression level only for the compression in use;
+        zero-page-detection in the QEMU that has it."""
+        comp = config.param("multifd-compression")
+        level = {"zlib": ("multifd-zlib-level",), "zstd": ("multifd-zstd-level",)}.get(comp, ())
+        zpd = ("zero-page-detection",) if config.qemu_version == "10.2" else ()
+        return ("multifd-channels", "multifd-compression", *level, *zpd)
+
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
         return MultifdEncoder(ctx)
 

@@ -148,6 +148,7 @@ class XbzrleCodec(Codec):
     qemu_format = True
     description = "XBZRLE delta against QEMU's page cache (save_xbzrle_page)"
     version = __version__
+    parameters = ("xbzrle-cache-size",)
 
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
         return XbzrleEncoder(ctx)

@@ -1,46 +1,127 @@
-"""Sweeps: every trace × every configuration, in this process or a local process pool.
+"""Sweeps: every trace × configuration × repeat, as independent tasks on an executor.
 
-Each run is independent (its own plugin manager, sender, destination and counters), so runs
-parallelise across processes; ``--resume`` skips (trace sha256, config) pairs already present in the
-results file. By default every run's stream is also decoded (``replay(decode=True)``), so results
-carry the destination's CPU per stage next to the sender's; ``decode=False`` (``--no-decode``) skips it.
+The unit of work is a :class:`Task`: one replay of one trace with one configuration, one repeat.
+Tasks are independent (each builds its own plugin manager, sender, destination and counters, and
+reads the trace itself), so an executor may run them anywhere: in this process, a local process
+pool (:class:`LocalPool`, the default) or a Dask cluster (:mod:`.dask_pool`). Tasks are planned
+repeat-major — every run's repeat 0, then every run's repeat 1, … — so the repeats of one run are
+spread over the sweep instead of sharing one noisy moment.
+
+Repeat 0 of a run is its check (unless ``verify`` is off): the stream is decoded and every page the
+round touched is compared with the trace (:func:`.replay.verify`); the other repeats decode without
+comparing. A task that raises — a decode error, a plugin that raises, a bad trace — gives a
+``status: failed`` sample naming the error; the other tasks go on. When all of a run's repeats are in,
+:func:`.repeats.aggregate` makes its result, handed to ``on_result`` at once (``bench --json`` writes
+the file then, atomically), so an interrupted sweep loses only unfinished runs; finished repeats of
+unfinished runs go to ``on_sample`` (``bench`` keeps them beside the results for ``--resume``).
 """
 
 from __future__ import annotations
 
 import itertools
-from concurrent.futures import ProcessPoolExecutor
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from ..chain.config import parse_spec
-from ..errors import ConfigError
+from ..errors import ConfigError, PageCodecError
 from ..plugins import PluginManager
 from ..trace.format import TraceReader
-from .replay import replay
+from .baseline import MEMCPY, memcpy_baseline
+from .repeats import aggregate
+from .replay import replay, verify
 
-__all__ = ["Run", "expand_sweeps", "plan_runs", "run_one", "run_matrix"]
+__all__ = ["Run", "Task", "Executor", "LocalPool", "expand_sweeps", "plan_runs", "plan_tasks", "run_task",
+           "run_matrix", "run_key", "MEMCPY"]
 
 
 @dataclass(frozen=True)
 class Run:
+    """One (trace, config) cell of the matrix; ``spec`` is a SPEC or :data:`MEMCPY`."""
+
     trace: str
     spec: str
 
 
-def expand_sweeps(specs: Sequence[str], sweeps: Sequence[str]) -> list[str]:
-    """``--sweep KEY=V1,V2`` multiplies every config by each value of KEY."""
+@dataclass(frozen=True)
+class Task:
+    """One repeat of one run; ``check``: decode and compare the pages with the trace."""
+
+    run: Run
+    repeat: int
+    check: bool
+    decode: bool = True
+    plugin_modules: tuple[str, ...] = ()
+
+
+class Executor(Protocol):
+    """Runs tasks somewhere and yields (task, sample) as each finishes, in any order. ``skip(task)``,
+    asked before a task starts where the executor can, drops tasks no longer needed (the other
+    repeats of a run that failed)."""
+
+    def run(self, fn: Callable[[Task], dict[str, Any]], tasks: Sequence[Task],
+            skip: Callable[[Task], bool] | None = None) -> Iterator[tuple[Task, dict[str, Any]]]:
+        ...
+
+
+class LocalPool:
+    """``jobs`` worker processes (in this process when ``jobs`` is 1: no pickling, same figures)."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = jobs
+
+    def run(self, fn: Callable[[Task], dict[str, Any]], tasks: Sequence[Task],
+            skip: Callable[[Task], bool] | None = None) -> Iterator[tuple[Task, dict[str, Any]]]:
+        if self.jobs <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                if skip is None or not skip(t):
+                    yield t, fn(t)
+            return
+        with ProcessPoolExecutor(max_workers=self.jobs) as pool:
+            futures: dict[Future[dict[str, Any]], Task] = {pool.submit(fn, t): t for t in tasks}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    if not f.cancelled():
+                        yield futures[f], f.result()
+                if skip is not None:
+                    for f in pending:
+                        if skip(futures[f]):
+                            f.cancel()  # only a task that has not started is cancelled
+
+
+def expand_sweeps(specs: Sequence[str], sweeps: Sequence[str], keys_read: Callable[[str], set[str]] | None = None) -> list[str]:
+    """``--sweep KEY=V1,V2`` multiplies every config by each value of KEY — where KEY matters.
+
+    ``keys_read(spec)`` gives the keys a config reads (:meth:`MigrationConfig.keys_read`); a swept
+    key it does not read is left out of that config, so ``--sweep xbzrle-cache-size=…`` makes one
+    ``none`` row, not one per size. Sweeping a key twice is an error (which values would win?)."""
     axes: list[list[str]] = []
+    seen: set[str] = set()
     for sw in sweeps:
         key, eq, values = sw.partition("=")
+        key = key.strip()
         vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not eq or not key.strip() or not vals:
+        if not eq or not key or not vals:
             raise ConfigError(f"--sweep {sw!r}: expected KEY=V1,V2,…")
-        axes.append([f"{key.strip()}={v}" for v in vals])
+        if key in seen:
+            raise ConfigError(f"--sweep {key} given twice: give all its values in one --sweep {key}=V1,V2,…")
+        seen.add(key)
+        axes.append([f"{key}={v}" for v in vals])
     out = []
     for spec in specs:
+        if spec == MEMCPY:
+            out.append(spec)
+            continue
         for combo in itertools.product(*axes) if axes else [()]:
-            out.append(",".join(x for x in (spec, *combo) if x and x != "none") or "none")
+            items = list(combo)
+            if keys_read is not None and items:
+                read = keys_read(",".join(x for x in (spec, *items) if x))
+                items = [x for x in items if x.partition("=")[0].strip() in read]
+            out.append(",".join(x for x in (spec, *items) if x and x != "none") or "none")
     return list(dict.fromkeys(out))
 
 
@@ -48,48 +129,131 @@ def plan_runs(traces: Sequence[str], specs: Sequence[str]) -> list[Run]:
     return [Run(t, s) for t in traces for s in specs]
 
 
-def run_one(run: Run, plugin_modules: Sequence[str] = (), decode: bool = True) -> dict[str, Any]:
-    """One replay, decoded on the destination unless ``decode`` is False (also the unit of work of
-    a pool worker)."""
-    pm = PluginManager(plugin_modules)
-    config = parse_spec(run.spec, pm.presets)
-    reader = TraceReader(run.trace)
-    return replay(reader, config, pm, decode=decode)
+def plan_tasks(runs: Sequence[Run], repeat: int, *, check: bool = True, decode: bool = True,
+               plugin_modules: Sequence[str] = ()) -> list[Task]:
+    """Repeat-major: every run's repeat 0 first (the check), then every run's repeat 1, …"""
+    mods = tuple(plugin_modules)
+    return [Task(run, i, check and decode and i == 0 and run.spec != MEMCPY, decode, mods)
+            for i in range(repeat) for run in runs]
 
 
-def _key(trace_sha: str, label: str) -> tuple[str, str]:
-    return (trace_sha, label)
+def run_task(task: Task) -> dict[str, Any]:
+    """One repeat of one run: its results object with ``status`` (``ok`` or ``failed`` + ``error``),
+    ``repeat`` and, for the checking repeat, ``verify``. Never raises for a failure of the run itself
+    (only for KeyboardInterrupt and the like)."""
+    run = task.run
+    sample: dict[str, Any]
+    try:
+        pm = PluginManager(task.plugin_modules)
+        reader = TraceReader(run.trace)
+        if run.spec == MEMCPY:
+            sample = memcpy_baseline(reader, pm)
+        else:
+            config = parse_spec(run.spec, pm.presets)
+            if task.check:
+                res = verify(reader, config, pm)
+                sample = {**res.metrics, "verify": {"checked": True, "ok": res.ok,
+                                                    "mismatch": str(res.mismatch) if res.mismatch else None}}
+                if res.mismatch is not None:
+                    sample["status"] = "failed"
+                    sample["error"] = {"type": "VerifyMismatch", "message": str(res.mismatch)}
+            else:
+                sample = replay(reader, config, pm, decode=task.decode)
+    except Exception as e:  # noqa: BLE001 — a run's failure is its row's, never the sweep's
+        sample = _failed(task, e)
+    sample.setdefault("status", "ok")
+    sample["repeat"] = task.repeat
+    return sample
+
+
+def _failed(task: Task, e: Exception) -> dict[str, Any]:
+    """A failed sample: what is known of the run, and the error (type, message, and a traceback for
+    what is not a PageCodecError: a plugin or pagecodec bug)."""
+    err: dict[str, Any] = {"type": type(e).__name__, "message": str(e) or repr(e)}
+    if not isinstance(e, PageCodecError):
+        err["traceback"] = traceback.format_exc()
+        err["message"] = f"{type(e).__name__}: {err['message']} (an unexpected error: a plugin's or pagecodec's bug)"
+    return {"trace": {"path": task.run.trace}, "config": {"label": _label(task.run.spec, task.plugin_modules)},
+            "status": "failed", "error": err}
+
+
+def _label(spec: str, plugin_modules: Sequence[str]) -> str:
+    if spec == MEMCPY:
+        return MEMCPY
+    try:
+        return parse_spec(spec, PluginManager(plugin_modules).presets).label
+    except Exception:  # noqa: BLE001 — the label of a config that cannot even be parsed is its SPEC
+        return spec.strip() or "none"
+
+
+def run_key(result: dict[str, Any]) -> tuple[str, str]:
+    """(trace, config label): what identifies a run in a results file. The trace is its sha256 when
+    known, else its file name."""
+    t = result.get("trace", {})
+    return (t.get("sha256") or Path(t.get("path", "")).name, result.get("config", {}).get("label", ""))
 
 
 def run_matrix(
     runs: Iterable[Run],
     *,
-    jobs: int = 1,
-    plugin_modules: Sequence[str] = (),
+    repeat: int = 1,
+    check: bool = True,
     decode: bool = True,
+    executor: Executor | None = None,
+    plugin_modules: Sequence[str] = (),
     done: Sequence[dict[str, Any]] = (),
+    samples_done: Sequence[dict[str, Any]] = (),
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run everything not already in ``done``; results come back in plan order."""
-    have = {_key(r["trace"]["sha256"], r["config"]["label"]) for r in done}
-    todo = list(runs)
-    if have:  # resume: one plugin manager and one hash per trace, not one per run
-        presets = PluginManager(plugin_modules).presets
-        sha = {t: TraceReader(t).sha256() for t in {run.trace for run in todo}}
-        todo = [run for run in todo if _key(sha[run.trace], parse_spec(run.spec, presets).label) not in have]
-    results: list[dict[str, Any]] = []
-    if jobs <= 1 or len(todo) <= 1:
-        for run in todo:
-            res = run_one(run, plugin_modules, decode)
-            results.append(res)
-            if on_result:
-                on_result(res)
-        return results
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run_one, run, tuple(plugin_modules), decode) for run in todo]
-        for f in futures:
-            res = f.result()
-            results.append(res)
-            if on_result:
-                on_result(res)
-    return results
+    """Run every task not already covered by ``done`` (finished runs) or ``samples_done`` (finished
+    repeats of unfinished runs, from an interrupted sweep); returns the new results in plan order."""
+    runs = list(runs)
+    executor = executor or LocalPool(1)
+    have = {run_key(r) for r in done}
+    sha: dict[str, str] = {}
+    if have or samples_done:  # resume: one hash per trace
+        sha = {t: TraceReader(t).sha256() for t in {run.trace for run in runs}}
+
+    def key_of(run: Run) -> tuple[str, str]:
+        return (sha.get(run.trace) or Path(run.trace).name, _label(run.spec, plugin_modules))
+
+    keys = {run: key_of(run) for run in runs} if sha else {}
+    todo = [run for run in runs if not keys or keys[run] not in have]
+    got: dict[Run, dict[int, dict[str, Any]]] = {run: {} for run in todo}
+    by_key = {keys[run]: run for run in todo} if keys else {}
+    for s in samples_done:
+        run = by_key.get(run_key(s))
+        if run is not None and s.get("status") == "ok" and isinstance(s.get("repeat"), int) and s["repeat"] < repeat:
+            got[run][s["repeat"]] = s
+    tasks = [t for t in plan_tasks(todo, repeat, check=check, decode=decode, plugin_modules=plugin_modules)
+             if t.repeat not in got[t.run]]
+    results: dict[Run, dict[str, Any]] = {}
+
+    def finish(run: Run) -> None:
+        samples = got[run]
+        failed = [s for s in samples.values() if s.get("status") != "ok"]
+        res = failed[0] if failed else aggregate([samples[i] for i in range(repeat)])
+        if failed:
+            res = {**res, "timing": {"repeats": len(samples)}}
+        results[run] = res
+        if on_result:
+            on_result(res)
+
+    for run in todo:
+        if len(got[run]) == repeat:
+            finish(run)
+    failed_runs: set[Run] = set()
+    for task, sample in executor.run(run_task, tasks, skip=lambda t: t.run in results):
+        run = task.run
+        if run in results:
+            continue
+        got[run][task.repeat] = sample
+        if sample.get("status") != "ok":
+            failed_runs.add(run)
+        if len(got[run]) == repeat or run in failed_runs:
+            finish(run)
+        elif on_sample:
+            on_sample(sample)
+    return [results[run] for run in todo if run in results]
+

@@ -24,14 +24,12 @@ caught there.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .. import __version__
 from ..chain.config import MigrationConfig
 from ..chain.metrics import MigrationStats
 from ..chain.receiver import PageRecords, Receiver
@@ -39,18 +37,12 @@ from ..chain.sender import DEFAULT_MACHINE, Sender, tap_progress
 from ..errors import ConfigError
 from ..plugins import PluginManager
 from .expected import ExpectedRAM
+from .provenance import machine, versions
 from ..trace.format import PageBatch, TraceReader
 from ..wire.writer import FileSink, NullSink, Sink, StreamDirectory
 from .destination import ChannelSync, Destination
 
-__all__ = ["replay", "verify", "VerifyResult", "Mismatch", "rounds_of", "versions"]
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import pyarrow
-
-    return {"pagecodec": __version__, "python": platform.python_version(), "numpy": numpy.__version__, "pyarrow": pyarrow.__version__}
+__all__ = ["replay", "verify", "VerifyResult", "Mismatch", "rounds_of"]
 
 
 def rounds_of(reader: TraceReader, max_pages: int = 4096) -> Iterator[tuple[int, Iterator[PageBatch]]]:
@@ -107,7 +99,7 @@ def replay(
         raise
     if out_dir is not None:
         out_dir.commit()
-    return result_object(reader, config, {**stats.to_json(), "format": fmt})
+    return result_object(reader, config, {**stats.to_json(), "format": fmt}, plugins)
 
 
 def _decoded(
@@ -140,7 +132,7 @@ def _decoded(
         dest.load(n, n)
     finally:
         dest.close()
-    return result_object(reader, config, _with_destination(stats, dest, in_window, config, plugins))
+    return result_object(reader, config, _with_destination(stats, dest, in_window, config, plugins), plugins)
 
 
 def _with_destination(stats: MigrationStats, dest: Destination, in_window_ns: int, config: MigrationConfig,
@@ -161,10 +153,12 @@ def _with_destination(stats: MigrationStats, dest: Destination, in_window_ns: in
 
 def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, Any]:
     """Whether the stream this config writes is QEMU's (every active codec writes QEMU's records) or
-    carries pagecodec extension records (which codecs): every result says so."""
-    ext = [name for name in config.slot_codecs().values()
-           if name in plugins.codecs and not plugins.codecs[name].qemu_format]
-    return {"qemu-loadable": not ext, "extension-codecs": ext}
+    carries pagecodec extension records (which codecs), and which active codecs may write different
+    bytes from run to run (:meth:`Codec.reproducible`): every result says so."""
+    codecs = [plugins.codecs[name] for name in config.slot_codecs().values() if name in plugins.codecs]
+    ext = [c.name for c in codecs if not c.qemu_format]
+    unreproducible = [c.name for c in codecs if not c.reproducible(config)]
+    return {"qemu-loadable": not ext, "extension-codecs": ext, "unreproducible-codecs": unreproducible}
 
 
 def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, Iterator[PageBatch]]]:
@@ -184,12 +178,16 @@ def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, It
         yield r, timed()
 
 
-def result_object(reader: TraceReader, config: MigrationConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+def result_object(reader: TraceReader, config: MigrationConfig, metrics: dict[str, Any],
+                  plugins: PluginManager) -> dict[str, Any]:
+    """One run's results: the trace (with its sha256), the resolved config, the metrics, and where
+    the figures came from (machine, versions of pagecodec, libraries and plugins)."""
     return {
         "trace": {"path": str(reader.path), "sha256": reader.sha256(), "rounds": reader.num_rounds, "pages": reader.num_pages},
         "config": config.to_json(),
         **metrics,
-        "versions": versions(),
+        "machine": machine(),
+        "versions": versions(plugins),
     }
 
 
@@ -237,7 +235,9 @@ def verify(
     meta = reader.meta
     names = [b.name for b in meta.blocks]
     touched = _Touched(names)
-    dest = Destination(meta, config, plugins, observer=touched, tamper=tamper, tamper_channel=tamper_channel)
+    name = os.path.basename(str(reader.path))
+    dest = Destination(meta, config, plugins, observer=touched, tamper=tamper, tamper_channel=tamper_channel,
+                       context=f"{name} with config {config.label!r}, ")
     receiver = dest.receiver
     sender = Sender(meta, config, plugins, dest.sink, machine=machine,
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
@@ -273,7 +273,7 @@ def verify(
     finally:
         dest.close()
     metrics = _with_destination(stats, dest, in_window, config, plugins)
-    return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics), channel_bytes)
+    return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics, plugins), channel_bytes)
 
 
 class _Touched(ChannelSync):

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .table import cpu_s_per_gib
+from . import analysis as A
 
 __all__ = ["write_plots"]
 
@@ -20,6 +20,7 @@ def write_plots(results: Sequence[dict[str, Any]], outdir: str | os.PathLike[str
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
+    results = [r for r in results if A.ok(r)]
     traces = sorted({Path(r["trace"]["path"]).name for r in results})
     configs = list(dict.fromkeys(r["config"]["label"] for r in results))
     files = []
@@ -39,7 +40,7 @@ def write_plots(results: Sequence[dict[str, Any]], outdir: str | os.PathLike[str
     fig, ax = plt.subplots(figsize=(6, 4))
     for c in configs:
         rr = [r for r in results if r["config"]["label"] == c]
-        xs = [cpu_s_per_gib(r) for r in rr]
+        xs = [A.cpu(r) for r in rr]
         ys = [r["ram"]["transferred"] / max(1, r["page_bytes"]) for r in rr]
         ax.scatter(xs, ys, label=c)
     ax.set_xlabel("CPU seconds per GiB of dirty pages")

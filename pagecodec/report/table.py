@@ -1,83 +1,185 @@
-"""Comparison tables of replay results (tabulate)."""
+"""Comparison tables of results (tabulate): a compact default, the rest with ``wide``.
+
+Every column says its unit; numbers are right-aligned with thousands separators, ratios and rates
+get the digits that mean something (three significant digits for CPU, whole pages per second).
+Failed runs keep their row, marked FAILED, and their errors are listed under the table: a table
+that silently dropped a broken codec would read as if it had not been tried.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from tabulate import tabulate
 
-__all__ = ["summary_rows", "format_table", "HEADERS", "cpu_s_per_gib", "decode_cpu_s_per_gib", "qemu_loadable"]
+from . import analysis as A
 
-HEADERS = [
-    "trace",
-    "config",
-    "QEMU loads it",
-    "rounds",
-    "pages",
-    "wire MiB",
-    "wire/page bytes",
-    "duplicate",
-    "normal",
-    "xbzrle pages",
-    "CPU s/GiB",
-    "decode CPU s/GiB",
-    "pages/s",
-    "wall s",
-]
-
-
-#: ``cpu`` keys that are not the sender's migration work: trace decoding, and the destination's CPU as
-#: results of ``verify`` before ``cpu_decode`` held it.
-_NOT_SENDER = frozenset({"trace", "decode", "decode-multifd"})
-
-
-def cpu_s_per_gib(r: dict[str, Any]) -> float:
-    """CPU of the migration's own work: chain slots and wire assembly (not trace decoding)."""
-    return sum(v for k, v in r.get("cpu_s_per_gib", {}).items() if k not in _NOT_SENDER)
-
-
-def decode_cpu_s_per_gib(r: dict[str, Any]) -> float | str:
-    """The destination's CPU (every decoding stage, framing and multifd channels included), or "-"
-    for a run that did not decode (``bench --no-decode``, ``replay``)."""
-    dec = r.get("cpu_decode_s_per_gib")
-    return sum(dec.values()) if dec is not None else "-"
+__all__ = ["Column", "columns", "table_rows", "format_table", "failures", "csv_rows", "qemu_loadable"]
 
 
 def qemu_loadable(r: dict[str, Any]) -> str:
-    """"yes", or "no (codec, …)" for a run that wrote pagecodec extension records ("?" for results
-    older than the field)."""
+    """"yes", "no (codec, …)" for a run that wrote pagecodec extension records, "-" for the memcpy
+    row ("?" for results older than the field)."""
     fmt = r.get("format")
     if fmt is None:
         return "?"
+    if fmt.get("qemu-loadable") is None:
+        return "-"
     return "yes" if fmt.get("qemu-loadable") else f"no ({', '.join(fmt.get('extension-codecs', []))})"
 
 
-def summary_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def _check(r: dict[str, Any]) -> str:
+    if not A.ok(r):
+        return "FAILED"
+    if A.is_baseline(r):
+        return "-"
+    v = r.get("verify")
+    if v is None:
+        return "decoded" if "cpu_decode_s_per_gib" in r else "not run"
+    return "ok" if v.get("ok") else "FAILED"
+
+
+def _delta_counters(r: dict[str, Any]) -> dict[str, Any]:
+    """XBZRLE's cache counters (QEMU's ``xbzrle-cache``) or a pagecodec delta codec's (``delta``)."""
+    return r.get("xbzrle-cache") or r.get("delta") or {}
+
+
+def _ext_records(r: dict[str, Any]) -> int | None:
+    codecs = r.get("format", {}).get("extension-codecs") or []
+    if not codecs:
+        return None
+    return sum(int(r.get("records", {}).get(c, 0)) for c in codecs)
+
+
+def _miss_pct(r: dict[str, Any]) -> float | None:
+    rate = _delta_counters(r).get("cache-miss-rate")
+    return None if rate is None else 100.0 * rate
+
+
+def _timing(r: dict[str, Any], key: str, stat: str) -> float | None:
+    t = r.get("timing", {}).get(key)
+    if t:
+        return float(t[stat])
+    v = r.get(key)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+# -- formats --------------------------------------------------------------------------------------
+def _int(v: Any) -> str:
+    return f"{round(float(v)):,}"
+
+
+def _fixed(digits: int) -> Callable[[Any], str]:
+    return lambda v: f"{v:,.{digits}f}"
+
+
+def _sig3(v: Any) -> str:
+    """Three significant digits, never scientific: 0.0123, 0.434, 2.35, 12.3, 1,234."""
+    v = float(v)
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(v)))))
+    return f"{v:,.{digits}f}"
+
+
+def _times(v: Any) -> str:
+    return f"{_sig3(v)}×"
+
+
+def _text(v: Any) -> str:
+    return str(v)
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    get: Callable[[dict[str, Any], dict[str, Any]], Any]  # (result, context) -> raw value or None
+    fmt: Callable[[Any], str]
+    numeric: bool = True
+    wide: bool = False  # only with --wide (and always in CSV)
+
+
+def columns(wide: bool = False) -> list[Column]:
+    """The table's columns; ``context`` carries each row's ``none`` baseline and Pareto mark."""
+    cols = [
+        Column("trace", lambda r, c: A.trace_name(r), _text, numeric=False),
+        Column("config", lambda r, c: A.label(r), _text, numeric=False),
+        Column("check", lambda r, c: _check(r), _text, numeric=False),
+        Column("QEMU loads it", lambda r, c: qemu_loadable(r) if A.ok(r) else None, _text, numeric=False),
+        Column("repeats", lambda r, c: r.get("timing", {}).get("repeats"), _int, wide=True),
+        Column("rounds", lambda r, c: r.get("trace", {}).get("rounds"), _int, wide=True),
+        Column("dirty pages", lambda r, c: r.get("pages") if A.ok(r) else None, _int, wide=True),
+        Column("zero pages", lambda r, c: r.get("ram", {}).get("duplicate") if A.ok(r) else None, _int, wide=True),
+        Column("normal pages", lambda r, c: r.get("ram", {}).get("normal") if A.ok(r) else None, _int, wide=True),
+        Column("XBZRLE pages", lambda r, c: r.get("xbzrle-cache", {}).get("pages"), _int, wide=True),
+        Column("cache miss %", lambda r, c: _miss_pct(r), _fixed(1), wide=True),
+        Column("XBZRLE overflow", lambda r, c: r.get("xbzrle-cache", {}).get("overflow"), _int, wide=True),
+        Column("ext. records", lambda r, c: _ext_records(r), _int, wide=True),
+        Column("wire MiB", lambda r, c: A.wire_total(r) / (1 << 20) if A.wire_total(r) is not None and A.ok(r) else None,
+               _fixed(2)),
+        Column("wire ÷ page bytes (ratio)", lambda r, c: A.wire_ratio(r) if A.ok(r) else None, _fixed(3)),
+        Column("saved vs none %", lambda r, c: c["relative"][0], _fixed(1)),
+        Column("CPU s/GiB min", lambda r, c: A.cpu(r, "min") if A.ok(r) else None, _sig3),
+        Column("CPU s/GiB median", lambda r, c: A.cpu(r, "median") if A.ok(r) else None, _sig3),
+        Column("CPU × none", lambda r, c: c["relative"][1], _times),
+        Column("decode CPU s/GiB min", lambda r, c: A.decode_cpu(r, "min") if A.ok(r) else None, _sig3),
+        Column("decode CPU s/GiB median", lambda r, c: A.decode_cpu(r, "median") if A.ok(r) else None, _sig3,
+               wide=True),
+        Column("pages/s", lambda r, c: r.get("ram", {}).get("pages-per-second") if A.ok(r) else None, _int, wide=True),
+        Column("wall s min", lambda r, c: _timing(r, "wall_s", "min") if A.ok(r) else None, _sig3, wide=True),
+        Column("wall s median", lambda r, c: _timing(r, "wall_s", "median") if A.ok(r) else None, _sig3, wide=True),
+        Column("Pareto", lambda r, c: "*" if c["pareto"] else "", _text, numeric=False),
+    ]
+    return [col for col in cols if wide or not col.wide]
+
+
+def _contexts(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    base = A.none_baseline(results)
+    front = A.pareto_optimal(results)
+    return [{"relative": A.relative_to_none(r, base.get(A.trace_key(r))), "pareto": i in front}
+            for i, r in enumerate(results)]
+
+
+def table_rows(results: Sequence[dict[str, Any]], wide: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted cells ("" where a figure does not apply or the run failed)."""
+    cols = columns(wide)
     rows = []
-    for r in results:
-        ram = r["ram"]
-        page_bytes = r.get("page_bytes") or 1
-        rows.append(
-            [
-                Path(r["trace"]["path"]).name,
-                r["config"]["label"],
-                qemu_loadable(r),
-                r["trace"]["rounds"],
-                r.get("pages", 0),
-                r["wire"]["total"] / (1 << 20),
-                ram["transferred"] / page_bytes,
-                ram["duplicate"],
-                ram["normal"],
-                r.get("xbzrle-cache", {}).get("pages", "-"),
-                cpu_s_per_gib(r),
-                decode_cpu_s_per_gib(r),
-                ram["pages-per-second"],
-                r["wall_s"],
-            ]
-        )
-    return rows
+    for r, ctx in zip(results, _contexts(results)):
+        row = []
+        for col in cols:
+            v = col.get(r, ctx)
+            row.append("" if v is None else col.fmt(v))
+        rows.append(row)
+    return [c.header for c in cols], rows
 
 
-def format_table(results: Sequence[dict[str, Any]], fmt: str = "github") -> str:
-    return tabulate(summary_rows(results), headers=HEADERS, tablefmt=fmt, floatfmt=".3f", intfmt=",")
+def csv_rows(results: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Every column (``wide``), raw values for machines, plus the error of failed runs."""
+    cols = columns(wide=True)
+    rows = []
+    for r, ctx in zip(results, _contexts(results)):
+        rows.append([("" if (v := col.get(r, ctx)) is None else v) for col in cols]
+                    + [r.get("error", {}).get("message", "")])
+    return [c.header for c in cols] + ["error"], rows
+
+
+def failures(results: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per failed run: trace, config, error."""
+    return [f"FAILED: {A.trace_name(r)} with config {A.label(r)!r}: {r.get('error', {}).get('message', 'failed')}"
+            for r in results if not A.ok(r)]
+
+
+def format_table(results: Sequence[dict[str, Any]], fmt: str = "github", wide: bool = False) -> str:
+    """The table, then the failed runs' errors; numbers right-aligned, text left-aligned."""
+    headers, rows = table_rows(results, wide)
+    align = ["right" if c.numeric else "left" for c in columns(wide)]
+    text = tabulate(rows, headers=headers, tablefmt=fmt, colalign=align, disable_numparse=True)
+    fails = failures(results)
+    notes = []
+    if any(A.is_baseline(r) for r in results):
+        notes.append("memcpy: copying each dirty page out and into fresh RAM, nothing else (the floor)")
+    if any(c["pareto"] for c in _contexts(results)):
+        notes.append("Pareto *: no other config of the trace sends fewer bytes at no more sender CPU (min)")
+    return "\n".join([text, *([""] + notes if notes else []), *([""] + fails if fails else [])])

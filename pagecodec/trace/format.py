@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pagecodec.atomic import create_temp
 from pagecodec.errors import TraceError
 
 __all__ = [
@@ -420,19 +420,13 @@ def trace_schema(page_size: int) -> pa.Schema:
 def _create_temp(path: Path) -> str:
     """Create an empty temporary file beside ``path`` (same file system, so ``os.replace`` is atomic).
 
-    Not ``tempfile.mkstemp``: that makes the file 0600, and the trace would keep that mode after the
-    rename.  ``os.open`` with 0666 lets the umask decide, like any ordinary file."""
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise _fail(path, f"cannot create trace: {e}") from None
-        os.close(fd)
-        return tmp
-    raise _fail(path, "cannot create a temporary file beside the trace")
+    Its mode is the umask's, like any ordinary file (:func:`pagecodec.atomic.create_temp`)."""
+    try:
+        fd, tmp = create_temp(path)
+    except OSError as e:
+        raise _fail(path, f"cannot create trace: {e}") from None
+    os.close(fd)
+    return tmp
 
 
 def _discard(path: str) -> None:

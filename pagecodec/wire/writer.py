@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
+from ..atomic import create_temp, umask
 from ..errors import PageCodecError
 
 __all__ = ["Sink", "MemorySink", "NullSink", "FileSink", "StreamDirectory", "WireWriter"]
@@ -75,7 +76,7 @@ class FileSink:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
+        fd, tmp = create_temp(self.path)  # mode 0666 less the umask, not mkstemp's 0600
         self._tmp = Path(tmp)
         self._f: BinaryIO | None = os.fdopen(fd, "wb")
 
@@ -152,9 +153,7 @@ class StreamDirectory:
     def commit(self) -> None:
         for s in self._sinks:
             s.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the temporary name only
+        os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp's 0700 is for the temporary name only
         if self.path.is_dir():
             self.path.rmdir()  # empty (checked at the start)
         os.replace(self.tmp, self.path)

@@ -1,0 +1,90 @@
+"""The floor every codec is measured against: copying the dirty pages, as lzbench's ``memcpy`` row.
+
+A migration must at least move each dirty page once out of the guest into a send buffer, and once
+from a receive buffer into the destination's RAM. :func:`memcpy_baseline` does exactly that, and
+nothing else, over the same trace rounds the replay reads: the sender side copies each batch of
+pages into a reused buffer (the bytes a raw ``PAGE`` record carries), the destination side scatters
+them into fresh zero-filled RAM blocks at their offsets, as the receiver does (first-write page
+faults included). Its CPU per GiB is the cost no codec can go below on this machine; a codec's
+CPU is read against it the way lzbench's rows are read against memcpy.
+
+The row is marked ``baseline: memcpy`` and writes no stream (``format.qemu-loadable`` is None).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..trace.format import TraceReader
+from .provenance import machine, versions
+
+__all__ = ["MEMCPY", "memcpy_baseline"]
+
+#: The config label of the baseline row (``bench --config memcpy`` asks for it alone).
+MEMCPY = "memcpy"
+
+
+def memcpy_baseline(reader: TraceReader, plugins: Any | None = None) -> dict[str, Any]:
+    """Copy every page of every round out (to a send buffer) and in (to destination RAM); returns a
+    results object shaped like a replay's, with CPU under ``copy`` on both sides."""
+    meta = reader.meta
+    ps = meta.page_size
+    ram = [np.zeros(b.used_length, dtype=np.uint8).reshape(-1, ps) for b in meta.blocks]
+    buf = np.empty((0, ps), dtype=np.uint8)
+    send_ns = recv_ns = trace_ns = send_wall = recv_wall = 0
+    pages = 0
+    for _r, batches in reader.rounds(max_pages=4096):
+        while True:
+            t0 = time.thread_time_ns()
+            b = next(batches, None)
+            t1 = time.thread_time_ns()
+            trace_ns += t1 - t0
+            if b is None:
+                break
+            n = len(b)
+            if len(buf) < n:
+                buf = np.empty((n, ps), dtype=np.uint8)
+            out = buf[:n]
+            w1 = time.perf_counter_ns()
+            np.copyto(out, b.pages)  # sender: guest page -> send buffer
+            t2, w2 = time.thread_time_ns(), time.perf_counter_ns()
+            index = b.offset // ps
+            blocks = np.unique(b.block)
+            if len(blocks) == 1:  # the common case: a batch inside one block
+                ram[int(blocks[0])][index] = out
+            else:
+                for bi in blocks:
+                    sel = b.block == bi
+                    ram[int(bi)][index[sel]] = out[sel]
+            t3, w3 = time.thread_time_ns(), time.perf_counter_ns()
+            send_wall += w2 - w1
+            recv_wall += w3 - w2
+            send_ns += t2 - t1
+            recv_ns += t3 - t2
+            pages += n
+    wall = send_wall / 1e9
+    page_bytes = pages * ps
+    gib = page_bytes / (1 << 30) or 1.0
+    return {
+        "trace": {"path": str(reader.path), "sha256": reader.sha256(), "rounds": reader.num_rounds,
+                  "pages": reader.num_pages},
+        "config": {"label": MEMCPY, "baseline": MEMCPY},
+        "baseline": MEMCPY,
+        "ram": {"transferred": page_bytes, "normal": pages, "duplicate": 0, "normal-bytes": page_bytes,
+                "page-size": ps, "pages-per-second": round(pages / wall, 1) if wall > 0 else 0.0},
+        "wire": {"total": page_bytes, "page": page_bytes},
+        "cpu": {"copy": send_ns / 1e9, "trace": trace_ns / 1e9},
+        "cpu_s_per_gib": {"copy": send_ns / 1e9 / gib, "trace": trace_ns / 1e9 / gib},
+        "cpu_decode": {"copy": recv_ns / 1e9},
+        "cpu_decode_s_per_gib": {"copy": recv_ns / 1e9 / gib},
+        "wall_s": wall,
+        "decode_wall_s": recv_wall / 1e9,
+        "pages": pages,
+        "page_bytes": page_bytes,
+        "format": {"qemu-loadable": None, "extension-codecs": [], "unreproducible-codecs": []},
+        "machine": machine(),
+        "versions": versions(plugins),
+    }
