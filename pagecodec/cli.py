@@ -69,19 +69,25 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool, progress: boo
 
 # --- progress ------------------------------------------------------------------------------------
 @contextmanager
-def progress_bar(enabled: bool, total: int, label: str, unit: str = "pages") -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar counting ``unit`` (pages, runs, bytes…), or None when disabled."""
+def progress_bar(enabled: bool, total: int, label: str, unit: str = "pages") -> Iterator[Callable[..., None] | None]:
+    """A rich progress bar counting ``unit`` (pages, runs; ``bytes`` shows sizes), or None when
+    disabled. It yields ``tick(n, total=None)``: advance by ``n``; ``total`` replaces the total when
+    it becomes known (a merged multifd stream's size)."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn(),
-        transient=True,
-    ) as prog:
+    count = (DownloadColumn(),) if unit == "bytes" else (MofNCompleteColumn(), TextColumn(unit))
+    with Progress(TextColumn("{task.description}"), BarColumn(), *count, TimeRemainingColumn(), transient=True) as prog:
         task = prog.add_task(label, total=total)
-        yield lambda n: prog.advance(task, n)
+
+        def tick(n: int, total: int | None = None) -> None:
+            if total is not None:
+                prog.update(task, total=total)
+            prog.advance(task, n)
+
+        yield tick
 
 
 # --- corpus --------------------------------------------------------------------------------------
@@ -448,7 +454,9 @@ def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json
     if channels:  # a multifd capture: main stream + channel files (pagecodec.sources.qemu_stream.multifd)
         from .sources.qemu_stream import import_multifd
 
-        mrep = import_multifd(stream, channels, output, require_vmdesc=not no_vmdesc)
+        size = sum(os.path.getsize(p) for p in (stream, *channels) if os.path.isfile(p))
+        with progress_bar(c.progress, size, "import", unit="bytes") as tick:
+            mrep = import_multifd(stream, channels, output, require_vmdesc=not no_vmdesc, progress=tick)
         if as_json:
             click.echo(json.dumps(mrep.to_json(), indent=1))
             return
@@ -461,16 +469,9 @@ def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json
 
     command = f"pagecodec trace import-qemu {shlex.quote(stream)} -o {shlex.quote(output)}"
     command += " --no-vmdesc" if no_vmdesc else ""
-    total = max(1, -(-os.path.getsize(stream) // 4096)) if os.path.isfile(stream) else 1
-    done = [0]
-
-    with progress_bar(c.progress, total, "import") as tick:
-        def progress(n: int) -> None:  # stream bytes -> 4 KiB stream pages
-            if tick is not None:
-                before, done[0] = done[0], done[0] + n
-                tick(done[0] // 4096 - before // 4096)
-
-        rep = import_qemu_stream(stream, output, progress=progress, command=command, require_vmdesc=not no_vmdesc)
+    total = os.path.getsize(stream) if os.path.isfile(stream) else 0
+    with progress_bar(c.progress, total, "import", unit="bytes") as tick:
+        rep = import_qemu_stream(stream, output, progress=tick, command=command, require_vmdesc=not no_vmdesc)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=1))
         return
@@ -536,10 +537,11 @@ def _blocks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
               help="Dirty pages whose content stays the same.")
 @click.option("--page-size", default=4096, show_default=True, type=int)
 @click.option("--seed", default=1, show_default=True, type=int)
-def trace_synth(output: str, ram_size: int, blocks: list[tuple[str, int]] | None, rounds: int, dirty_fraction: str,
+@pass_ctx
+def trace_synth(c: Ctx, output: str, ram_size: int, blocks: list[tuple[str, int]] | None, rounds: int, dirty_fraction: str,
                 patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int) -> None:
     """Generate a synthetic trace (deterministic for a seed)."""
-    from .sources.synth import parse_patterns, synthesize
+    from .sources.synth import parse_patterns, synth_pages, synthesize
 
     try:
         fr = [float(x) for x in dirty_fraction.split(",")]
@@ -549,11 +551,18 @@ def trace_synth(output: str, ram_size: int, blocks: list[tuple[str, int]] | None
         pats = parse_patterns(patterns)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--pattern") from None
-    synthesize(
-        output, ram_size=ram_size, rounds=rounds, dirty_fraction=fr if len(fr) > 1 else fr[0], patterns=pats,
-        zero_fraction=zero_fraction, seed=seed, page_size=page_size, blocks=blocks,
-        unchanged_fraction=unchanged_fraction,  # provenance: the canonical command, so bytes reproduce
-    )
+    dirty = fr if len(fr) > 1 else fr[0]
+    try:
+        total = synth_pages(ram_size, rounds, dirty, page_size, blocks)
+    except (ValueError, ZeroDivisionError):
+        total = 0  # synthesize names what is wrong with the arguments
+    with progress_bar(c.progress, total, "synth", unit="pages") as tick:
+        synthesize(
+            output, ram_size=ram_size, rounds=rounds, dirty_fraction=dirty, patterns=pats,
+            zero_fraction=zero_fraction, seed=seed, page_size=page_size, blocks=blocks,
+            unchanged_fraction=unchanged_fraction,  # provenance: the canonical command, so bytes reproduce
+            progress=tick,
+        )
     click.echo(f"wrote {output}")
 
 

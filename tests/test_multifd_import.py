@@ -206,7 +206,10 @@ def test_multifd_import_equals_single_stream_import(single, tmp_path, channels, 
     assert ms.page_records == 0 and ms.zero_records > 0
     trace = tmp_path / "m.parquet"
     keep = tmp_path / "rebuilt.mig"
-    rep = import_multifd(main, list(reversed(chans)), trace, single_stream=keep)  # any order of channel files
+    seen: list[tuple[int, int | None]] = []
+    rep = import_multifd(main, list(reversed(chans)), trace, single_stream=keep,  # any order of channel files
+                         progress=lambda n, total=None: seen.append((n, total)))
+    assert seen[0] == (0, keep.stat().st_size) and sum(n for n, _ in seen) == keep.stat().st_size  # progress in bytes
     assert rep.compression == compression
     assert rep.restarts == 0 and rep.order_conflicts == 0
     assert (rep.sync_packets_with_pages > 0) == race

@@ -449,3 +449,16 @@ def test_manifest_commands_regenerate_the_files(tmp_path):
                 assert np.array_equal(a.pages, b.pages)
         if made.get("pyarrow") == pyarrow.__version__:
             assert sha(out) == e["sha256"]  # byte-identical with the same Parquet writer
+
+
+def test_progress_counts_every_page_written(tmp_path):
+    """`trace synth` shows progress in pages: synth_pages is the bar's total, and the calls add up to it."""
+    from pagecodec.sources.synth import synth_pages
+
+    seen: list[int] = []
+    blocks = [("pc.ram", 96 * PS), ("pc.bios", 16 * PS)]
+    synthesize(tmp_path / "p.parquet", ram_size=0, blocks=blocks, rounds=4, dirty_fraction=[0.1, 0.5, 0.01],
+               patterns="sparse=1,text=1", zero_fraction=0.3, seed=3, row_group_pages=16, progress=seen.append)
+    with open_trace(tmp_path / "p.parquet") as r:
+        assert sum(seen) == r.num_pages == synth_pages(0, 4, [0.1, 0.5, 0.01], PS, blocks)
+    assert len(seen) > 4  # row group by row group, not once at the end

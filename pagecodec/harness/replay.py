@@ -244,10 +244,15 @@ def verify(
     expected = ExpectedRAM(reader)
     n = reader.num_rounds
 
+    check_ns = 0  # the check's own wall time (fingerprints, comparisons): not the migration's
+
     def expect(batches: Iterator[PageBatch]) -> Iterator[PageBatch]:
+        nonlocal check_ns
         for b in batches:
+            t0 = time.perf_counter_ns()
             for bi, idx in expected.apply(b):
                 touched.add(bi, idx)
+            check_ns += time.perf_counter_ns() - t0
             yield b
 
     pages = 0
@@ -260,13 +265,17 @@ def verify(
             rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
             pages += rs.dirty_pages
             dest.load(r, n)
+            t0 = time.perf_counter_ns()
             mismatch = _compare(expected, receiver, r, touched.take())
+            check_ns += time.perf_counter_ns() - t0
             if mismatch is not None:
                 break
+        t0 = time.perf_counter_ns()
         if mismatch is None and n:
             mismatch = _compare(expected, receiver, n - 1, None)
+        check_ns += time.perf_counter_ns() - t0
         stats = sender.finish()
-        in_window = dest.wall_ns + dest.transport_wall_ns
+        in_window = dest.wall_ns + dest.transport_wall_ns + check_ns
         if mismatch is None:
             dest.load(n, n)
         channel_bytes = dest.channel_bytes

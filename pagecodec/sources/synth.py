@@ -404,6 +404,7 @@ def synthesize(
     unchanged_fraction: float = 0.05,
     command: str = "",
     row_group_pages: int = DEFAULT_ROW_GROUP_PAGES,
+    progress: Callable[[int], None] | None = None,
 ) -> TraceMeta:
     """Write a synthetic trace to ``path`` and return its metadata.
 
@@ -494,6 +495,8 @@ def synthesize(
             off = (part - starts[blk]) * page_size
             pages = ram[part[0] : part[-1] + 1] if contiguous else ram[part]
             writer.write(rnd, blk, off, pages)
+            if progress is not None:
+                progress(len(part))
 
     with TraceWriter(path, meta, row_group_pages=row_group_pages) as writer:
         emit(writer, 0, all_pages, contiguous=True)
@@ -509,6 +512,15 @@ def synthesize(
                     _apply(name, rng, ram, kinds, idx, draw_data_kinds)
             emit(writer, k, dirty_idx, contiguous=False)
     return meta
+
+
+def synth_pages(ram_size: int, rounds: int, dirty_fraction: float | Sequence[float], page_size: int = 4096,
+                blocks: Sequence[tuple[str, int]] | None = None) -> int:
+    """How many pages :func:`synthesize` writes with these arguments (a progress bar's total): the
+    whole image, then each dirty round's share (at least one page)."""
+    n = sum(-(-int(s) // page_size) for _, s in blocks) if blocks else -(-int(ram_size) // page_size)
+    dirty = [float(dirty_fraction)] * (rounds - 1) if isinstance(dirty_fraction, (int, float)) else list(dirty_fraction)
+    return n + sum(max(1, int(round(d * n))) for d in dirty)
 
 
 def _apply(

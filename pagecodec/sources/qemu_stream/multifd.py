@@ -79,7 +79,7 @@ import shlex
 import shutil
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -476,6 +476,7 @@ def import_multifd(
     command: str | None = None,
     require_vmdesc: bool = True,
     single_stream: str | os.PathLike[str] | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> MultifdImportReport:
     """Import a multifd capture (the main stream and every channel file, in any order) as a trace.
 
@@ -484,7 +485,8 @@ def import_multifd(
     imported with :func:`~pagecodec.sources.qemu_stream.importer.import_qemu_stream` (rounds = passes). With
     ``single_stream`` the rebuilt stream is kept there (a QEVM file a QEMU destination without multifd
     loads). Raises WireError/DecodeError naming the file and byte offset, or TraceError; nothing is
-    written on error."""
+    written on error. ``progress(n, total=None)`` counts the merged stream's bytes as they are
+    imported (its first call gives their total, known once the channels are merged)."""
     trace = Path(trace)
     if command is None:
         command = multifd_command(main, channels, trace, require_vmdesc)
@@ -505,7 +507,9 @@ def import_multifd(
         merged = tmp / "single.mig"
         st = _merge(ms, chans, merged)
         try:
-            rep = import_qemu_stream(merged, trace, command=command, require_vmdesc=require_vmdesc)
+            if progress is not None:
+                progress(0, total=merged.stat().st_size)
+            rep = import_qemu_stream(merged, trace, command=command, require_vmdesc=require_vmdesc, progress=progress)
         except PageCodecError as e:
             msg = str(e).replace(str(merged), f"{ms.path} (+ {len(chans)} channels, merged)")
             raise type(e)(msg) from None
