@@ -172,10 +172,10 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
         if Path(json_out).exists():
             done = _load_results(json_out)
         if sidecar and Path(sidecar).exists():
-            samples_done = _load_results(sidecar)
+            samples_done = _load_journal(sidecar)
     runs = plan_runs(trace_list, specs)
     collected = list(done)
-    partial: list[dict[str, Any]] = list(samples_done)
+    journal = open(sidecar, "a", encoding="utf-8") if sidecar else None  # noqa: SIM115 — closed below
     executor = LocalPool(jobs)
     with progress_bar(c.progress, len(runs) * repeat, "bench", unit="runs") as tick:
 
@@ -187,15 +187,20 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
                 tick(1)
 
         def on_sample(sample: dict[str, Any]) -> None:
-            partial.append(sample)
-            if sidecar:
-                _write_json(sidecar, partial)
+            if journal is not None:  # one line per finished repeat, appended: O(1) per sample
+                journal.write(json.dumps(sample) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
             if tick:
                 tick(1)
 
-        run_matrix(runs, repeat=repeat, check=verify, decode=decode, executor=executor,
-                   plugin_modules=c.plugin_modules, done=done, samples_done=samples_done,
-                   on_result=on_result, on_sample=on_sample)
+        try:
+            run_matrix(runs, repeat=repeat, check=verify, decode=decode, executor=executor,
+                       plugin_modules=c.plugin_modules, done=done, samples_done=samples_done,
+                       on_result=on_result, on_sample=on_sample)
+        finally:
+            if journal is not None:
+                journal.close()
     _publish(collected, fmt, wide, json_out, csv_out, plots)
     if sidecar:
         Path(sidecar).unlink(missing_ok=True)
@@ -254,6 +259,24 @@ def runnable_presets(c: Ctx) -> list[str]:
             continue
         if all(codec in c.pm.codecs for codec in cfg.slot_codecs().values()):
             out.append(name)
+    return out
+
+
+def _load_journal(path: str) -> list[dict[str, Any]]:
+    """The finished repeats of unfinished runs (``--json F`` keeps them in ``F.partial``, one JSON
+    object per line). A line cut short by an interruption is skipped: that repeat runs again."""
+    out = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise PageCodecError(f"{path}: cannot read the unfinished runs' repeats: {e}") from e
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "trace" in obj and "config" in obj:
+            out.append(obj)
     return out
 
 

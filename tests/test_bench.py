@@ -285,3 +285,19 @@ def test_verify_checks_every_trace_and_config(trace, tmp_path):
     missing = tmp_path / "nope.parquet"
     p = run("verify", str(trace), str(missing), "--config", "none")
     assert p.returncode == 1 and p.stdout.count("verify: OK") == 1 and "nope.parquet" in p.stderr
+
+
+def test_resume_takes_finished_repeats_from_the_journal(trace, tmp_path):
+    """An interrupted bench leaves F.partial (one finished repeat per line; the last line may be cut
+    short): --resume runs only the missing repeats and removes the journal when done."""
+    one = tmp_path / "one.json"
+    assert run("bench", str(trace), "--config", "xbzrle", "--no-baselines", "--repeat", "1", "--json", str(one)).returncode == 0
+    sample = json.loads(one.read_text())[0]
+    js = tmp_path / "f.json"
+    (tmp_path / "f.json.partial").write_text(json.dumps(sample) + "\n" + '{"trace": {"pa')
+    p = run("bench", str(trace), "--config", "xbzrle", "--no-baselines", "--repeat", "2", "--json", str(js), "--resume")
+    assert p.returncode == 0, p.stderr
+    (res,) = json.loads(js.read_text())
+    t = res["timing"]["cpu_s_per_gib"]
+    assert res["timing"]["repeats"] == 2 and t["samples"][0] == sample["timing"]["cpu_s_per_gib"]["samples"][0]
+    assert res["verify"]["ok"] and not (tmp_path / "f.json.partial").exists()

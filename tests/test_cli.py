@@ -195,3 +195,18 @@ def test_bench_marks_pages_that_arrive_wrong_failed(trace, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "--no-verify: streams are decoded, but pages are not compared" in p.stderr
     assert "not run" not in p.stdout and "decoded" in p.stdout
+
+
+def test_bench_marks_a_plugin_that_raises_failed_naming_it(trace, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "plugins_for_tests"))
+    js = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "pagecodec.cli", "--plugin", "pc_test_raiser", "bench", str(trace),
+                        "--config", "raw-codec=raiser", "--config", "xbzrle", "--repeat", "2", "--json", str(js)],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    res = {r["config"]["label"]: r for r in json.loads(js.read_text())}
+    bad = res.pop("raw-codec=raiser")
+    assert bad["status"] == "failed" and bad["error"]["type"] == "PluginError"
+    assert "codec 'raiser' (plugin 'pc_test_raiser') raised in the raw slot at round 1" in bad["error"]["message"]
+    assert "ZeroDivisionError: the plugin's own bug" in bad["error"]["message"]
+    assert all(r["status"] == "ok" for r in res.values()) and len(res) == 3

@@ -52,12 +52,13 @@ def wire_total(r: dict[str, Any]) -> int | None:
 
 
 def wire_ratio(r: dict[str, Any]) -> float | None:
-    """Bytes on the wire per byte of dirty pages (QEMU's ``transferred`` over the pages' bytes)."""
-    ram = r.get("ram")
-    pb = r.get("page_bytes")
-    if not ram or not pb:
+    """Bytes on the wire (every record, header and multifd channel) per byte of dirty pages. Not
+    QEMU's ``transferred``: QEMU 7.2 counts a multifd packet's pages uncompressed there
+    (``multifd_send_pages``), so with multifd compression it is not what crossed the link."""
+    w, pb = wire_total(r), r.get("page_bytes")
+    if w is None or not pb:
         return None
-    return ram["transferred"] / pb
+    return w / pb
 
 
 def cpu(r: dict[str, Any], stat: str = "min") -> float | None:
