@@ -262,6 +262,17 @@ def runnable_presets(c: Ctx) -> list[str]:
     return out
 
 
+def _select(results: list[dict[str, Any]], traces: Sequence[str], configs: Sequence[str], path: str) -> list[dict[str, Any]]:
+    """The runs of the given trace file names and config labels (all when none are given). A trace's
+    memcpy and none rows stay with it: the others are read against them."""
+    out = [r for r in results
+           if (not traces or Path(r.get("trace", {}).get("path", "")).name in traces)
+           and (not configs or r.get("config", {}).get("label") in (*configs, "none", "memcpy"))]
+    if not out:
+        raise PageCodecError(f"{path}: no run matches --trace {' '.join(traces) or '*'} --config {' '.join(configs) or '*'}")
+    return out
+
+
 def _load_journal(path: str) -> list[dict[str, Any]]:
     """The finished repeats of unfinished runs (``--json F`` keeps them in ``F.partial``, one JSON
     object per line). A line cut short by an interruption is skipped: that repeat runs again."""
@@ -404,24 +415,27 @@ def plugins(c: Ctx, as_json: bool) -> None:
 @click.option("--format", "fmt", default="github", show_default=True,
               type=click.Choice(["github", "pipe", "rst", "latex", "html", "plain", "simple"]))
 @click.option("--wide", is_flag=True, help="Every column.")
+@click.option("--trace", "only_traces", multiple=True, metavar="NAME", help="Only runs of this trace (file name; repeatable).")
+@click.option("--config", "only_configs", multiple=True, metavar="LABEL", help="Only runs of this config label (repeatable).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write plots (PNG + SVG) into this directory.")
 @click.option("--fail-cpu", "fail_cpu", default=10.0, show_default=True, type=click.FloatRange(0),
               help="With BASELINE: a min CPU (sender or decode) this many percent above the baseline's is a regression.")
 @click.option("--fail-wire", "fail_wire", default=0.1, show_default=True, type=click.FloatRange(0),
               help="With BASELINE: wire bytes this many percent above the baseline's are a regression.")
-def report(results: str, baseline: str | None, fmt: str, wide: bool, plots: str | None, fail_cpu: float,
-           fail_wire: float) -> None:
+def report(results: str, baseline: str | None, fmt: str, wide: bool, only_traces: tuple[str, ...],
+           only_configs: tuple[str, ...], plots: str | None, fail_cpu: float, fail_wire: float) -> None:
     """Tables (and plots) from a results JSON written by bench, replay or verify; with BASELINE, how
     RESULTS compare with it (exit 1 on a regression beyond the thresholds)."""
     from .report.table import format_table
 
-    data = _load_results(results)
+    data = _select(_load_results(results), only_traces, only_configs, results)
     if baseline is None:
         click.echo(format_table(data, fmt, wide=wide))
     else:
         from .report.compare import compare, format_comparison
 
-        cmp = compare(data, _load_results(baseline), cpu_pct=fail_cpu, wire_pct=fail_wire)
+        base = _select(_load_results(baseline), only_traces, only_configs, baseline)
+        cmp = compare(data, base, cpu_pct=fail_cpu, wire_pct=fail_wire)
         click.echo(f"{results} against the baseline {baseline}:")
         click.echo(format_comparison(cmp, fmt))
     if plots:

@@ -241,6 +241,18 @@ def test_compare_flags_regressions_beyond_thresholds():
     assert not compare(base, base).failed
 
 
+def test_report_selects_traces_and_configs_keeping_their_baselines(tmp_path):
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps([_row("a", "none", 1000, 1.0), _row("a", "x", 500, 2.0), _row("b", "none", 10, 1.0),
+                             _row("b", "x", 5, 2.0), _row("b", "y", 5, 3.0)]))
+    p = run("report", str(a), "--trace", "b", "--config", "x")
+    assert p.returncode == 0, p.stderr
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| b")]
+    assert [r.split("|")[2].strip() for r in rows] == ["none", "x"] and "| a " not in p.stdout
+    p = run("report", str(a), "--trace", "nope")
+    assert p.returncode == 2 and "no run matches" in p.stderr
+
+
 def test_report_compares_two_files_and_exits_1_on_regression(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps([_row("a", "none", 1000, 1.0)]))

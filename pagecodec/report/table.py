@@ -181,5 +181,6 @@ def format_table(results: Sequence[dict[str, Any]], fmt: str = "github", wide: b
     if any(A.is_baseline(r) for r in results):
         notes.append("memcpy: copying each dirty page out and into fresh RAM, nothing else (the floor)")
     if any(c["pareto"] for c in _contexts(results)):
-        notes.append("Pareto *: no other config of the trace sends fewer bytes at no more sender CPU (min)")
+        notes.append("Pareto *: no other config of the trace is as good in both wire bytes and sender CPU (min) "
+                     "and better in one")
     return "\n".join([text, *([""] + notes if notes else []), *([""] + fails if fails else [])])
