@@ -108,3 +108,26 @@ def test_real_corpus_round0():
         if r >= 1:
             break
     assert seen > 0
+
+
+def test_zero_records_write_only_pages_that_are_not_zero_already():
+    """ram_handle_zero's rule, batched: a zero fill clears exactly the pages that hold something, a
+    non-zero fill fills; pages already zero are left alone (equal result to page-by-page loads)."""
+    from pagecodec.codecs.zero import ZeroPageDecoder
+
+    rng = np.random.default_rng(5)
+    pages = np.zeros((64, 4096), np.uint8)
+    for i in (1, 7, 8, 30, 63):
+        pages[i, rng.integers(0, 4096)] = 1 + i
+    pages[9, -1] = 5  # the last byte only
+    pages[10, 2048] = 5  # the middle word only
+    pages[11, 1500] = 5  # inside a block
+    index = np.array([0, 1, 7, 9, 10, 11, 30, 63, 40, 5], np.int64)
+    payloads = np.zeros((len(index), 1), np.uint8)
+    payloads[-1] = 0xAB  # a non-zero fill
+    expect = pages.copy()
+    for k, i in enumerate(index):
+        expect[i] = payloads[k, 0]
+    keep = pages[8].copy()
+    ZeroPageDecoder().load_batch(payloads, pages, index)
+    assert np.array_equal(pages, expect) and np.array_equal(pages[8], keep)
