@@ -66,6 +66,16 @@ class PipeSink:
         self.ns += time.thread_time_ns() - t0
         self.wall_ns += time.perf_counter_ns() - w0
 
+    def reserve(self, nbytes: int) -> None:
+        """Make room for ``nbytes`` more before they come, so a big round (the bulk stage writes every
+        page) does not grow the buffer by doubling: each step would copy what is there and fault in
+        a new buffer, with the old one still held. Untouched room costs address space only."""
+        end = self._n + nbytes
+        if end > len(self._buf):
+            grown = np.empty(end, np.uint8)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+
     def take(self) -> memoryview:
         """Everything written since the last take: a view on the buffer, valid until the next write
         (the destination has loaded it by then)."""
@@ -158,6 +168,11 @@ class Destination:
     def channel_bytes(self) -> int:
         """Every channel's bytes fed so far."""
         return sum(c.base + len(c.buf) for c in self.multifd.ch) if self.multifd is not None else 0
+
+    def expect_pages(self, n: int) -> None:
+        """The next section carries ``n`` pages: reserve the main stream's buffer for them (a page's
+        record is at most its payload plus a header and a block name; :meth:`PipeSink.reserve`)."""
+        self.sink.reserve(n * (self.page_size + 64) + (1 << 16))
 
     def load(self, r: int, num_rounds: int) -> None:
         """Load what the sender wrote since the last call: the setup section (``r`` = -1), round

@@ -124,7 +124,9 @@ def _decoded(
     try:
         sender.save_setup()
         dest.load(-1, n)
+        per_round = _pages_per_round(reader)
         for r, batches in _timed_rounds(reader, sender):
+            dest.expect_pages(int(per_round[r]))
             sender.save_round(r, tap_progress(batches, progress), last_stage=(r == n - 1))
             dest.load(r, n)
         stats = sender.finish()
@@ -159,6 +161,11 @@ def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, 
     ext = [c.name for c in codecs if not c.qemu_format]
     unreproducible = [c.name for c in codecs if not c.reproducible(config)]
     return {"qemu-loadable": not ext, "extension-codecs": ext, "unreproducible-codecs": unreproducible}
+
+
+def _pages_per_round(reader: TraceReader) -> np.ndarray:
+    """Pages of each round (the destination sizes its buffer for a round's section from it)."""
+    return np.bincount(reader.round_column, minlength=reader.num_rounds)
 
 
 def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, Iterator[PageBatch]]]:
@@ -261,7 +268,9 @@ def verify(
         sender.save_setup()
         dest.load(-1, n)
         touched.clear()
+        per_round = _pages_per_round(reader)
         for r, batches in rounds_of(reader):
+            dest.expect_pages(int(per_round[r]))
             rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
             pages += rs.dirty_pages
             dest.load(r, n)
