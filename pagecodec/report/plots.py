@@ -55,7 +55,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullForm
 from ..atomic import atomic_write_bytes
 from . import analysis as A
 
-__all__ = ["SWEEP_KEY", "FIGURES", "build_figures", "write_plots", "cache_sweeps"]
+__all__ = ["SWEEP_KEY", "FIGURES", "Style", "Sweep", "build_figures", "write_plots", "render", "cache_sweeps", "styles_for",
+           "size_label"]
 
 SWEEP_KEY = "xbzrle-cache-size"
 FIGURES = ("wire-vs-cpu", "rounds", "cache-sweep", "relative-to-none")
@@ -198,7 +199,7 @@ def _rounds(runs: list[dict[str, Any]], styles: dict[str, Style]) -> Figure | No
             st = styles[A.label(r)]
             ys = [_round_wire(rd) / div for rd in r["rounds"]]
             ys_all += ys
-            ax.plot([rd["round"] for rd in r["rounds"]], ys, color=st.color, marker=st.marker, linestyle=st.linestyle,
+            ax.plot([rd.get("round", i) for i, rd in enumerate(r["rounds"])], ys, color=st.color, marker=st.marker, linestyle=st.linestyle,
                     markersize=4.5, linewidth=1.4)
         _scale(ax, "y", ys_all, zero=True)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -212,10 +213,11 @@ def _rounds(runs: list[dict[str, Any]], styles: dict[str, Style]) -> Figure | No
 def _stage_note(rounds: list[dict[str, Any]]) -> str:
     """What the x axis's ends are: "0 = bulk, 5 = final"."""
     parts = []
-    for rd in (rounds[0], rounds[-1]):
+    for i, rd in ((0, rounds[0]), (len(rounds) - 1, rounds[-1])):
         stage = {"bulk": "bulk", "complete": "final"}.get(rd.get("stage", ""))
-        if stage and f"{rd['round']} = {stage}" not in parts:
-            parts.append(f"{rd['round']} = {stage}")
+        note = f"{rd.get('round', i)} = {stage}"
+        if stage and note not in parts:
+            parts.append(note)
     return ", ".join(parts) if parts else "number"
 
 
@@ -402,6 +404,7 @@ def _saved_bars(ax: Axes, ys: list[int], saved: list[float | None], colors: list
 
 def _times_bars(ax: Axes, ys: list[int], times: list[float | None], colors: list[Any], floor: float | None) -> None:
     """Bars from 1× (none's CPU) to each config's multiple on a log axis: left of 1 is cheaper."""
+    times = [t if t is not None and t > 0 else None for t in times]  # a log axis: no 0×
     vals = [1.0 if t is None else t for t in times]
     ax.set_xscale("log")
     ax.barh(ys, [v - 1.0 for v in vals], left=1.0, color=colors, height=0.7, zorder=2)
