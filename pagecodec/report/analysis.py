@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from ..harness.repeats import decode_cpu_total, sender_cpu_total
 
 __all__ = ["ok", "is_baseline", "trace_name", "trace_key", "label", "wire_total", "wire_ratio", "cpu", "decode_cpu",
-           "none_baseline", "relative_to_none", "pareto_optimal"]
+           "cache_miss_rate", "none_baseline", "relative_to_none", "pareto_optimal"]
 
 
 def ok(r: dict[str, Any]) -> bool:
@@ -75,6 +75,13 @@ def decode_cpu(r: dict[str, Any], stat: str = "min") -> float | None:
     if t:
         return float(t[stat])
     return decode_cpu_total(r)
+
+
+def cache_miss_rate(r: dict[str, Any]) -> float | None:
+    """The cache-miss rate (0…1) of XBZRLE's page cache (QEMU's ``xbzrle-cache``) or of a pagecodec
+    delta codec's destination cache (``delta``); None for a run without one."""
+    rate = (r.get("xbzrle-cache") or r.get("delta") or {}).get("cache-miss-rate")
+    return None if rate is None else float(rate)
 
 
 def none_baseline(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -267,12 +267,6 @@ def _base_label(label: str) -> str:
     return ",".join(rest) or label
 
 
-def _miss_rate(r: dict[str, Any]) -> float | None:
-    """The cache-miss rate of XBZRLE's page cache (``xbzrle-cache``) or a delta codec's (``delta``)."""
-    rate = (r.get("xbzrle-cache") or r.get("delta") or {}).get("cache-miss-rate")
-    return None if rate is None else float(rate)
-
-
 def _sweep_style(s: Sweep, styles: dict[str, Style]) -> Style:
     """The config's own look when it also ran without a size in its label, else that of its smallest
     size: either way the colour of a point of the other figures."""
@@ -287,7 +281,7 @@ def _cache_sweep(sweeps: list[Sweep], styles: dict[str, Style]) -> Figure | None
     traces = list(dict.fromkeys((s.trace_key, s.trace_title) for s in sweeps))
     per_row = [[s for s in sweeps if s.trace_key == key] for key, _ in traces]
     cols = max(len(row) for row in per_row)
-    with_miss = any(_miss_rate(r) is not None for s in sweeps for _, r in s.points)
+    with_miss = any(A.cache_miss_rate(r) is not None for s in sweeps for _, r in s.points)
     entries = [(_patch_handle(_sweep_style(s, styles)), s.label) for s in {s.label: s for s in sweeps}.values()]
     entries.append((Line2D([], [], color="0.2", marker="o", linewidth=1.5), "wire bytes (left axis)"))
     if with_miss:
@@ -316,7 +310,7 @@ def _sweep_panel(ax: Axes, s: Sweep, st: Style, div: int, unit: str, with_miss: 
     _panel_title(ax, f"{s.trace_title}\n{s.label}")
     if with_miss:
         twin = ax.twinx()
-        miss = [(size, _miss_rate(r)) for size, r in s.points]
+        miss = [(size, A.cache_miss_rate(r)) for size, r in s.points]
         miss = [(x, 100 * y) for x, y in miss if y is not None]
         if miss:
             twin.plot([x for x, _ in miss], [y for _, y in miss], color=st.color, marker=st.marker, linestyle="--",

@@ -41,11 +41,6 @@ def _check(r: dict[str, Any]) -> str:
     return "ok" if v.get("ok") else "FAILED"
 
 
-def _delta_counters(r: dict[str, Any]) -> dict[str, Any]:
-    """XBZRLE's cache counters (QEMU's ``xbzrle-cache``) or a pagecodec delta codec's (``delta``)."""
-    return r.get("xbzrle-cache") or r.get("delta") or {}
-
-
 def _ext_records(r: dict[str, Any]) -> int | None:
     codecs = r.get("format", {}).get("extension-codecs") or []
     if not codecs:
@@ -54,7 +49,7 @@ def _ext_records(r: dict[str, Any]) -> int | None:
 
 
 def _miss_pct(r: dict[str, Any]) -> float | None:
-    rate = _delta_counters(r).get("cache-miss-rate")
+    rate = A.cache_miss_rate(r)
     return None if rate is None else 100.0 * rate
 
 
