@@ -136,6 +136,8 @@ def test_repeats_give_min_and_median_and_per_stage_medians():
     assert t["cpu_s_per_gib"]["samples"] == [3.0, 1.0, 2.0]  # trace decoding is not the sender's work
     assert t["cpu_decode_s_per_gib"]["min"] == 0.5
     assert r["cpu_s_per_gib"]["delta"] == 2.0 and r["wall_s"] == 2.0
+    assert t["stages"]["cpu_s_per_gib"]["delta"] == {"min": 1.0, "median": 2.0}
+    assert t["stages"]["cpu_decode_s_per_gib"]["page"] == {"min": 0.5, "median": 1.0}
     assert A.cpu(r) == 1.0 and A.cpu(r, "median") == 2.0
 
 

@@ -44,6 +44,12 @@ def _median_by_key(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median([d.get(k, 0.0) for d in dicts]) for k in keys}
 
 
+def _by_stage(dicts: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    return {k: {"min": min(d.get(k, 0.0) for d in dicts), "median": statistics.median([d.get(k, 0.0) for d in dicts])}
+            for k in keys}
+
+
 def _invariant(sample: dict[str, Any]) -> dict[str, Any]:
     """What must be equal between repeats of one run."""
     ram = {k: v for k, v in sample.get("ram", {}).items() if k not in _TIMED_RAM_KEYS}
@@ -55,7 +61,8 @@ def aggregate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     The result is the first repeat's object (counters, rounds, verify) with the timings replaced:
     ``cpu``/``cpu_s_per_gib``/``cpu_decode*``/``wall_s``/``decode_wall_s`` hold each stage's median,
-    and ``timing`` the min/median/max/samples of the totals. Wire bytes that differ between repeats
+    and ``timing`` the min/median/max/samples of the totals and (``timing.stages``) each stage's min
+    and median CPU per GiB, the sender's and the destination's. Wire bytes that differ between repeats
     set ``status: failed`` (``error`` says how) unless the config's codecs are unreproducible, in
     which case ``timing.wire-total`` holds their spread.
     """
@@ -70,9 +77,13 @@ def aggregate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     timing["wall_s"] = _stats([float(s.get("wall_s", 0.0)) for s in samples])
     if all("decode_wall_s" in s for s in samples):
         timing["decode_wall_s"] = _stats([float(s["decode_wall_s"]) for s in samples])
+    stages: dict[str, Any] = {}
     for key in ("cpu", "cpu_s_per_gib", "cpu_decode", "cpu_decode_s_per_gib"):
         if all(key in s for s in samples):
             out[key] = _median_by_key([s[key] for s in samples])
+            if key.endswith("_s_per_gib"):
+                stages[key] = _by_stage([s[key] for s in samples])
+    timing["stages"] = stages
     out["wall_s"] = timing["wall_s"]["median"]
     if "decode_wall_s" in timing:
         out["decode_wall_s"] = timing["decode_wall_s"]["median"]
