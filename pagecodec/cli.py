@@ -123,7 +123,12 @@ def default_traces() -> list[str]:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write results JSON (atomically, after every run).")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), help="Write every column as CSV.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write plots (PNG + SVG) into this directory.")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64), help="Parallel runs (local processes).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Parallel runs (local processes; with --dask local its workers, default 2).")
+@click.option("--dask", type=click.Choice(["local"]), default=None,
+              help="Run the tasks on a Dask LocalCluster of --jobs worker processes started for the sweep.")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
+              help="Run the tasks on an existing Dask cluster (every worker needs pagecodec, the plugins and the traces).")
 @click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
 @click.option("--wide", is_flag=True, help="Every column (page counts, cache misses, wall times, …).")
@@ -135,8 +140,8 @@ def default_traces() -> list[str]:
               help="Add the memcpy and none rows every other row is read against.")
 @pass_ctx
 def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], repeat: int,
-          json_out: str | None, csv_out: str | None, plots: str | None, jobs: int, resume: bool, fmt: str, wide: bool,
-          verify: bool, decode: bool, baselines: bool) -> None:
+          json_out: str | None, csv_out: str | None, plots: str | None, jobs: int, dask: str | None,
+          scheduler: str | None, resume: bool, fmt: str, wide: bool, verify: bool, decode: bool, baselines: bool) -> None:
     """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
     With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
@@ -147,7 +152,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     the trace's `none` run (bytes saved, CPU ×) and the memcpy floor; Pareto-optimal configs (wire
     bytes vs sender CPU) are starred.
     """
-    from .harness.matrix import MEMCPY, LocalPool, expand_sweeps, plan_runs, run_matrix
+    from .harness.matrix import MEMCPY, expand_sweeps, plan_runs, run_matrix
 
     trace_list = list(traces) or default_traces()
     specs = list(configs) or runnable_presets(c)
@@ -176,7 +181,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     runs = plan_runs(trace_list, specs)
     collected = list(done)
     journal = open(sidecar, "a", encoding="utf-8") if sidecar else None  # noqa: SIM115 — closed below
-    executor = LocalPool(jobs)
+    executor = _executor(jobs, dask, scheduler)
     with progress_bar(c.progress, len(runs) * repeat, "bench", unit="runs") as tick:
 
         def on_result(res: dict[str, Any]) -> None:
@@ -205,6 +210,25 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     if sidecar:
         Path(sidecar).unlink(missing_ok=True)
     _exit_for(collected)
+
+
+def _executor(jobs: int, dask: str | None, scheduler: str | None) -> Any:
+    """bench's executor: the local process pool, a Dask LocalCluster (``--dask local``, ``--jobs``
+    workers, 2 unless given) or an existing Dask cluster (``--scheduler``, whose workers are its own)."""
+    from .harness.matrix import LocalPool
+
+    jobs_given = click.get_current_context().get_parameter_source("jobs") is not click.core.ParameterSource.DEFAULT
+    if dask and scheduler:
+        raise click.UsageError("give --scheduler ADDRESS (an existing cluster) or --dask local, not both")
+    if not dask and not scheduler:
+        return LocalPool(jobs)
+    from .harness.dask_pool import LOCAL, DaskPool
+
+    if scheduler:
+        if jobs_given:
+            raise click.UsageError("--jobs does not apply to --scheduler: the cluster's workers run the tasks")
+        return DaskPool(scheduler)
+    return DaskPool(LOCAL, jobs if jobs_given else 2)
 
 
 def _write_json(path: str, obj: Any) -> None:

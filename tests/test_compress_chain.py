@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write_trace
+from pagecodec.chain.slots import Slot
 from pagecodec.chain.config import parse_spec
 from pagecodec.chain.receiver import Receiver, RecordObserver
 from pagecodec.chain.sender import Sender
@@ -167,7 +168,11 @@ def test_chain_equals_the_page_by_page_model(tmp_path, pm, threads, level, seed)
                                   "compress-isal,compress-threads=3", "compress-zlibng,compress-threads=3"])
 def test_batch_size_does_not_change_the_stream(tmp_path, pm, spec):
     outs = streams_by_batch_size(tmp_path, pm, spec)
-    assert outs[0] == outs[1] == outs[2]
+    if pm.codecs[parse_spec(spec, pm.presets).slot_codecs()[Slot.COMPRESS]].reproducible(parse_spec(spec, pm.presets)):
+        assert outs[0] == outs[1] == outs[2]
+    else:  # ISA-L with threads: its bytes vary run to run (README), the records and their order may not
+        recs = [stream_records(o, pm) for o in outs]
+        assert recs[0] == recs[1] == recs[2]
 
 
 def streams_by_batch_size(tmp_path, pm, spec: str) -> list[bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -596,6 +597,33 @@ def test_reader_rejects_missing_file(tmp_path):
     with pytest.raises(TraceError) as exc:
         open_trace(path)
     assert_trace_error(exc, path, None, "no such trace file")
+
+
+def test_a_trace_named_by_url_reads_as_the_file(tmp_path):
+    """file:// (pyarrow's filesystems: the same path for s3://, gs://, hdfs://): the same pages, size
+    and hash, and the URL kept as given (a Path would fold file:///a into file:/a)."""
+    path = _written(tmp_path, row_group_pages=4)
+    url = path.resolve().as_uri()
+    with open_trace(url) as r, open_trace(path) as p:
+        assert r.path == url and isinstance(r.path, str)
+        assert (r.num_pages, r.pages_per_round, r.file_size) == (p.num_pages, p.pages_per_round, p.file_size)
+        assert r.sha256() == p.sha256() == hashlib.sha256(path.read_bytes()).hexdigest()
+        for a, b in zip(read_all(r, 4), read_all(p, 4), strict=True):
+            assert a == b
+
+
+def test_a_trace_url_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    with pytest.raises(TraceError, match=r"^file:///nonexistent/t\.parquet: no such trace file"):
+        open_trace("file:///nonexistent/t.parquet")
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"hello world\n" * 100)
+    with pytest.raises(TraceError, match=rf"^{re.escape(garbage.as_uri())}: not a readable Parquet trace"):
+        open_trace(garbage.as_uri())
+    with pytest.raises(TraceError, match=r"^nosuch://host/t\.parquet: cannot open this URL"):
+        open_trace("nosuch://host/t.parquet")
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # as if fsspec were not installed
+    with pytest.raises(TraceError, match=r"^https://example\.invalid/t\.parquet: .*pip install fsspec"):
+        open_trace("https://example.invalid/t.parquet")
 
 
 def test_reader_detects_corrupt_page_data_with_row(tmp_path):

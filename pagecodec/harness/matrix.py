@@ -34,7 +34,7 @@ from .repeats import aggregate
 from .replay import replay, verify
 
 __all__ = ["Run", "Task", "Executor", "LocalPool", "expand_sweeps", "plan_runs", "plan_tasks", "run_task",
-           "run_matrix", "run_key", "MEMCPY"]
+           "run_matrix", "run_key", "failed_sample", "MEMCPY"]
 
 
 @dataclass(frozen=True)
@@ -173,8 +173,15 @@ def _failed(task: Task, e: Exception) -> dict[str, Any]:
     if not isinstance(e, PageCodecError):
         err["traceback"] = traceback.format_exc()
         err["message"] = f"{type(e).__name__}: {err['message']} (an unexpected error: a plugin's or pagecodec's bug)"
+    return failed_sample(task, err)
+
+
+def failed_sample(task: Task, error: dict[str, Any]) -> dict[str, Any]:
+    """The sample of a task that gave none of its own: what is known of its run and ``error`` (type,
+    message, …). One shape for a run that raised and for a task an executor lost (a Dask worker that
+    died under it), so tables, ``--resume`` and the exit status treat both alike."""
     return {"trace": {"path": task.run.trace}, "config": {"label": _label(task.run.spec, task.plugin_modules)},
-            "status": "failed", "error": err}
+            "status": "failed", "error": error, "repeat": task.repeat}
 
 
 def _label(spec: str, plugin_modules: Sequence[str]) -> str:

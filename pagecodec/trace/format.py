@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pagecodec.atomic import create_temp
@@ -60,6 +62,7 @@ __all__ = [
     "TraceReader",
     "open_trace",
     "trace_schema",
+    "is_url",
 ]
 
 TRACE_FORMAT = "pagecodec-trace"
@@ -691,11 +694,22 @@ class TraceReader:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        #: a local path (``Path``), or the URL as given (``str``): a URL is not a path (``Path`` would
+        #: fold ``file:///a`` into ``file:/a``), and errors and results name it as the user wrote it
+        self.path: Path | str
+        #: the filesystem a URL resolves to (None: a local path, opened as before)
+        self._fs: pafs.FileSystem | None = None
+        if is_url(path):
+            self.path = str(path)
+            self._fs, fs_path = _url_filesystem(self.path)
+        else:
+            self.path = Path(path)
+            fs_path = str(self.path)
+        self._fs_path = fs_path
         try:
             # No read_dictionary: our files carry the Arrow schema (block comes back dictionary-encoded);
             # a foreign file's plain string column is encoded in _block_indices.
-            self._pf = pq.ParquetFile(str(self.path), page_checksum_verification=True)
+            self._pf = pq.ParquetFile(fs_path, filesystem=self._fs, page_checksum_verification=True)
             kv = self._pf.metadata.metadata or {}
             schema = self._pf.schema_arrow
         except FileNotFoundError:
@@ -849,7 +863,12 @@ class TraceReader:
 
     @property
     def file_size(self) -> int:
-        return self.path.stat().st_size
+        if self._fs is None:
+            return Path(self.path).stat().st_size
+        size = self._fs.get_file_info(self._fs_path).size
+        if size is None:
+            raise _fail(self.path, "the filesystem does not tell this file's size")
+        return int(size)
 
     # -- streaming ------------------------------------------------------------------------------------
     def batches(self, max_pages: int = DEFAULT_ROW_GROUP_PAGES) -> Iterator[PageBatch]:
@@ -929,9 +948,17 @@ class TraceReader:
     def sha256(self) -> str:
         """SHA-256 of the file's bytes, as recorded in results and in corpora/MANIFEST.json."""
         h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        if self._fs is None:
+            with open(self.path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+        try:  # a URL: streamed through the same filesystem the pages are read from
+            with self._fs.open_input_stream(self._fs_path) as s:
+                for chunk in iter(lambda: s.read(1 << 20), b""):
+                    h.update(chunk)
+        except (pa.ArrowException, OSError) as e:
+            raise _fail(self.path, f"cannot read the file to hash it: {e}") from None
         return h.hexdigest()
 
 
@@ -948,6 +975,34 @@ def _int_column(col: pa.ChunkedArray | pa.Array, dtype: Any) -> np.ndarray:
         # uint64 values above int64's range would wrap negative; clamp so they report as out of range.
         a = np.minimum(a, np.iinfo(np.int64).max)
     return a.astype(dtype, copy=True)
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URL (``scheme://…``) rather than a local path: traces on shared storage
+    are named by URL so that every Dask worker can open the same file."""
+    return isinstance(path, str) and _URL.match(path) is not None
+
+
+def _url_filesystem(url: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and in-filesystem path of a trace URL: pyarrow's own filesystems (``file://``,
+    ``s3://``, ``gs://``, ``hdfs://``, … as :meth:`pyarrow.fs.FileSystem.from_uri` knows them), and
+    ``http(s)://`` through fsspec, which pyarrow does not read by itself (optional: named when missing)."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("http", "https"):
+        try:
+            import fsspec
+
+            fs = fsspec.filesystem(scheme)
+        except ImportError as e:
+            raise _fail(url, f"reading a trace over {scheme} needs fsspec's HTTP filesystem: pip install fsspec aiohttp requests ({e})") from None
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), url
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _fail(url, f"cannot open this URL: {e}") from None
 
 
 def open_trace(path: str | os.PathLike[str]) -> TraceReader:
