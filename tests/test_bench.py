@@ -149,6 +149,9 @@ def test_repeats_that_write_other_bytes_fail_the_run():
 def test_an_unreproducible_codec_reports_its_spread_instead():
     r = aggregate([_sample(1.0, unreproducible=["compress-isal"]), _sample(1.0, wire=1003, unreproducible=["compress-isal"])])
     assert r["status"] == "ok" and "1,000 … 1,003 bytes" in r["timing"]["wire-varies"]
+    headers, rows = table_rows([r])
+    assert dict(zip(headers, rows[0]))["check"] == "decoded (bytes vary)"
+    assert "bytes vary: t.parquet with config 'c': codec(s) compress-isal are not reproducible" in format_table([r])
 
 
 def test_isal_says_it_is_unreproducible_with_threads(pm):

@@ -37,8 +37,10 @@ def _check(r: dict[str, Any]) -> str:
         return "-"
     v = r.get("verify")
     if v is None:
-        return "decoded" if "cpu_decode_s_per_gib" in r else "not run"
-    return "ok" if v.get("ok") else "FAILED"
+        state = "decoded" if "cpu_decode_s_per_gib" in r else "not run"
+    else:
+        state = "ok" if v.get("ok") else "FAILED"
+    return f"{state} (bytes vary)" if r.get("timing", {}).get("wire-varies") else state
 
 
 def _ext_records(r: dict[str, Any]) -> int | None:
@@ -172,7 +174,8 @@ def format_table(results: Sequence[dict[str, Any]], fmt: str = "github", wide: b
     align = ["right" if c.numeric else "left" for c in columns(wide)]
     text = tabulate(rows, headers=headers, tablefmt=fmt, colalign=align, disable_numparse=True)
     fails = failures(results)
-    notes = []
+    notes = [f"bytes vary: {A.trace_name(r)} with config {A.label(r)!r}: {r['timing']['wire-varies']}"
+             for r in results if A.ok(r) and r.get("timing", {}).get("wire-varies")]
     if any(A.is_baseline(r) for r in results):
         notes.append("memcpy: copying each dirty page out and into fresh RAM, nothing else (the floor)")
     if any(c["pareto"] for c in _contexts(results)):
