@@ -22,7 +22,7 @@ from ..wire.reader import StreamReader
 from ..wire.records import RecordSet
 from .base import Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
 
-__all__ = ["zero_page_mask", "warm_up", "ZeroPageEncoder", "ZeroPageDecoder", "ZeroPageCodec"]
+__all__ = ["zero_page_mask", "fill_pages", "warm_up", "ZeroPageEncoder", "ZeroPageDecoder", "ZeroPageCodec"]
 
 _FILL = np.zeros((1, 1), dtype=np.uint8)
 
@@ -59,11 +59,67 @@ def _zero_rows(flat, n, stride, w, out):  # pragma: no cover - compiled
         out[i] = zero
 
 
+def _fill_rows(flat, stride, w, index, fill, nrows):  # pragma: no cover - compiled
+    """ram_handle_compressed on rows ``index`` of ``flat`` (rows of ``w`` 64-bit words, ``stride``
+    words apart): fill row i with the byte fill[i], except a row that is already zero and gets 0.
+
+    QEMU skips the memset of a zero page that is already zero, and so does this: a page never
+    written is the OS's shared zero page until something writes it, so a stream of ZERO records does
+    not commit the memory it names (9 bytes of stream would otherwise cost a whole page). Returns the
+    first position whose row lies outside the ``nrows`` rows, or -1."""
+    for j in range(index.size):
+        i = index[j]
+        if i < 0 or i >= nrows:
+            return j
+        row = flat[i * stride : i * stride + w]
+        f = np.uint64(fill[j])
+        if f == 0:
+            if (row[0] | row[w >> 1] | row[w - 1]) == 0:
+                acc = np.uint64(0)
+                for k in range(w):
+                    acc |= row[k]
+                    if (k & 127) == 127 and acc != 0:
+                        break
+                if acc == 0:
+                    continue
+        v = f * np.uint64(0x0101010101010101)
+        for k in range(w):
+            row[k] = v
+    return -1
+
+
 @lru_cache(maxsize=1)
 def _compiled() -> Callable[..., Any]:
     from numba import njit
 
     return njit(cache=True, nogil=True, boundscheck=False)(_zero_rows)
+
+
+@lru_cache(maxsize=1)
+def _compiled_fill() -> Callable[..., Any]:
+    from numba import njit
+
+    return njit(cache=True, nogil=True, boundscheck=False)(_fill_rows)
+
+
+def fill_pages(pages: np.ndarray, index: np.ndarray, fill: np.ndarray) -> None:
+    """``pages[index[j]] = fill[j]`` for every j, leaving a page that is already zero untouched when
+    its fill is 0 (QEMU's ``ram_handle_compressed``): a ZERO record costs no memory on a page that was
+    never written. ``pages`` is a writable (n, page_size) uint8 array; IndexError for an index
+    outside it (checked before anything is written)."""
+    index = np.ascontiguousarray(index, np.int64)
+    fill = np.ascontiguousarray(fill, np.uint8).reshape(-1)
+    if index.size != fill.size:
+        raise ValueError(f"{index.size} pages but {fill.size} fill bytes")
+    n, ps = pages.shape
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise IndexError(f"page index outside the {n} pages")
+    if not pages.flags.c_contiguous or ps % 8 or ps == 0 or not pages.flags.writeable or pages.dtype != np.uint8:
+        for i, f in zip(index.tolist(), fill.tolist()):
+            if f or pages[i].any():
+                pages[i] = f
+        return
+    _compiled_fill()(pages.reshape(-1).view(np.uint64), ps // 8, ps // 8, index, fill, n)
 
 
 def _word_rows(pages: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -101,6 +157,7 @@ def warm_up() -> None:
     pages = np.zeros((2, 8), np.uint8)
     pages[1, 3] = 1
     zero_page_mask(pages)
+    fill_pages(pages, np.array([0, 1]), np.zeros(2, np.uint8))
 
 
 class ZeroPageEncoder(SlotEncoder):
@@ -121,13 +178,16 @@ class ZeroPageDecoder(RecordDecoder):
     flag = RAM_SAVE_FLAG_ZERO
     fixed_payload = 1
 
+    def __init__(self) -> None:
+        warm_up()  # JIT load/compile belongs to set-up, not to the destination's zero stage
+
     def load(self, r: StreamReader, page: np.ndarray) -> None:
         ch = r.get_byte("zero page fill byte")
         if ch != 0 or page.any():
             page[:] = ch
 
     def load_batch(self, payloads: np.ndarray, pages: np.ndarray, index: np.ndarray) -> None:
-        pages[index] = payloads[:, :1]
+        fill_pages(pages, index, payloads[:, 0])
 
 
 class ZeroPageCodec(Codec):

@@ -124,6 +124,7 @@ def import_qemu_stream(
     progress: Callable[[int], None] | None = None,
     command: str | None = None,
     require_vmdesc: bool = True,
+    max_ram: int | None = None,
 ) -> ImportReport:
     """Parse the QEVM file ``stream_path`` and write its RAM passes as the trace ``trace_path``.
 
@@ -132,13 +133,15 @@ def import_qemu_stream(
     import-qemu`` command line). ``require_vmdesc=False`` accepts a file without the VMDESCRIPTION
     trailer (machines with ``suppress-vmdesc``); its completeness after the RAM data is then not checked.
     Raises WireError (malformed or unsupported stream, with the byte offset) or TraceError (the passes
-    do not make a trace, e.g. an incomplete first pass); on any error nothing is written.
+    do not make a trace, e.g. an incomplete first pass); on any error nothing is written. ``max_ram``:
+    the most RAM the stream's MEM_SIZE list may claim (default: what the machine holds; see
+    :class:`~pagecodec.chain.receiver.Receiver`).
     """
     if command is None:
         command = f"pagecodec trace import-qemu {shlex.quote(str(stream_path))} -o {shlex.quote(str(trace_path))}"
         if not require_vmdesc:
             command += " --no-vmdesc"
-    imp = _Importer(Path(stream_path), Path(trace_path), progress, command, require_vmdesc)
+    imp = _Importer(Path(stream_path), Path(trace_path), progress, command, require_vmdesc, max_ram)
     return imp.run()
 
 
@@ -146,9 +149,11 @@ class _Importer(RecordObserver):
     """Drives a Receiver over the stream and cuts the page records it reports into rounds."""
 
     def __init__(
-        self, stream: Path, trace: Path, progress: Callable[[int], None] | None, command: str, require_vmdesc: bool
+        self, stream: Path, trace: Path, progress: Callable[[int], None] | None, command: str, require_vmdesc: bool,
+        max_ram: int | None = None,
     ) -> None:
         self.stream = stream
+        self.max_ram = max_ram
         self.trace = trace
         self.progress = progress
         self.provenance_command = command
@@ -188,7 +193,8 @@ class _Importer(RecordObserver):
         hdr = qevm.read_file_header(r)
         r.pos = 0
         self.ps = ps = stream_page_size(r, hdr, trailer)
-        rc = self.rc = Receiver(ps, qemu_codecs(), source=self.src, zero_fill="reject", observer=self)
+        rc = self.rc = Receiver(ps, qemu_codecs(), source=self.src, zero_fill="reject", observer=self,
+                                max_ram=self.max_ram)
         rc.load_stream(r, lambda _: self._tick(r), until_ram_end=True)
         ram_end = r.pos
         if not rc.blocks:
