@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pagecodec.atomic import create_temp
-from pagecodec.errors import TraceError
+from pagecodec.errors import OutputError, TraceError, one_line
+from pagecodec.limits import load_json
 
 __all__ = [
     "TRACE_FORMAT",
@@ -69,6 +70,10 @@ DEFAULT_PAGE_SIZE = 4096
 #: 4096 pages of 4 KiB = 16 MiB per row group: big enough for zstd and Parquet overheads to vanish,
 #: small enough that streaming a trace never holds more than a few row groups in memory.
 DEFAULT_ROW_GROUP_PAGES = 4096
+#: Longest ``pagecodec.trace`` metadata JSON read (100,000 rounds' pages_per_round take ~1 MB).
+MAX_METADATA_BYTES = 16 << 20
+#: Total RAM a trace may describe: offsets and page indexes are int64.
+MAX_RAM_BYTES = (1 << 63) - 1
 
 _COLUMNS = ("round", "block", "offset", "page")
 _INDEX_COLUMNS = ["round", "block", "offset"]
@@ -79,9 +84,10 @@ def _is_pow2(n: int) -> bool:
 
 
 def _fail(path: Any, message: str, row: int | None = None) -> TraceError:
-    """Build the one error shape the format uses: ``FILE: row N: message`` (row 0-based)."""
+    """Build the one error shape the format uses: ``FILE: row N: message`` (row 0-based), on one line
+    (Arrow's messages may hold newlines)."""
     where = f"{path}: row {row}: " if row is not None else f"{path}: "
-    return TraceError(where + message)
+    return TraceError(one_line(where + message))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,6 +152,7 @@ class TraceMeta:
         if not blocks:
             raise TraceError("a trace needs at least one RAM block")
         index: dict[str, int] = {}
+        ram = 0
         for i, b in enumerate(blocks):
             if not isinstance(b, RAMBlockInfo):
                 raise TraceError(f"block {i} is not a RAMBlockInfo: {b!r}")
@@ -159,6 +166,10 @@ class TraceMeta:
                 raise TraceError(
                     f"block {b.name!r}: used_length must be a positive multiple of the page size {ps}, got {ul!r}"
                 )
+            ram += ul
+            if ram > MAX_RAM_BYTES:
+                raise TraceError(f"block {b.name!r}: used_length {ul:#x} takes the RAM past 2^63 bytes (offsets are "
+                                 f"64-bit signed)")
             hps = b.page_size
             if not isinstance(hps, int) or isinstance(hps, bool) or not _is_pow2(hps):
                 raise TraceError(f"block {b.name!r}: host page_size must be a power of two, got {hps!r}")
@@ -423,8 +434,8 @@ def _create_temp(path: Path) -> str:
     Its mode is the umask's, like any ordinary file (:func:`pagecodec.atomic.create_temp`)."""
     try:
         fd, tmp = create_temp(path)
-    except OSError as e:
-        raise _fail(path, f"cannot create trace: {e}") from None
+    except (OSError, OutputError) as e:
+        raise _fail(path, f"cannot create trace: {str(e).removeprefix(f'{path}: ')}") from None
     os.close(fd)
     return tmp
 
@@ -700,7 +711,7 @@ class TraceReader:
             schema = self._pf.schema_arrow
         except FileNotFoundError:
             raise _fail(self.path, "no such trace file") from None
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, ValueError) as e:  # (a corrupt footer: UnicodeDecodeError too)
             raise _fail(self.path, f"not a readable Parquet trace (truncated or corrupt?): {e}") from None
         try:
             self._open(kv, schema)
@@ -713,7 +724,7 @@ class TraceReader:
         if raw is None:
             raise _fail(self.path, f"not a pagecodec trace: no {METADATA_KEY!r} file metadata")
         try:
-            info = json.loads(raw)
+            info = load_json(raw, max_bytes=MAX_METADATA_BYTES)  # bounded depth and size
         except (ValueError, UnicodeDecodeError) as e:
             raise _fail(self.path, f"metadata {METADATA_KEY!r} is not valid JSON: {e}") from None
         try:
