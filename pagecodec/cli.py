@@ -107,7 +107,12 @@ def default_traces() -> list[str]:
     manifest = d / "MANIFEST.json"
     if not manifest.exists():
         raise PageCodecError(f"no trace given and no corpus manifest at {manifest} (set {CORPUS_ENV})")
-    entries = json.loads(manifest.read_text())
+    from .limits import load_json
+
+    try:
+        entries = load_json(manifest.read_bytes())
+    except (OSError, ValueError) as e:
+        raise PageCodecError(f"{manifest}: cannot read the corpus manifest: {e}") from None
     entries = entries.get("traces", entries) if isinstance(entries, dict) else entries
     return [str(d / e["file"]) for e in entries]
 
@@ -287,14 +292,16 @@ def _select(results: list[dict[str, Any]], traces: Sequence[str], configs: Seque
 def _load_journal(path: str) -> list[dict[str, Any]]:
     """The finished repeats of unfinished runs (``--json F`` keeps them in ``F.partial``, one JSON
     object per line). A line cut short by an interruption is skipped: that repeat runs again."""
+    from .limits import load_json
+
     out = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise PageCodecError(f"{path}: cannot read the unfinished runs' repeats: {e}") from e
     for line in lines:
         try:
-            obj = json.loads(line)
+            obj = load_json(line)  # bounded depth: a damaged line is skipped, not a RecursionError
         except ValueError:
             continue
         if isinstance(obj, dict) and "trace" in obj and "config" in obj:
@@ -305,8 +312,10 @@ def _load_journal(path: str) -> list[dict[str, Any]]:
 def _load_results(path: str) -> list[dict[str, Any]]:
     """A results file: bench's list of runs, or the one run ``replay --json`` / ``verify --json``
     writes."""
+    from .limits import load_json
+
     try:
-        data = json.loads(Path(path).read_text())
+        data = load_json(Path(path).read_bytes())  # bounded depth (a results file is input too)
     except (OSError, ValueError) as e:
         raise PageCodecError(f"{path}: cannot read results: {e}") from e
     if isinstance(data, dict):

@@ -33,6 +33,11 @@ goes to the stage of the record before (a few ns).
 Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
 byte offset: unknown flags, a CONTINUE with no previous block, an unknown block, an offset outside its
 block, a MEM_SIZE list that disagrees with the expected blocks, a truncated record, a missing footer.
+
+What a stream costs is what it holds, not what it claims: the MEM_SIZE list's RAM is checked against
+``max_ram`` before anything is allocated (a few bytes can claim 2^63), blocks are allocated zeroed
+(untouched pages cost nothing) and a ZERO record does not write a page that is already zero (QEMU's
+``ram_handle_compressed``), the list is parsed without recursion, and every decoder bounds its output.
 """
 
 from __future__ import annotations
@@ -767,7 +772,7 @@ class Receiver:
             if claimed > self.max_ram:
                 raise r.error(f"block {name!r} of {format_bytes(length)} takes the RAM the MEM_SIZE list claims to "
                               f"{format_bytes(claimed)} (of {format_bytes(total)}), more than --max-ram "
-                              f"{format_bytes(self.max_ram)}", bat)
+                              f"{format_bytes(self.max_ram)} (default: what this machine holds)", bat)
         for name, length, hps, addr, bat in blocks:
             self._index[name] = len(self.blocks)
             self.blocks.append(RAMBlockInfo(name, length, hps or self.page_size))

@@ -811,6 +811,11 @@ class TraceReader:
             names = chunk.dictionary.to_pylist()
             lut = np.array([self.meta._index.get(nm, -1) for nm in names] + [-1], dtype=np.int32)
             idx = _int_column(chunk.indices, np.int64)
+            outside = np.flatnonzero((idx < 0) | (idx >= len(names)))  # damaged indices Arrow does not check
+            if len(outside):
+                i = int(outside[0])
+                raise _fail(self.path, f"block column: dictionary index {idx[i]} outside its dictionary of "
+                            f"{len(names)} names (corrupt file?)", pos + i)
             mapped = lut[idx]
             unknown = np.nonzero(mapped < 0)[0]
             if len(unknown):
