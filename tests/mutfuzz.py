@@ -12,7 +12,7 @@ change that Parquet itself accepts (:func:`mutate_trace`: metadata fields, colum
 nulls, dictionaries, rows), so that the reader's own checks meet it. Inputs that end in
 another exception than a PageCodecError, take longer than ``--timeout`` seconds or raise MemoryError
 under the address-space limit (``--ram-limit``, as ``ulimit -v``) are failures: written to
-``--artifacts`` and counted. Deterministic for a seed (one random generator, seeds in name order).
+``--artifacts`` and counted (the slowest input is written there too). Deterministic for a seed (one random generator, seeds in name order).
 
 Unlike libFuzzer (tests/fuzz_*.py, atheris), this keeps every seed in play whatever coverage
 instrumentation sees, and counts its inputs exactly, so CI can ask for a number of them in a budget.
@@ -167,6 +167,7 @@ def campaign(reader: str, runs: int, seconds: float, seed: int, artifacts: Path 
     outcomes: Counter[str] = Counter()
     failures: list[dict] = []
     slowest = (0.0, "")
+    slowest_input = b""
     signal.signal(signal.SIGALRM, _alarm)
     t0 = time.monotonic()
     i = 0
@@ -203,7 +204,11 @@ def campaign(reader: str, runs: int, seconds: float, seed: int, artifacts: Path 
         dt = time.monotonic() - t
         if dt > slowest[0]:
             slowest = (dt, hashlib.sha1(data).hexdigest()[:16])
+            slowest_input = data
     wall = time.monotonic() - t0
+    if artifacts is not None and slowest[1]:  # kept so a campaign's slowest input can be looked at
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / f"{reader}-slowest-{slowest[1]}").write_bytes(slowest_input)
     return {"reader": reader, "inputs": i, "wall_s": round(wall, 1), "inputs_per_s": round(i / max(wall, 1e-9)),
             "seed": seed, "seeds": len(pool), "outcomes": dict(outcomes), "failures": failures[:20],
             "failed": len(failures), "slowest_s": round(slowest[0], 3), "slowest_sha1": slowest[1],

@@ -113,6 +113,27 @@ def test_zero_record_flood_commits_no_memory():
     assert r.stats.records["zero"] == n and grew < 64, grew
 
 
+def test_a_pass_per_record_costs_little_per_record(tmp_path):
+    """A 1-page block and 30,000 ZERO records of its page: every 9-byte record starts a pass (a round).
+    It imports (it is a valid stream), in time linear in the records: rows of small rounds are written
+    a row group at a time, and a record that cannot start a run is not probed as one."""
+    from hostile_corpus import be64
+
+    from pagecodec.sources.qemu_stream import import_qemu_stream
+    from pagecodec.trace.format import TraceReader
+
+    n = 30_000
+    body = mem_size([(b"pc.ram", PS)]) + be64(0x02) + b"\x06pc.ram\x00" + (be64(0x22) + b"\x00") * n
+    (tmp_path / "s.mig").write_bytes(stream(ram(body)))
+    t0 = time.perf_counter()
+    rep = import_qemu_stream(tmp_path / "s.mig", tmp_path / "t.parquet")
+    assert time.perf_counter() - t0 < 30  # ~2 s here; a writer call per round took ~4x that
+    assert rep.rounds == n + 2
+    with TraceReader(tmp_path / "t.parquet") as r:
+        assert r.num_rounds == n + 2 and r.pages_per_round[:3] == [1, 1, 1]
+        r.check_pages()
+
+
 def test_mem_size_list_of_many_blocks_parses_without_recursion():
     from pagecodec.wire.reader import StreamReader
 

@@ -517,8 +517,11 @@ class Receiver:
         kmax = min(_RUN, (len(r) - start) // stride)
         if kmax < 2:
             return 0
-        buf = r.view_np()
         ps = self.page_size
+        nxt = int.from_bytes(r._mv[start + stride : start + stride + 8], "big")
+        if nxt & (ps - 1) != word & (ps - 1) or nxt & ~(ps - 1) <= word & ~(ps - 1):
+            return 0  # no run: the next record does not continue this one (costs 8 bytes, not 64 headers)
+        buf = r.view_np()
         m = np.uint64(ps - 1)
         pages = self.block_pages[bi]
         # look at a few headers first and at more only while the run goes on: runs are often short

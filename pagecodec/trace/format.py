@@ -514,7 +514,7 @@ class TraceWriter:
 
     def write(
         self,
-        round: int,
+        round: int | np.ndarray,
         block: np.ndarray | int | str,
         offset: np.ndarray | int,
         pages: np.ndarray,
@@ -523,8 +523,10 @@ class TraceWriter:
 
         ``block`` is an array of block indices (into ``meta.blocks``), or one index or block name for
         all rows; ``offset`` the byte offsets; ``pages`` a uint8 array of shape ``(n, page_size)``.
-        Raises ``TraceError`` naming the file and the (0-based) row of the first bad page; the rejected
-        call leaves the writer unchanged.
+        ``round`` may also be an array, one round per row (ascending): the rows of several small
+        rounds in one call, which costs one call's overhead instead of one per round (an importer of a
+        stream whose every record starts a pass). Raises ``TraceError`` naming the file and the
+        (0-based) row of the first bad page; the rejected call leaves the writer unchanged.
         """
         if self._closed:
             raise _fail(self.path, "write on a closed TraceWriter")
@@ -555,19 +557,28 @@ class TraceWriter:
             )
         if pages.shape[0] != n:
             raise _fail(self.path, f"{pages.shape[0]} pages but {n} offsets", row)
-        if isinstance(round, bool) or not isinstance(round, (int, np.integer)):
-            raise _fail(self.path, f"round must be an integer, got {round!r}", row)
-        if not 0 <= int(round) < 2**31:
-            raise _fail(self.path, f"round {round} out of range", row)
-        if n == 0:
-            self._check.declare_empty_round(int(round))
-            return
-        self._check.feed(np.full(n, int(round), np.int64), blk.astype(np.int64, copy=False), off.astype(np.int64))
+        if isinstance(round, np.ndarray):  # one round per row
+            if round.shape != (n,) or not np.issubdtype(round.dtype, np.integer) or n == 0:
+                raise _fail(self.path, f"rounds must be a non-empty integer array of {n} rows, got {round.dtype} "
+                                       f"{round.shape}", row)
+            rounds = round.astype(np.int64)
+            if int(rounds.min()) < 0 or int(rounds.max()) >= 2**31:
+                raise _fail(self.path, f"round {int(rounds.max())} out of range", row)
+        else:
+            if isinstance(round, bool) or not isinstance(round, (int, np.integer)):
+                raise _fail(self.path, f"round must be an integer, got {round!r}", row)
+            if not 0 <= int(round) < 2**31:
+                raise _fail(self.path, f"round {round} out of range", row)
+            if n == 0:
+                self._check.declare_empty_round(int(round))
+                return
+            rounds = np.full(n, int(round), np.int64)
+        self._check.feed(rounds, blk.astype(np.int64, copy=False), off.astype(np.int64))
 
         data = np.ascontiguousarray(pages).tobytes()  # the one copy: the caller may mutate its array
         table = pa.Table.from_arrays(
             [
-                pa.array(np.full(n, int(round), np.int32)),
+                pa.array(rounds.astype(np.int32)),
                 pa.DictionaryArray.from_arrays(pa.array(blk.astype(np.int32)), self._dictionary),
                 pa.array(off.astype(np.int64)),
                 pa.FixedSizeBinaryArray.from_buffers(pa.binary(ps), n, [None, pa.py_buffer(data)]),
