@@ -14,7 +14,9 @@ the seeded mutation fuzzer tests/mutfuzz.py): the input must end in a result or 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -25,7 +27,12 @@ PS = 4096
 MAX_RAM = 256 << 20
 MULTIFD_SELECT = [("none", "7.2"), ("zlib", "7.2"), ("zstd", "7.2"), ("none", "10.2"), ("zlib", "10.2"),
                   ("zstd", "10.2")]
-_DIR = Path(tempfile.mkdtemp(prefix="pagecodec-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+#: Where each input is written (a file per reader): a directory of this process's own, inside
+#: $PAGECODEC_FUZZ_DIR (the tests point it at their temporary directory) or /dev/shm, removed at exit
+#: (libFuzzer ends the process without Python's exit handlers: then the test's directory holds it).
+_DIR = Path(tempfile.mkdtemp(prefix="pagecodec-fuzz-", dir=os.environ.get("PAGECODEC_FUZZ_DIR")
+                             or ("/dev/shm" if os.path.isdir("/dev/shm") else None)))
+atexit.register(shutil.rmtree, _DIR, True)
 
 
 def stream(data: bytes) -> None:

@@ -193,6 +193,11 @@ class Case:
     cli: bool = True                # also run through the CLI
     tags: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def api(self) -> bool:
+        """The case has an API entry (a command-line-only case has none)."""
+        return getattr(self.make, "has_api", True)
+
 
 def _import(stream_bytes: bytes, extra: tuple[str, ...] = ()) -> Callable[[Path], dict[str, Any]]:
     def make(d: Path) -> dict[str, Any]:
@@ -261,6 +266,7 @@ def _cli(*argv: str, api: Callable[[Path], Callable[[], Any]] | None = None) -> 
         if api is not None:
             out["api"] = api(d)
         return out
+    make.has_api = api is not None  # type: ignore[attr-defined]
     return make
 
 

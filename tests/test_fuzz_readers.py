@@ -36,9 +36,10 @@ def _limited() -> None:
 def mutation_runs(tmp_path_factory) -> dict[str, tuple[int, dict | None, str]]:
     """All three readers' mutation fuzzing, run concurrently: reader -> (exit status, summary, stderr)."""
     art = tmp_path_factory.mktemp("fuzz-artifacts")
+    env = {**os.environ, "PAGECODEC_FUZZ_DIR": str(tmp_path_factory.mktemp("fuzz-inputs"))}
     procs = {r: subprocess.Popen([sys.executable, str(HERE / "mutfuzz.py"), r, "--runs", str(RUNS), "--seconds",
                                   str(BUDGET_S), "--seed", str(SEED), "--artifacts", str(art)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for r in READERS}
     out = {}
     for r, p in procs.items():
@@ -62,6 +63,7 @@ def libfuzzer_runs(tmp_path_factory) -> dict[str, tuple[int, str]]:
     """The atheris harnesses, 10,000 inputs each from the same seeds, run concurrently."""
     pytest.importorskip("atheris", reason="atheris not installed (optional: pip install atheris)")
     procs = {}
+    env = {**os.environ, "PAGECODEC_FUZZ_DIR": str(tmp_path_factory.mktemp("libfuzzer-inputs"))}
     for r in READERS:
         seeds = tmp_path_factory.mktemp(f"seeds-{r}")
         subprocess.run([sys.executable, str(HERE / "fuzz_seeds.py"), r, str(seeds)], check=True)
@@ -69,7 +71,7 @@ def libfuzzer_runs(tmp_path_factory) -> dict[str, tuple[int, str]]:
         procs[r] = subprocess.Popen(
             [sys.executable, str(HERE / f"fuzz_{r}.py"), str(seeds), f"-runs={RUNS}", f"-max_total_time={BUDGET_S}",
              "-timeout=10", "-rss_limit_mb=2048", f"-seed={SEED}", f"-artifact_prefix={art}/", "-print_final_stats=1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limited)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limited, env=env)
     out = {}
     for r, p in procs.items():
         _stdout, stderr = p.communicate(timeout=BUDGET_S + 120)
