@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 import click
 
 from . import __version__
-from .errors import PageCodecError
+from .errors import PageCodecError, one_line
 
 CORPUS_ENV = "PAGECODEC_CORPORA"
 
@@ -107,7 +107,12 @@ def default_traces() -> list[str]:
     manifest = d / "MANIFEST.json"
     if not manifest.exists():
         raise PageCodecError(f"no trace given and no corpus manifest at {manifest} (set {CORPUS_ENV})")
-    entries = json.loads(manifest.read_text())
+    from .limits import load_json
+
+    try:
+        entries = load_json(manifest.read_bytes())
+    except (OSError, ValueError) as e:
+        raise PageCodecError(f"{manifest}: cannot read the corpus manifest: {e}") from None
     entries = entries.get("traces", entries) if isinstance(entries, dict) else entries
     return [str(d / e["file"]) for e in entries]
 
@@ -163,6 +168,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     for s in specs:
         if s != MEMCPY:
             c.config(s)  # refuse bad specs before any run
+    _check_outputs(json_out, csv_out)  # and outputs that cannot be written
     if not decode:
         verify = False
         click.echo("bench: --no-decode: streams are not decoded; no decode CPU and no check of the pages", err=True)
@@ -229,6 +235,16 @@ def _executor(jobs: int, dask: str | None, scheduler: str | None) -> Any:
             raise click.UsageError("--jobs does not apply to --scheduler: the cluster's workers run the tasks")
         return DaskPool(scheduler)
     return DaskPool(LOCAL, jobs if jobs_given else 2)
+
+
+def _check_outputs(*paths: str | None) -> None:
+    """Refuse, before a long run, output files that could not be written at its end (a missing
+    directory, a directory in the way): OutputError naming the path."""
+    from .atomic import check_output
+
+    for p in paths:
+        if p:
+            check_output(p)
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -300,14 +316,16 @@ def _select(results: list[dict[str, Any]], traces: Sequence[str], configs: Seque
 def _load_journal(path: str) -> list[dict[str, Any]]:
     """The finished repeats of unfinished runs (``--json F`` keeps them in ``F.partial``, one JSON
     object per line). A line cut short by an interruption is skipped: that repeat runs again."""
+    from .limits import load_json
+
     out = []
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise PageCodecError(f"{path}: cannot read the unfinished runs' repeats: {e}") from e
     for line in lines:
         try:
-            obj = json.loads(line)
+            obj = load_json(line)  # bounded depth: a damaged line is skipped, not a RecursionError
         except ValueError:
             continue
         if isinstance(obj, dict) and "trace" in obj and "config" in obj:
@@ -318,8 +336,10 @@ def _load_journal(path: str) -> list[dict[str, Any]]:
 def _load_results(path: str) -> list[dict[str, Any]]:
     """A results file: bench's list of runs, or the one run ``replay --json`` / ``verify --json``
     writes."""
+    from .limits import load_json
+
     try:
-        data = json.loads(Path(path).read_text())
+        data = load_json(Path(path).read_bytes())  # bounded depth (a results file is input too)
     except (OSError, ValueError) as e:
         raise PageCodecError(f"{path}: cannot read results: {e}") from e
     if isinstance(data, dict):
@@ -339,11 +359,13 @@ def _load_results(path: str) -> list[dict[str, Any]]:
 def verify(c: Ctx, traces: tuple[str, ...], specs: tuple[str, ...], machine: str, json_out: str | None) -> None:
     """Replay each TRACE with each config, decode the stream, and compare every page of every round
     with the trace. Every pair is checked (a failure does not stop the others); exit 1 if any failed."""
-    from .atomic import atomic_write_json
+    from .atomic import atomic_write_json, check_output
     from .harness.replay import verify as do_verify
     from .trace.format import TraceReader
 
     cfgs = [c.config(s) for s in (specs or ("none",))]  # refuse bad specs before any run
+    if json_out:
+        check_output(json_out)  # and an output that cannot be written
     out: list[dict[str, Any]] = []
     failed = 0
     for trace in traces:
@@ -392,13 +414,15 @@ def verify(c: Ctx, traces: tuple[str, ...], specs: tuple[str, ...], machine: str
 @pass_ctx
 def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str | None, machine: str, fmt: str) -> None:
     """Replay TRACE with one configuration."""
-    from .atomic import atomic_write_json
+    from .atomic import atomic_write_json, check_output
     from .harness.replay import replay as do_replay
     from .report.table import format_table
     from .trace.format import TraceReader
 
     reader = TraceReader(trace)
     cfg = c.config(spec)
+    if json_out:
+        check_output(json_out)  # refused now, not after the run
     with progress_bar(c.progress, reader.num_pages, "replay") as tick:
         res = do_replay(reader, cfg, c.pm, qemu_stream=qemu_stream, machine=machine, progress=tick)
     click.echo(format_table([res], fmt))
@@ -505,8 +529,12 @@ def _queued_twice(mrep: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @click.option("--channel", "channels", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
               help="A multifd channel file (repeat for each); STREAM is then the capture's main stream.")
+@click.option("--max-ram", default=None, callback=lambda ctx, param, v: _size(ctx, param, v), metavar="SIZE",
+              help="Refuse a stream whose MEM_SIZE list claims more RAM than this (K/M/G/T) [default: what the "
+                   "machine, or ulimit -v, holds].")
 @pass_ctx
-def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json: bool, channels: tuple[str, ...]) -> None:
+def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json: bool, channels: tuple[str, ...],
+                      max_ram: int | None) -> None:
     """Import a QEMU migration stream (migrate "exec:cat > FILE") as a trace: one round per pass."""
     import shlex
 
@@ -517,7 +545,7 @@ def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json
 
         size = sum(os.path.getsize(p) for p in (stream, *channels) if os.path.isfile(p))
         with progress_bar(c.progress, size, "import", unit="bytes") as tick:
-            mrep = import_multifd(stream, channels, output, require_vmdesc=not no_vmdesc, progress=tick)
+            mrep = import_multifd(stream, channels, output, require_vmdesc=not no_vmdesc, progress=tick, max_ram=max_ram)
         if as_json:
             click.echo(json.dumps(mrep.to_json(), indent=1))
             return
@@ -532,7 +560,8 @@ def trace_import_qemu(c: Ctx, stream: str, output: str, no_vmdesc: bool, as_json
     command += " --no-vmdesc" if no_vmdesc else ""
     total = os.path.getsize(stream) if os.path.isfile(stream) else 0
     with progress_bar(c.progress, total, "import", unit="bytes") as tick:
-        rep = import_qemu_stream(stream, output, progress=tick, command=command, require_vmdesc=not no_vmdesc)
+        rep = import_qemu_stream(stream, output, progress=tick, command=command, require_vmdesc=not no_vmdesc,
+                                 max_ram=max_ram)
     if as_json:
         click.echo(json.dumps(rep.to_json(), indent=1))
         return
@@ -756,7 +785,18 @@ def capture_process(c: Ctx, pid: int | None, output: str, interval: float, round
 
 
 # --- entry point ---------------------------------------------------------------------------------
+def _usage_line(e: click.ClickException) -> str:
+    """A click usage error as one line naming the command and where to read its usage."""
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        return f"{ctx.command_path}: error: {one_line(e.format_message())} (see '{ctx.command_path} --help')"
+    return f"pagecodec: error: {one_line(e.format_message())}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI. Every error is one line on stderr (``--debug``: the traceback) and exit status 2:
+    bad input (PageCodecError), bad usage (click), and what the environment refuses — a file that
+    cannot be read or written (OSError), memory the machine does not have (MemoryError)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="pagecodec", standalone_mode=False)
@@ -764,17 +804,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("pagecodec: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        e.show()
+        click.echo(_usage_line(e), err=True)
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except PageCodecError as e:
         if debug:
             raise
-        click.echo(f"pagecodec: error: {e}", err=True)
+        click.echo(f"pagecodec: error: {one_line(str(e))}", err=True)
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:  # the environment: what the command's own checks did not name already
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        click.echo(f"pagecodec: error: {where}{one_line(e.strerror or str(e))}", err=True)
+        sys.exit(2)
+    except MemoryError as e:
+        if debug:
+            raise
+        click.echo(f"pagecodec: error: out of memory{': ' + one_line(str(e)) if str(e) else ''} (the machine, or "
+                   f"ulimit -v, holds {_machine_memory()})", err=True)
+        sys.exit(2)
+
+
+def _machine_memory() -> str:
+    from .limits import format_bytes, machine_memory
+
+    return format_bytes(machine_memory())
 
 
 if __name__ == "__main__":  # pragma: no cover

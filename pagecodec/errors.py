@@ -14,7 +14,15 @@ __all__ = [
     "PluginError",
     "ConfigError",
     "VerifyError",
+    "OutputError",
+    "one_line",
 ]
+
+
+def one_line(text: str) -> str:
+    """A message as one line (a library's own message, Arrow's or click's, may span several): errors
+    are printed one per line, so every message pagecodec makes from another's goes through this."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip()) or "(no message)"
 
 
 class PageCodecError(Exception):
@@ -56,6 +64,12 @@ class PluginError(PageCodecError):
 
 class ConfigError(PageCodecError):
     """A migration configuration (capabilities/parameters) is invalid or not supported."""
+
+
+class OutputError(PageCodecError):
+    """A result, stream or trace cannot be written where it was asked for (no such directory, a
+    directory in the way, no permission, a read-only or full file system): names the path. Nothing
+    is left behind (no temporary file, no directory created)."""
 
 
 class VerifyError(PageCodecError):

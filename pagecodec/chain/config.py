@@ -164,7 +164,9 @@ def parse_spec(spec: str, presets: Mapping[str, Any] | None = None, _depth: int 
     params = {**PARAMETERS, **PC_PARAMETERS}
     overrides: dict[str, str] = {}
     qemu_version = "7.2"
-    items = [s.strip() for s in spec.split(",") if s.strip()]
+    items = [s.strip() for s in spec.split(",")] if spec.strip() else []
+    if "" in items:  # ',,,' or 'xbzrle,' is a typo, not QEMU's defaults (that is 'none')
+        raise ConfigError(f"empty item in config {spec!r} (items are comma-separated; 'none' means QEMU's defaults)")
     for item in items:
         key, eq, value = item.partition("=")
         key = key.strip()

@@ -33,6 +33,11 @@ goes to the stage of the record before (a few ns).
 Everything malformed raises :class:`WireError` (payloads: :class:`DecodeError`) with the
 byte offset: unknown flags, a CONTINUE with no previous block, an unknown block, an offset outside its
 block, a MEM_SIZE list that disagrees with the expected blocks, a truncated record, a missing footer.
+
+What a stream costs is what it holds, not what it claims: the MEM_SIZE list's RAM is checked against
+``max_ram`` before anything is allocated (a few bytes can claim 2^63), blocks are allocated zeroed
+(untouched pages cost nothing) and a ZERO record does not write a page that is already zero (QEMU's
+``ram_handle_compressed``), the list is parsed without recursion, and every decoder bounds its output.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import numpy as np
 
 from ..codecs.base import Codec, CodecContext, RecordDecoder
 from ..errors import DecodeError, PageCodecError, PluginError
+from ..limits import default_max_ram, format_bytes
 from ..plugins import PluginManager
 from ..trace.format import RAMBlockInfo
 from ..wire import qevm
@@ -71,6 +77,9 @@ __all__ = ["Receiver", "LoadStats", "RecordObserver", "PageRecords", "read_block
 
 #: Longest run of fixed-size records parsed in one vectorised step.
 _RUN = 4096
+#: Alternatives the tolerant MEM_SIZE parse may try per block the stream can hold (each block takes
+#: at least 10 bytes): linear in the input, however its optional fields branch.
+_BLOCK_LIST_TRIES = 16
 
 #: Commands a precopy stream may carry: return-path set-up and pings, the postcopy *advice* (sent
 #: whenever postcopy-ram is on, whether or not the migration ever switches to postcopy), and 10.0's
@@ -203,6 +212,9 @@ class Receiver:
     of codecs (e.g. :func:`pagecodec.codecs.qemu.qemu_codecs`); None: no page record decodes.
     ``zero_fill``: "fill" applies a ZERO record's fill byte (QEMU 7.2), "reject" refuses a non-zero one
     (newer QEMU). ``observer`` sees the stream as it is walked (:class:`RecordObserver`).
+    ``max_ram``: the most RAM the MEM_SIZE list may claim (default: what the machine holds,
+    :func:`pagecodec.limits.default_max_ram`); a larger claim is refused naming the block, before
+    anything is allocated. Blocks are allocated zeroed, so pages no record touches cost no memory.
     """
 
     def __init__(
@@ -215,10 +227,12 @@ class Receiver:
         *,
         zero_fill: str = "fill",
         observer: RecordObserver | None = None,
+        max_ram: int | None = None,
     ) -> None:
         if zero_fill not in ("fill", "reject"):
             raise ValueError(f"zero_fill must be 'fill' or 'reject', not {zero_fill!r}")
         self.page_size = page_size
+        self.max_ram = default_max_ram() if max_ram is None else max_ram
         self.expected = {b.name: b for b in expected_blocks} if expected_blocks is not None else None
         self.memory: dict[str, np.ndarray] = {}
         self.block_order: list[str] = []
@@ -503,8 +517,11 @@ class Receiver:
         kmax = min(_RUN, (len(r) - start) // stride)
         if kmax < 2:
             return 0
-        buf = r.view_np()
         ps = self.page_size
+        nxt = int.from_bytes(r._mv[start + stride : start + stride + 8], "big")
+        if nxt & (ps - 1) != word & (ps - 1) or nxt & ~(ps - 1) <= word & ~(ps - 1):
+            return 0  # no run: the next record does not continue this one (costs 8 bytes, not 64 headers)
+        buf = r.view_np()
         m = np.uint64(ps - 1)
         pages = self.block_pages[bi]
         # look at a few headers first and at more only while the run goes on: runs are often short
@@ -740,7 +757,7 @@ class Receiver:
             known |= f
         options = [self.ignore_shared] if self.ignore_shared is not None else [False, True]
         for ign in options:
-            found = self._parse_block_list(r.view_np(), r.pos, total, bool(ign), [], known)
+            found = self._parse_block_list(r.view_np(), r.pos, total, bool(ign), known)
             if found is not None:
                 self.ignore_shared = bool(ign)
                 break
@@ -752,10 +769,22 @@ class Receiver:
         if self.expected is not None and set(self.expected) - {b[0] for b in blocks}:
             missing = ", ".join(sorted(set(self.expected) - {b[0] for b in blocks}))
             raise r.error(f"MEM_SIZE does not list block(s) {missing}", at)
-        for name, length, hps, addr, _ in blocks:
+        claimed = 0
+        for name, length, _hps, _addr, bat in blocks:  # the claim is checked before anything is allocated
+            claimed += length
+            if claimed > self.max_ram:
+                raise r.error(f"block {name!r} of {format_bytes(length)} takes the RAM the MEM_SIZE list claims to "
+                              f"{format_bytes(claimed)} (of {format_bytes(total)}), more than --max-ram "
+                              f"{format_bytes(self.max_ram)} (default: what this machine holds)", bat)
+        for name, length, hps, addr, bat in blocks:
             self._index[name] = len(self.blocks)
             self.blocks.append(RAMBlockInfo(name, length, hps or self.page_size))
-            self.memory[name] = np.zeros(length, dtype=np.uint8)
+            try:  # zeroed by the OS as pages are touched: a page no record writes costs nothing
+                self.memory[name] = np.zeros(length, dtype=np.uint8)
+            except MemoryError:
+                raise r.error(f"block {name!r} of {format_bytes(length)}: its memory cannot be allocated here "
+                              f"(the RAM the MEM_SIZE list claims, {format_bytes(total)}, is within --max-ram "
+                              f"{format_bytes(self.max_ram)} but not within the address space left)", bat) from None
             self.block_pages.append(self.memory[name].reshape(-1, self.page_size))
             self.block_order.append(name)
             if addr is not None:
@@ -763,23 +792,59 @@ class Receiver:
         self.stats.mem_size += 1
 
     def _parse_block_list(
-        self, buf: np.ndarray, pos: int, remaining: int, ign: bool, acc: list[tuple], known: int
+        self, buf: np.ndarray, start: int, total: int, ign: bool, known: int
     ) -> tuple[list[tuple], int] | None:
-        """Tolerant parse of the rest of the list from ``pos``; None if this layout does not fit.
+        """Tolerant parse of the list from ``start``; None if this layout does not fit.
 
         Every block's optional postcopy page size is tried both ways (a be64 power of two among the
         advised page sizes, or absent); the list must add up exactly and be followed by a plausible
-        record header."""
+        record header. A depth-first search without recursion (a list may have any number of
+        blocks), giving up after a number of alternatives linear in the bytes it could span."""
+        n = len(buf)
+        budget = _BLOCK_LIST_TRIES * (min((n - start) // 10, total // self.page_size) + 1) + 64
+        path: list[list[Any]] = []  # per block: [at, name, length, after length, choices, next choice, addr, remaining]
+        names: set[str] = set()
+        pos, remaining = start, total
+        for _ in range(budget):
+            if remaining == 0:
+                if self._record_follows(buf, pos, known):
+                    return [(f[1], f[2], f[4][f[5] - 1], f[6], f[0]) for f in path], pos
+                block = None
+            else:
+                block = self._block_at(buf, pos, remaining, names)
+            if block is not None:
+                path.append([pos, *block, 0, None, remaining])
+                names.add(block[0])
+            while path:  # the next alternative of the innermost block that has one left
+                f = path[-1]
+                p, choices, i = f[3], f[4], f[5]
+                while i < len(choices):
+                    hps = choices[i]
+                    i += 1
+                    q = p + (8 if hps is not None else 0)
+                    addr = None
+                    if ign:
+                        if q + 8 > n:
+                            continue
+                        addr = int.from_bytes(bytes(buf[q : q + 8]), "big")
+                        q += 8
+                    f[5], f[6] = i, addr
+                    pos, remaining = q, f[7] - f[2]
+                    break
+                else:
+                    path.pop()
+                    names.discard(f[1])
+                    continue
+                break
+            else:
+                return None
+        return None
+
+    def _block_at(self, buf: np.ndarray, pos: int, remaining: int, names: set[str]) -> tuple[Any, ...] | None:
+        """The block entry at ``pos`` if it can be one: (name, used_length, position after it, the
+        postcopy page sizes it may carry — None for none); None if it cannot."""
         n = len(buf)
         ps = self.page_size
-        if remaining == 0:
-            if pos + 8 > n:
-                return None
-            w = int.from_bytes(bytes(buf[pos : pos + 8]), "big")
-            fl = w & (ps - 1)
-            if fl == 0 or fl & ~known or (fl == RAM_SAVE_FLAG_EOS and w != fl):
-                return None
-            return acc, pos
         if pos >= n:
             return None
         ln = int(buf[pos])
@@ -789,7 +854,7 @@ class Receiver:
         if any(c < 0x20 or c > 0x7E for c in raw):
             return None
         name = raw.decode("ascii")
-        if any(b[0] == name for b in acc):
+        if name in names:
             return None
         p = pos + 1 + ln
         length = int.from_bytes(bytes(buf[p : p + 8]), "big")
@@ -802,18 +867,15 @@ class Receiver:
             if v >= ps and v & (v - 1) == 0 and v & self.pagesize_summary and v < (1 << 40):
                 choices.append(v)
         choices.append(None)
-        for hps in choices:
-            q = p + (8 if hps is not None else 0)
-            addr = None
-            if ign:
-                if q + 8 > n:
-                    continue
-                addr = int.from_bytes(bytes(buf[q : q + 8]), "big")
-                q += 8
-            res = self._parse_block_list(buf, q, remaining - length, ign, [*acc, (name, length, hps, addr, pos)], known)
-            if res is not None:
-                return res
-        return None
+        return name, length, p, choices
+
+    def _record_follows(self, buf: np.ndarray, pos: int, known: int) -> bool:
+        """A plausible record header at ``pos`` (after a block list that adds up)."""
+        if pos + 8 > len(buf):
+            return False
+        w = int.from_bytes(bytes(buf[pos : pos + 8]), "big")
+        fl = w & (self.page_size - 1)
+        return not (fl == 0 or fl & ~known or (fl == RAM_SAVE_FLAG_EOS and w != fl))
 
     def _block_list_error(self, r: StreamReader, total: int, at: int, ign: bool) -> None:
         """No layout fits: re-read the plain layout strictly to name the first fault."""

@@ -94,6 +94,7 @@ class Sender:
         self.meta = meta
         self.config = config
         self.plugins = plugins
+        qevm.machine_name(machine)  # ConfigError for a name the configuration section cannot carry
         self.writer = WireWriter(sink)
         self.machine = machine
         self.section_id = section_id

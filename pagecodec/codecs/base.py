@@ -181,7 +181,13 @@ class SlotEncoder(ABC):
 
 
 class RecordDecoder(ABC):
-    """The load half: applies one kind of record onto the destination's page."""
+    """The load half: applies one kind of record onto the destination's page.
+
+    Its input comes from outside (a file, a capture): a decoder reads and writes nothing out of
+    bounds, raises DecodeError (with the offset) for anything malformed, and never produces more than
+    the record may decode to — a decompressing decoder hands the library that bound (zlib's
+    ``max_length``, an output buffer of one page, LZ4's ``uncompressed_size``) instead of
+    decompressing and checking the size afterwards (65 KB of zstd can claim 2 GiB)."""
 
     #: RAM_SAVE_FLAG_* this decoder handles (exactly one flag bit).
     flag: ClassVar[int]

@@ -62,8 +62,18 @@ def xor_or_whole(pages: np.ndarray, rows: np.ndarray, cache: np.ndarray, slots: 
     out = np.empty((k, ps), np.uint8)
     modes = np.empty(k, np.uint8)
     if k:
-        _compiled()(pages, np.asarray(rows, np.int64), cache, np.asarray(slots, np.int64), np.asarray(hit, np.bool_),
-                    int(max_changed), out, modes)
+        rows = np.asarray(rows, np.int64)
+        slots = np.asarray(slots, np.int64)
+        hit = np.asarray(hit, np.bool_)
+        # the compiled loop indexes without bounds checks: every index is checked here first
+        if slots.shape != (k,) or hit.shape != (k,) or cache.shape[1:] != (ps,):
+            raise ValueError(f"{k} rows, {slots.shape} slots, {hit.shape} hits, cache rows of {cache.shape[1:]}")
+        if rows.min() < 0 or rows.max() >= len(pages):
+            raise ValueError(f"a row outside the {len(pages)} pages")
+        used = slots[hit]
+        if len(used) and (used.min() < 0 or used.max() >= len(cache)):
+            raise ValueError(f"a slot outside the cache's {len(cache)}")
+        _compiled()(pages, rows, cache, slots, hit, int(max_changed), out, modes)
     return out, modes
 
 

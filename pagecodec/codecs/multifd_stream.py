@@ -17,7 +17,9 @@ QEMU keeps one compression stream per channel for the whole migration (``multifd
 
 The receiving side (:class:`ChannelInflater`) keeps the matching per-channel decompression stream and
 caps what a packet may produce at its normal pages × page size (QEMU checks the size after the fact;
-here a payload that would inflate further is refused without producing the excess).
+here a payload that would inflate further is refused without producing the excess: zlib's
+``max_length``, libzstd's output buffer; the ``zstandard`` fallback, which takes no limit, is fed in
+small pieces and stopped within ~2 MiB of the limit).
 
 Used by the multifd codec (:mod:`pagecodec.codecs.multifd`), the capture splitter
 (:mod:`pagecodec.sources.qemu_stream.split`) and the capture importer
@@ -40,6 +42,8 @@ __all__ = ["ChannelCompressor", "ChannelInflater", "libzstd", "zstd_library"]
 
 _ZSTD_E_CONTINUE = 0
 _ZSTD_E_FLUSH = 1
+#: Input bytes per call of the ``zstandard`` fallback's uncapped decompress (see ChannelInflater).
+_FALLBACK_CHUNK = 64
 
 
 class _Buf(ctypes.Structure):
@@ -229,13 +233,7 @@ class ChannelInflater:
         elif self._lib is not None:
             out, left = self._zstd_system(raw, want, what, at)
         else:
-            import zstandard
-
-            try:
-                out = self._d.decompress(raw)  # the bundled binding cannot cap; checked after the fact
-            except zstandard.ZstdError as e:
-                raise DecodeError(f"zstd payload of {what} does not decompress: {e}", at, self.source) from None
-            left = 0
+            out, left = self._zstd_bundled(raw, want, what, at)
         if len(out) > want:
             raise DecodeError(f"{self.method} payload of {what} inflates beyond {n} pages = {want} bytes "
                               f"(refused at {want + 1} bytes)", at, self.source)
@@ -246,6 +244,27 @@ class ChannelInflater:
             raise DecodeError(f"{self.method} payload of {what}: {left} bytes left over after its {n} pages",
                               at, self.source)
         return np.frombuffer(out, np.uint8).reshape(n, page_size)
+
+    def _zstd_bundled(self, raw: bytes, want: int, what: str, at: int | None) -> tuple[bytes, int]:
+        """The ``zstandard`` wheel's stream (no system libzstd): its ``decompress`` takes no output
+        limit, so the payload goes in :data:`_FALLBACK_CHUNK` bytes at a time and stops once more than
+        ``want`` bytes came out. A chunk completes at most a few blocks of ≤ 128 KiB, so a payload that
+        inflates without bound costs at most ~2 MiB past ``want``, never what it claims."""
+        import zstandard
+
+        parts: list[bytes] = []
+        got = 0
+        pos = 0
+        try:
+            while pos < len(raw) and got <= want:
+                piece = self._d.decompress(raw[pos : pos + _FALLBACK_CHUNK])
+                pos += _FALLBACK_CHUNK
+                parts.append(piece)
+                got += len(piece)
+        except zstandard.ZstdError as e:
+            raise DecodeError(f"zstd payload of {what} does not decompress: {e}", at, self.source) from None
+        out = b"".join(parts)
+        return out[: want + 1], max(0, len(raw) - pos)
 
     def _zstd_system(self, raw: bytes, want: int, what: str, at: int | None) -> tuple[bytes, int]:
         lib = self._lib

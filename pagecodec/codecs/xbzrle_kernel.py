@@ -268,6 +268,13 @@ REJECT_REASONS = {
 }
 
 
+class RecordOutsideData(DecodeError, ValueError):
+    """:func:`decode_batch` was given a record (start, length) that does not lie inside its data: a
+    DecodeError naming the record (and a ValueError, what it was before). The check is made for every
+    record before any is decoded, and without overflow: ``length > size - start`` with both
+    non-negative, never ``start + length`` (which wraps for starts near 2^63)."""
+
+
 def _reject(reason: str, offset: int, source: str | None, detail: str = "") -> DecodeError:
     msg = f"XBZRLE record rejected: {REJECT_REASONS[reason]}{detail}"
     err = DecodeError(msg, offset=offset, source=source)
@@ -551,7 +558,9 @@ def _run(kernel, buf, starts, lengths, pages, source, base_offset, where):
     target = pages if pages.flags.c_contiguous else np.ascontiguousarray(pages)
     code, k, off, v1, v2 = kernel(buf, starts, lengths, target)
     if code < 0:
-        raise ValueError("a record lies outside data")
+        k = int(k)
+        raise RecordOutsideData(f"XBZRLE record {k} (start {int(starts[k])}, length {int(lengths[k])}) lies "
+                                f"outside the {buf.size} bytes of data", base_offset, source)
     if target is not pages:
         pages[:k] = target[:k]
     if code:

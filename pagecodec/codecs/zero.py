@@ -22,7 +22,7 @@ from ..wire.reader import StreamReader
 from ..wire.records import RecordSet
 from .base import Codec, CodecContext, RecordDecoder, Segment, Slot, SlotEncoder, Stage
 
-__all__ = ["zero_page_mask", "warm_up", "ZeroPageEncoder", "ZeroPageDecoder", "ZeroPageCodec"]
+__all__ = ["zero_page_mask", "fill_pages", "warm_up", "ZeroPageEncoder", "ZeroPageDecoder", "ZeroPageCodec"]
 
 _FILL = np.zeros((1, 1), dtype=np.uint8)
 
@@ -59,11 +59,67 @@ def _zero_rows(flat, n, stride, w, out):  # pragma: no cover - compiled
         out[i] = zero
 
 
+def _fill_rows(flat, stride, w, index, fill, nrows):  # pragma: no cover - compiled
+    """ram_handle_compressed on rows ``index`` of ``flat`` (rows of ``w`` 64-bit words, ``stride``
+    words apart): fill row i with the byte fill[i], except a row that is already zero and gets 0.
+
+    QEMU skips the memset of a zero page that is already zero, and so does this: a page never
+    written is the OS's shared zero page until something writes it, so a stream of ZERO records does
+    not commit the memory it names (9 bytes of stream would otherwise cost a whole page). Returns the
+    first position whose row lies outside the ``nrows`` rows, or -1."""
+    for j in range(index.size):
+        i = index[j]
+        if i < 0 or i >= nrows:
+            return j
+        row = flat[i * stride : i * stride + w]
+        f = np.uint64(fill[j])
+        if f == 0:
+            if (row[0] | row[w >> 1] | row[w - 1]) == 0:
+                acc = np.uint64(0)
+                for k in range(w):
+                    acc |= row[k]
+                    if (k & 127) == 127 and acc != 0:
+                        break
+                if acc == 0:
+                    continue
+        v = f * np.uint64(0x0101010101010101)
+        for k in range(w):
+            row[k] = v
+    return -1
+
+
 @lru_cache(maxsize=1)
 def _compiled() -> Callable[..., Any]:
     from numba import njit
 
     return njit(cache=True, nogil=True, boundscheck=False)(_zero_rows)
+
+
+@lru_cache(maxsize=1)
+def _compiled_fill() -> Callable[..., Any]:
+    from numba import njit
+
+    return njit(cache=True, nogil=True, boundscheck=False)(_fill_rows)
+
+
+def fill_pages(pages: np.ndarray, index: np.ndarray, fill: np.ndarray) -> None:
+    """``pages[index[j]] = fill[j]`` for every j, leaving a page that is already zero untouched when
+    its fill is 0 (QEMU's ``ram_handle_compressed``): a ZERO record costs no memory on a page that was
+    never written. ``pages`` is a writable (n, page_size) uint8 array; IndexError for an index
+    outside it (checked before anything is written)."""
+    index = np.ascontiguousarray(index, np.int64)
+    fill = np.ascontiguousarray(fill, np.uint8).reshape(-1)
+    if index.size != fill.size:
+        raise ValueError(f"{index.size} pages but {fill.size} fill bytes")
+    n, ps = pages.shape
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise IndexError(f"page index outside the {n} pages")
+    if not pages.flags.c_contiguous or ps % 8 or ps == 0 or not pages.flags.writeable or pages.dtype != np.uint8:
+        for i, f in zip(index.tolist(), fill.tolist()):
+            if f or pages[i].any():
+                pages[i] = f
+        return
+    _compiled_fill()(pages.reshape(-1).view(np.uint64), ps // 8, ps // 8, index, fill, n)
 
 
 def _word_rows(pages: np.ndarray) -> tuple[np.ndarray, int] | None:
@@ -101,6 +157,7 @@ def warm_up() -> None:
     pages = np.zeros((2, 8), np.uint8)
     pages[1, 3] = 1
     zero_page_mask(pages)
+    fill_pages(pages, np.array([0, 1]), np.zeros(2, np.uint8))
 
 
 class ZeroPageEncoder(SlotEncoder):
@@ -122,8 +179,7 @@ class ZeroPageDecoder(RecordDecoder):
     fixed_payload = 1
 
     def __init__(self) -> None:
-        pages = np.ones((2, 16), np.uint8)  # load (or compile) the kernel now, not in a timed load
-        _clear_kernel()(pages.reshape(-1).view(np.uint64), np.array([1], np.int64), 2)
+        warm_up()  # JIT load/compile belongs to set-up, not to the destination's zero stage
 
     def load(self, r: StreamReader, page: np.ndarray) -> None:
         ch = r.get_byte("zero page fill byte")
@@ -131,54 +187,7 @@ class ZeroPageDecoder(RecordDecoder):
             page[:] = ch
 
     def load_batch(self, payloads: np.ndarray, pages: np.ndarray, index: np.ndarray) -> None:
-        """As QEMU's ``ram_handle_zero`` page by page: write only a non-zero fill or a page that is not
-        already zero. Most ZERO records land on pages the destination never wrote; looking at such a
-        page maps the kernel's shared zero page, where writing zeros to it would allocate and clear
-        a page of RAM (a write fault, several times dearer here, and resident memory)."""
-        fill = payloads[:, 0]
-        nonzero_fill = fill != 0
-        if nonzero_fill.any():
-            pages[index[nonzero_fill]] = payloads[nonzero_fill, :1]
-            index = index[~nonzero_fill]
-        if len(index) == 0:
-            return
-        ps = pages.shape[1]
-        if pages.flags.c_contiguous and ps % 8 == 0 and ps >= 16 and pages.dtype == np.uint8:
-            _clear_kernel()(pages.reshape(-1).view(np.uint64), np.ascontiguousarray(index, np.int64), ps // 8)
-        else:
-            sel = index[pages[index].any(axis=1)]
-            pages[sel] = 0
-
-
-def _clear_nonzero(flat, index, w):  # pragma: no cover - compiled
-    """Zero every page ``index[i]`` (``w`` 64-bit words each, in ``flat``) that is not already zero;
-    a page is tested as zero_page_mask tests it (first, middle, last word, then 1 KiB blocks) and is
-    only written if something in it is not zero."""
-    n_pages = flat.shape[0] // w
-    mid = w >> 1
-    for i in range(index.shape[0]):
-        p = index[i]
-        if p < 0 or p >= n_pages:
-            continue  # the receiver checked the offsets; never write outside the block
-        row = flat[p * w : p * w + w]
-        dirty = (row[0] | row[mid] | row[w - 1]) != 0
-        c = 0
-        while not dirty and c < w:
-            end = min(c + _BLOCK, w)
-            acc = np.uint64(0)
-            for k in range(c, end):
-                acc |= row[k]
-            dirty = acc != 0
-            c = end
-        if dirty:
-            row[:] = 0
-
-
-@lru_cache(maxsize=1)
-def _clear_kernel() -> Callable[..., Any]:
-    from numba import njit
-
-    return njit(cache=True, nogil=True, boundscheck=False)(_clear_nonzero)
+        fill_pages(pages, index, payloads[:, 0])
 
 
 class ZeroPageCodec(Codec):

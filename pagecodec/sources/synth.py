@@ -39,6 +39,7 @@ from functools import lru_cache
 import numpy as np
 
 from pagecodec.errors import TraceError
+from pagecodec.limits import format_bytes, machine_memory
 from pagecodec.trace.format import (
     DEFAULT_ROW_GROUP_PAGES,
     Provenance,
@@ -50,6 +51,8 @@ from pagecodec.trace.format import (
 __all__ = [
     "PATTERNS",
     "PatternError",
+    "SynthArgumentError",
+    "MAX_PAGE_SIZE",
     "parse_patterns",
     "parse_size",
     "format_size",
@@ -80,9 +83,19 @@ _RUN_MEAN = 8  # mean length (pages) of a dirty run / content run
 _CONTENT_RUN_MEAN = 16
 
 
-class PatternError(TraceError, ValueError):
-    """A pattern spec names an unknown pattern or has a bad weight (both a ValueError and a TraceError,
-    so argument parsers and the CLI's error handling both catch it)."""
+class SynthArgumentError(TraceError, ValueError):
+    """An argument of :func:`synthesize` out of range, or a RAM size the machine cannot hold (both a
+    ValueError and a TraceError, so argument parsers and the CLI's error handling both catch it)."""
+
+
+class PatternError(SynthArgumentError):
+    """A pattern spec names an unknown pattern or has a bad weight."""
+
+
+#: Largest page size synthesized: QEMU's largest target page (TARGET_PAGE_BITS 16).
+MAX_PAGE_SIZE = 65536
+#: Bytes of memory the generator holds per page besides the page itself (kinds, indexes, masks).
+_PAGE_OVERHEAD = 64
 
 
 def parse_patterns(spec: str | Mapping[str, float]) -> dict[str, float]:
@@ -418,33 +431,36 @@ def synthesize(
     canonical :func:`synth_command`).  Same arguments and seed → byte-identical file.
     """
     pats = parse_patterns(patterns)
-    if not isinstance(page_size, int) or page_size < 64 or page_size & (page_size - 1):
-        raise ValueError(f"page_size must be a power of two >= 64, got {page_size!r}")
+    if not isinstance(page_size, int) or not 64 <= page_size <= MAX_PAGE_SIZE or page_size & (page_size - 1):
+        raise SynthArgumentError(f"page_size must be a power of two from 64 to {MAX_PAGE_SIZE}, got {page_size!r}")
     if blocks:
         layout = [(str(n), int(s)) for n, s in blocks]
     elif ram_size:
         layout = [("pc.ram", int(ram_size))]
     else:
-        raise ValueError("no RAM: ram_size is 0 and no blocks given")
+        raise SynthArgumentError("no RAM: ram_size is 0 and no blocks given")
     for name, size in layout:
         if size <= 0 or size % page_size:
-            raise ValueError(f"block {name!r}: size {size} must be a positive multiple of the page size {page_size}")
+            raise SynthArgumentError(f"block {name!r}: size {size} must be a positive multiple of the page size {page_size}")
+    _check_memory(layout, page_size)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SynthArgumentError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be an integer >= 1 (round 0 is the full image), got {rounds!r}")
+        raise SynthArgumentError(f"rounds must be an integer >= 1 (round 0 is the full image), got {rounds!r}")
     if isinstance(dirty_fraction, (int, float)):
         dirty = [float(dirty_fraction)] * (rounds - 1)
     else:
         dirty = [float(x) for x in dirty_fraction]
         if len(dirty) != rounds - 1:
-            raise ValueError(f"dirty_fraction has {len(dirty)} values, expected one per dirty round ({rounds - 1})")
+            raise SynthArgumentError(f"dirty_fraction has {len(dirty)} values, expected one per dirty round ({rounds - 1})")
     for name, v in [("zero_fraction", zero_fraction), ("unchanged_fraction", unchanged_fraction)] + [
         (f"dirty_fraction[{i}]", d) for i, d in enumerate(dirty)
     ]:
-        if not (0.0 <= float(v) <= 1.0):
-            raise ValueError(f"{name} must be within [0, 1], got {v}")
+        if not (0.0 <= float(v) <= 1.0):  # (NaN fails this too)
+            raise SynthArgumentError(f"{name} must be within [0, 1], got {v}")
     if any(d <= 0 for d in dirty):
         # Trace rounds are consecutive and each present round has rows: an empty round is not expressible.
-        raise ValueError("dirty_fraction must be > 0 for every dirty round (a trace round cannot be empty)")
+        raise SynthArgumentError("dirty_fraction must be > 0 for every dirty round (a trace round cannot be empty)")
 
     meta = TraceMeta(
         page_size,
@@ -483,7 +499,11 @@ def synthesize(
 
     # Round 0: the full image.
     kinds = _content_runs(rng, n, int(round(zero_fraction * n)), kind_p)
-    ram = np.zeros((n, page_size), dtype=np.uint8)
+    try:
+        ram = np.zeros((n, page_size), dtype=np.uint8)
+    except MemoryError:
+        raise SynthArgumentError(f"{format_bytes(n * page_size)} of RAM cannot be allocated here (the machine, or "
+                                 f"ulimit -v, holds {format_bytes(machine_memory())}, and some of it is in use)") from None
     all_pages = np.arange(n, dtype=np.int64)
     _fill_by_kind(rng, ram, all_pages[kinds != ZERO], kinds[kinds != ZERO])
 
@@ -512,6 +532,19 @@ def synthesize(
                     _apply(name, rng, ram, kinds, idx, draw_data_kinds)
             emit(writer, k, dirty_idx, contiguous=False)
     return meta
+
+
+def _check_memory(layout: Sequence[tuple[str, int]], page_size: int) -> None:
+    """Refuse, before anything is made, a RAM the generator cannot hold: it keeps the whole image in
+    memory (and a few bytes per page besides), so the RAM must fit in what the machine (or ulimit -v)
+    holds."""
+    ram = sum(size for _, size in layout)
+    need = ram + ram // page_size * _PAGE_OVERHEAD
+    have = machine_memory()
+    if need > have:
+        raise SynthArgumentError(f"RAM of {format_bytes(ram)} needs about {format_bytes(need)} of memory to synthesize "
+                                 f"(the whole image is held while it is written), more than this machine (or ulimit "
+                                 f"-v) holds: {format_bytes(have)}")
 
 
 def synth_pages(ram_size: int, rounds: int, dirty_fraction: float | Sequence[float], page_size: int = 4096,

@@ -46,7 +46,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pagecodec.atomic import create_temp
-from pagecodec.errors import TraceError
+from pagecodec.errors import OutputError, TraceError, one_line
+from pagecodec.limits import load_json
 
 __all__ = [
     "TRACE_FORMAT",
@@ -72,6 +73,10 @@ DEFAULT_PAGE_SIZE = 4096
 #: 4096 pages of 4 KiB = 16 MiB per row group: big enough for zstd and Parquet overheads to vanish,
 #: small enough that streaming a trace never holds more than a few row groups in memory.
 DEFAULT_ROW_GROUP_PAGES = 4096
+#: Longest ``pagecodec.trace`` metadata JSON read (100,000 rounds' pages_per_round take ~1 MB).
+MAX_METADATA_BYTES = 16 << 20
+#: Total RAM a trace may describe: offsets and page indexes are int64.
+MAX_RAM_BYTES = (1 << 63) - 1
 
 _COLUMNS = ("round", "block", "offset", "page")
 _INDEX_COLUMNS = ["round", "block", "offset"]
@@ -82,9 +87,10 @@ def _is_pow2(n: int) -> bool:
 
 
 def _fail(path: Any, message: str, row: int | None = None) -> TraceError:
-    """Build the one error shape the format uses: ``FILE: row N: message`` (row 0-based)."""
+    """Build the one error shape the format uses: ``FILE: row N: message`` (row 0-based), on one line
+    (Arrow's messages may hold newlines)."""
     where = f"{path}: row {row}: " if row is not None else f"{path}: "
-    return TraceError(where + message)
+    return TraceError(one_line(where + message))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,6 +155,7 @@ class TraceMeta:
         if not blocks:
             raise TraceError("a trace needs at least one RAM block")
         index: dict[str, int] = {}
+        ram = 0
         for i, b in enumerate(blocks):
             if not isinstance(b, RAMBlockInfo):
                 raise TraceError(f"block {i} is not a RAMBlockInfo: {b!r}")
@@ -162,6 +169,10 @@ class TraceMeta:
                 raise TraceError(
                     f"block {b.name!r}: used_length must be a positive multiple of the page size {ps}, got {ul!r}"
                 )
+            ram += ul
+            if ram > MAX_RAM_BYTES:
+                raise TraceError(f"block {b.name!r}: used_length {ul:#x} takes the RAM past 2^63 bytes (offsets are "
+                                 f"64-bit signed)")
             hps = b.page_size
             if not isinstance(hps, int) or isinstance(hps, bool) or not _is_pow2(hps):
                 raise TraceError(f"block {b.name!r}: host page_size must be a power of two, got {hps!r}")
@@ -426,8 +437,8 @@ def _create_temp(path: Path) -> str:
     Its mode is the umask's, like any ordinary file (:func:`pagecodec.atomic.create_temp`)."""
     try:
         fd, tmp = create_temp(path)
-    except OSError as e:
-        raise _fail(path, f"cannot create trace: {e}") from None
+    except (OSError, OutputError) as e:
+        raise _fail(path, f"cannot create trace: {str(e).removeprefix(f'{path}: ')}") from None
     os.close(fd)
     return tmp
 
@@ -506,7 +517,7 @@ class TraceWriter:
 
     def write(
         self,
-        round: int,
+        round: int | np.ndarray,
         block: np.ndarray | int | str,
         offset: np.ndarray | int,
         pages: np.ndarray,
@@ -515,8 +526,10 @@ class TraceWriter:
 
         ``block`` is an array of block indices (into ``meta.blocks``), or one index or block name for
         all rows; ``offset`` the byte offsets; ``pages`` a uint8 array of shape ``(n, page_size)``.
-        Raises ``TraceError`` naming the file and the (0-based) row of the first bad page; the rejected
-        call leaves the writer unchanged.
+        ``round`` may also be an array, one round per row (ascending): the rows of several small
+        rounds in one call, which costs one call's overhead instead of one per round (an importer of a
+        stream whose every record starts a pass). Raises ``TraceError`` naming the file and the
+        (0-based) row of the first bad page; the rejected call leaves the writer unchanged.
         """
         if self._closed:
             raise _fail(self.path, "write on a closed TraceWriter")
@@ -547,19 +560,28 @@ class TraceWriter:
             )
         if pages.shape[0] != n:
             raise _fail(self.path, f"{pages.shape[0]} pages but {n} offsets", row)
-        if isinstance(round, bool) or not isinstance(round, (int, np.integer)):
-            raise _fail(self.path, f"round must be an integer, got {round!r}", row)
-        if not 0 <= int(round) < 2**31:
-            raise _fail(self.path, f"round {round} out of range", row)
-        if n == 0:
-            self._check.declare_empty_round(int(round))
-            return
-        self._check.feed(np.full(n, int(round), np.int64), blk.astype(np.int64, copy=False), off.astype(np.int64))
+        if isinstance(round, np.ndarray):  # one round per row
+            if round.shape != (n,) or not np.issubdtype(round.dtype, np.integer) or n == 0:
+                raise _fail(self.path, f"rounds must be a non-empty integer array of {n} rows, got {round.dtype} "
+                                       f"{round.shape}", row)
+            rounds = round.astype(np.int64)
+            if int(rounds.min()) < 0 or int(rounds.max()) >= 2**31:
+                raise _fail(self.path, f"round {int(rounds.max())} out of range", row)
+        else:
+            if isinstance(round, bool) or not isinstance(round, (int, np.integer)):
+                raise _fail(self.path, f"round must be an integer, got {round!r}", row)
+            if not 0 <= int(round) < 2**31:
+                raise _fail(self.path, f"round {round} out of range", row)
+            if n == 0:
+                self._check.declare_empty_round(int(round))
+                return
+            rounds = np.full(n, int(round), np.int64)
+        self._check.feed(rounds, blk.astype(np.int64, copy=False), off.astype(np.int64))
 
         data = np.ascontiguousarray(pages).tobytes()  # the one copy: the caller may mutate its array
         table = pa.Table.from_arrays(
             [
-                pa.array(np.full(n, int(round), np.int32)),
+                pa.array(rounds.astype(np.int32)),
                 pa.DictionaryArray.from_arrays(pa.array(blk.astype(np.int32)), self._dictionary),
                 pa.array(off.astype(np.int64)),
                 pa.FixedSizeBinaryArray.from_buffers(pa.binary(ps), n, [None, pa.py_buffer(data)]),
@@ -714,7 +736,7 @@ class TraceReader:
             schema = self._pf.schema_arrow
         except FileNotFoundError:
             raise _fail(self.path, "no such trace file") from None
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, ValueError) as e:  # (a corrupt footer: UnicodeDecodeError too)
             raise _fail(self.path, f"not a readable Parquet trace (truncated or corrupt?): {e}") from None
         try:
             self._open(kv, schema)
@@ -727,7 +749,7 @@ class TraceReader:
         if raw is None:
             raise _fail(self.path, f"not a pagecodec trace: no {METADATA_KEY!r} file metadata")
         try:
-            info = json.loads(raw)
+            info = load_json(raw, max_bytes=MAX_METADATA_BYTES)  # bounded depth and size
         except (ValueError, UnicodeDecodeError) as e:
             raise _fail(self.path, f"metadata {METADATA_KEY!r} is not valid JSON: {e}") from None
         try:
@@ -814,6 +836,11 @@ class TraceReader:
             names = chunk.dictionary.to_pylist()
             lut = np.array([self.meta._index.get(nm, -1) for nm in names] + [-1], dtype=np.int32)
             idx = _int_column(chunk.indices, np.int64)
+            outside = np.flatnonzero((idx < 0) | (idx >= len(names)))  # damaged indices Arrow does not check
+            if len(outside):
+                i = int(outside[0])
+                raise _fail(self.path, f"block column: dictionary index {idx[i]} outside its dictionary of "
+                            f"{len(names)} names (corrupt file?)", pos + i)
             mapped = lut[idx]
             unknown = np.nonzero(mapped < 0)[0]
             if len(unknown):

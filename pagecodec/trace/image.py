@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TraceError
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, check_output
 from .format import TraceReader
 
 __all__ = ["block_image", "write_block_image"]
@@ -53,10 +53,11 @@ def write_block_image(
     """Write :func:`block_image` to ``output`` atomically (temporary file + rename).
 
     Returns (bytes written, sha256 hex digest)."""
-    img = block_image(reader, block_name, round)
     out = Path(output)
     if out.is_dir():
         raise TraceError(f"{out}: is a directory")
+    check_output(out)  # a missing directory is refused before the image is built, not after
+    img = block_image(reader, block_name, round)
     try:
         atomic_write_bytes(out, memoryview(img))
     except OSError as e:

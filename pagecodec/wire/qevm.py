@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
+from ..limits import load_json
 from .flags import QEMU_VM_FILE_MAGIC, QEMU_VM_FILE_VERSION, SectionType
 from .reader import StreamReader
 from .writer import WireWriter
@@ -35,6 +37,8 @@ __all__ = [
     "stream_page_size",
     "MIG_CMD_NAMES",
     "VMDESC_SEARCH_BYTES",
+    "MAX_MACHINE_NAME",
+    "machine_name",
 ]
 
 KIND = "section"  # byte-count category of container framing
@@ -50,8 +54,11 @@ MIG_CMD_NAMES = {
     10: "RECV_BITMAP", 11: "SWITCHOVER_START",
 }
 #: How far from the end of the file the VMDESCRIPTION trailer is looked for (analyze-migration reads
-#: the last 10 MB).
+#: the last 10 MB). A trailer is at most this long (a longer one could not be found this way anyway), and
+#: its JSON nests at most :data:`pagecodec.limits.MAX_JSON_DEPTH` deep (QEMU's: 13).
 VMDESC_SEARCH_BYTES = 16 << 20
+#: Longest machine type name the reader takes in the configuration section (QEMU's are < 40 bytes).
+MAX_MACHINE_NAME = 256
 
 
 @dataclass
@@ -78,9 +85,19 @@ class SectionHeader:
 
 
 # --- writing -------------------------------------------------------------------------------------
+def machine_name(machine: str) -> bytes:
+    """The machine type as the configuration section carries it: printable ASCII, 1 … 256 bytes (what
+    the reader, and QEMU's machine names, allow). ConfigError otherwise, before anything is written."""
+    raw = machine.encode("ascii", "replace")
+    if not 1 <= len(raw) <= MAX_MACHINE_NAME or not machine.isascii() or not machine.isprintable():
+        raise ConfigError(f"machine type {machine[:64]!r}: must be 1 … {MAX_MACHINE_NAME} printable ASCII "
+                          f"characters (e.g. pc-i440fx-7.2)")
+    return raw
+
+
 def write_file_header(w: WireWriter, machine: str) -> None:
     """QEVM magic, version 3, then the configuration section (vmstate_configuration: be32 len, name)."""
-    name = machine.encode("ascii")
+    name = machine_name(machine)
     w.put_be32(QEMU_VM_FILE_MAGIC, KIND)
     w.put_be32(QEMU_VM_FILE_VERSION, KIND)
     w.put_byte(SectionType.CONFIGURATION, KIND)
@@ -144,7 +161,7 @@ def read_file_header(r: StreamReader) -> FileHeader:
         return hdr  # QEMU without send-configuration (4.x with old machine types)
     r.get_byte()
     n = r.get_be32("configuration length")
-    if n > 256:
+    if n > MAX_MACHINE_NAME:
         raise r.error(f"machine name of {n} bytes is implausible", r.pos - 4)
     hdr.machine = bytes(r.get_bytes(n, "machine name")).decode("ascii", "replace")
     while r.peek_byte() == SectionType.SUBSECTION:
@@ -197,13 +214,16 @@ def read_section_footer(r: StreamReader, section_id: int) -> None:
 
 
 def read_vmdesc(r: StreamReader) -> dict:
-    """Body of a VMDESCRIPTION section (type byte already consumed)."""
+    """Body of a VMDESCRIPTION section (type byte already consumed): JSON of at most
+    :data:`VMDESC_SEARCH_BYTES`, parsed with bounded depth (WireError otherwise)."""
     n = r.get_be32("vmdesc length")
     at = r.pos
+    if n > VMDESC_SEARCH_BYTES:
+        raise r.error(f"vmdesc of {n} bytes, more than the {VMDESC_SEARCH_BYTES} a trailer may have", at - 4)
     raw = bytes(r.get_bytes(n, "vmdesc JSON"))
     try:
-        return json.loads(raw)
-    except ValueError as e:
+        return load_json(raw)
+    except ValueError as e:  # malformed, too deep (JsonLimitError), not UTF-8 (UnicodeDecodeError)
         raise r.error(f"vmdesc is not valid JSON: {e}", at) from None
 
 
@@ -237,9 +257,10 @@ def find_vmdesc(buf: np.ndarray, search: int = VMDESC_SEARCH_BYTES) -> tuple[int
         | (b[cand + 3].astype(np.int64) << 8) | b[cand + 4].astype(np.int64)
     )
     ok = (lens == n - cand - 5) & (b[cand + 5] == ord("{")) & (b[cand - 1] == SectionType.EOF)
+    ok &= cand >= cand[-1] - 4  # no 0x06 in the JSON: only the last 0x06 (or one in the length) can start it
     for c in cand[ok][::-1].tolist():
         try:
-            desc = json.loads(bytes(buf[c + 5 : n]))
+            desc = load_json(bytes(buf[c + 5 : n]))  # bounded depth: nested JSON is no trailer
         except ValueError:
             continue
         if isinstance(desc, dict):

@@ -17,8 +17,8 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from ..atomic import create_temp, umask
-from ..errors import PageCodecError
+from ..atomic import check_output, create_temp, output_error, umask
+from ..errors import OutputError
 
 __all__ = ["Sink", "MemorySink", "NullSink", "FileSink", "StreamDirectory", "WireWriter"]
 
@@ -70,50 +70,101 @@ class NullSink:
 class FileSink:
     """Writes to ``path`` atomically: a temporary file beside it, renamed on a successful close.
 
-    ``abort()`` (or an exception before ``close``) removes the temporary file, so a failed run never
-    leaves a partial stream behind.
+    Nothing is created until the first write (or the close of an empty stream): a run refused at
+    its start (a bad config, a codec that fails to start) leaves nothing behind, whatever order its
+    set-up takes. A path that cannot be written is refused at once (:func:`check_output`), and any
+    later failure of the file system raises OutputError. ``abort()`` (or an exception before
+    ``close``) removes the temporary file, so a failed run never leaves a partial stream behind.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        fd, tmp = create_temp(self.path)  # mode 0666 less the umask, not mkstemp's 0600
-        self._tmp = Path(tmp)
-        self._f: BinaryIO | None = os.fdopen(fd, "wb")
+        check_output(self.path)
+        self._tmp: Path | None = None
+        self._f: BinaryIO | None = None
+        self._closed = False
+
+    def _open(self) -> BinaryIO:
+        assert not self._closed, "sink closed"
+        if self._f is None:
+            fd, tmp = create_temp(self.path)  # mode 0666 less the umask, not mkstemp's 0600; OutputError
+            self._tmp = Path(tmp)
+            self._f = os.fdopen(fd, "wb")
+        return self._f
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        assert self._f is not None, "sink closed"
-        self._f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+        f = self._f if self._f is not None else self._open()
+        try:
+            f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+        except OSError as e:
+            self.abort()
+            raise output_error(self.path, e) from None
 
     def close(self) -> None:
-        if self._f is None:
+        if self._closed:
             return
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        self._f = None
-        os.replace(self._tmp, self.path)
+        try:
+            f = self._open()
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            self._f = None
+            assert self._tmp is not None
+            os.replace(self._tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise output_error(self.path, e) from None
+        self._closed = True
 
     def abort(self) -> None:
+        self._closed = True
         if self._f is not None:
             self._f.close()
             self._f = None
-        self._tmp.unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
 
 
 class _PlainFile:
-    """A file inside a :class:`StreamDirectory` (the directory, not the file, is renamed into place)."""
+    """A file inside a :class:`StreamDirectory` (the directory, not the file, is renamed into place),
+    opened on its first write."""
 
-    def __init__(self, path: Path) -> None:
-        self._f: BinaryIO | None = open(path, "wb")
+    def __init__(self, directory: "StreamDirectory", name: str) -> None:
+        self._dir = directory
+        self._name = name
+        self._f: BinaryIO | None = None
+        self._done = False
+
+    def _open(self) -> BinaryIO:
+        assert not self._done, "sink closed"
+        if self._f is None:
+            path = self._dir.make() / self._name
+            try:
+                self._f = open(path, "wb")
+            except OSError as e:
+                raise output_error(path, e) from None
+        return self._f
 
     def write(self, data: bytes | bytearray | memoryview | np.ndarray) -> None:
-        assert self._f is not None, "sink closed"
-        self._f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+        f = self._f if self._f is not None else self._open()
+        try:
+            f.write(memoryview(data).cast("B") if isinstance(data, np.ndarray) else data)
+        except OSError as e:
+            raise output_error(self._dir.path / self._name, e) from None
 
     def close(self) -> None:
+        if self._done:
+            return
+        f = self._open()  # an empty file is still written
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        self._f = None
+        self._done = True
+
+    def discard(self) -> None:
+        self._done = True
         if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
             self._f.close()
             self._f = None
 
@@ -123,9 +174,10 @@ class StreamDirectory:
     ``pagecodec trace import-qemu main.mig --channel channel-0.bin …`` reads and the capture recorder
     writes.
 
-    Written atomically as a whole: into a temporary directory beside ``path``, renamed onto ``path``
-    by :meth:`commit`; :meth:`abort` removes it. ``path`` must not exist or be an empty directory, so
-    a run never mixes its files with another run's."""
+    Written atomically as a whole: into a temporary directory beside ``path``, made at the first
+    write (so a run refused at its start leaves nothing), renamed onto ``path`` by :meth:`commit`;
+    :meth:`abort` removes it. ``path`` must not exist or be an empty directory, so a run never mixes
+    its files with another run's; OutputError names what is in the way."""
 
     MAIN = "main.mig"
 
@@ -133,11 +185,21 @@ class StreamDirectory:
         self.path = Path(path)
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             kind = "a directory that is not empty" if self.path.is_dir() else "a file"
-            raise PageCodecError(f"{self.path}: is {kind}; a multifd stream is written as a new directory "
-                          f"({self.MAIN} + channel-<k>.bin)")
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
+            raise OutputError(f"{self.path}: is {kind}; a multifd stream is written as a new directory "
+                              f"({self.MAIN} + channel-<k>.bin)")
+        check_output(self.path, directory=True)
+        self.tmp: Path | None = None
         self._sinks: list[_PlainFile] = []
+
+    def make(self) -> Path:
+        """The temporary directory, made on first use."""
+        if self.tmp is None:
+            parent = self.path.parent if str(self.path.parent) else Path(".")
+            try:
+                self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
+            except OSError as e:
+                raise output_error(self.path, e, "cannot create the stream directory") from None
+        return self.tmp
 
     def main(self) -> Sink:
         return self._open(self.MAIN)
@@ -146,24 +208,31 @@ class StreamDirectory:
         return self._open(f"channel-{k}.bin")
 
     def _open(self, name: str) -> Sink:
-        s = _PlainFile(self.tmp / name)
+        s = _PlainFile(self, name)
         self._sinks.append(s)
         return s
 
     def commit(self) -> None:
-        for s in self._sinks:
-            s.close()
-        os.chmod(self.tmp, 0o777 & ~umask())  # mkdtemp's 0700 is for the temporary name only
-        if self.path.is_dir():
-            self.path.rmdir()  # empty (checked at the start)
-        os.replace(self.tmp, self.path)
+        try:
+            tmp = self.make()
+            for s in self._sinks:
+                s.close()
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 is for the temporary name only
+            if self.path.is_dir():
+                self.path.rmdir()  # empty (checked at the start)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            self.abort()
+            raise output_error(self.path, e) from None
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         for s in self._sinks:
-            if s._f is not None:
-                s._f.close()
-                s._f = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+            s.discard()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class WireWriter:

@@ -127,14 +127,15 @@ class _Structure(RecordObserver):
         self.cur = None
 
 
-def read_main_stream(path: str | os.PathLike[str], require_vmdesc: bool = True) -> MainStream:
+def read_main_stream(path: str | os.PathLike[str], require_vmdesc: bool = True,
+                     max_ram: int | None = None) -> MainStream:
     """Walk a QEVM main stream up to the RAM END section with the Receiver (bounds-checked, WireError
     with offsets) and keep its structure.
 
     Accepts ZERO and PAGE records (a multifd main stream has only ZERO; a single stream, for
     :func:`split_stream`, has both), MEM_SIZE (plain or with x-ignore-shared addresses) and EOS; the
     harmless QEMU_VM_COMMANDs; refuses XBZRLE, COMPRESS_PAGE, RDMA hooks, MULTIFD_FLUSH (8.1+) and
-    postcopy."""
+    postcopy. ``max_ram``: the most RAM the MEM_SIZE list may claim (:class:`Receiver`)."""
     r = StreamReader.open(path)
     src = str(path)
     trailer = qevm.find_vmdesc(r.view_np())
@@ -142,7 +143,7 @@ def read_main_stream(path: str | os.PathLike[str], require_vmdesc: bool = True) 
     ps = qevm.stream_page_size(r, hdr, trailer)
     r.pos = 0
     walk = _Structure(src)
-    rc = walk.rc = Receiver(ps, qemu_codecs(), source=src, zero_fill="reject", observer=walk)
+    rc = walk.rc = Receiver(ps, qemu_codecs(), source=src, zero_fill="reject", observer=walk, max_ram=max_ram)
     rc.load_stream(r, until_ram_end=True)
     ram_end = r.pos
     if walk.layout is None:

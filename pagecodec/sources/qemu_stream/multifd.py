@@ -135,16 +135,29 @@ def _check_channels(main: MainStream, chans: list[ChannelFile]) -> None:
                                 f"{prev[0].at[prev[1]]}): packet numbers are global and unique", c.at[k] + 24, c.path)
             seen.setdefault(c.num[k], (c, k))
     if seen:
-        top = max(seen)
-        unused = top + 1 - len(seen)
+        nums = np.array(sorted(seen), np.uint64)  # the numbers present (not an array as long as the largest)
+        top = int(nums[-1])
+        unused = top + 1 - len(nums)
         raced = sum(c.sync_with_pages for c in chans)
         if unused > raced:
-            have = np.zeros(top + 1, bool)
-            have[list(seen)] = True
-            gaps = np.flatnonzero(~have)[:8].tolist()
+            gaps = _missing_numbers(nums, 8)
             raise WireError(f"{unused} packet numbers below {top} never occur (e.g. {gaps}), but only {raced} "
                             f"SYNC packets carry pages (the sync race that skips one number): a channel file is "
                             f"missing or truncated", None, main.path)
+
+
+def _missing_numbers(nums: np.ndarray, k: int) -> list[int]:
+    """The first ``k`` numbers from 0 up that the ascending ``nums`` lack, in time and memory
+    proportional to ``len(nums)`` however large the numbers are."""
+    out: list[int] = []
+    prev = -1
+    for v in nums.tolist():
+        if v > prev + 1:
+            out.extend(range(prev + 1, min(v, prev + 1 + k - len(out))))
+            if len(out) >= k:
+                break
+        prev = v
+    return out[:k]
 
 
 def _key(g: np.ndarray, r: int, total: int) -> np.ndarray:
@@ -477,6 +490,7 @@ def import_multifd(
     require_vmdesc: bool = True,
     single_stream: str | os.PathLike[str] | None = None,
     progress: Callable[..., None] | None = None,
+    max_ram: int | None = None,
 ) -> MultifdImportReport:
     """Import a multifd capture (the main stream and every channel file, in any order) as a trace.
 
@@ -486,13 +500,14 @@ def import_multifd(
     ``single_stream`` the rebuilt stream is kept there (a QEVM file a QEMU destination without multifd
     loads). Raises WireError/DecodeError naming the file and byte offset, or TraceError; nothing is
     written on error. ``progress(n, total=None)`` counts the merged stream's bytes as they are
-    imported (its first call gives their total, known once the channels are merged)."""
+    imported (its first call gives their total, known once the channels are merged). ``max_ram``: the
+    most RAM the main stream's MEM_SIZE list may claim (default: what the machine holds)."""
     trace = Path(trace)
     if command is None:
         command = multifd_command(main, channels, trace, require_vmdesc)
     if trace.exists() and trace.is_dir():
         raise TraceError(f"{trace}: is a directory")
-    ms = read_main_stream(main, require_vmdesc)
+    ms = read_main_stream(main, require_vmdesc, max_ram)
     chans = [read_channel(c, ms.layout) for c in channels]
     _check_channels(ms, chans)
     chans.sort(key=lambda c: c.id)
@@ -509,7 +524,8 @@ def import_multifd(
         try:
             if progress is not None:
                 progress(0, total=merged.stat().st_size)
-            rep = import_qemu_stream(merged, trace, command=command, require_vmdesc=require_vmdesc, progress=progress)
+            rep = import_qemu_stream(merged, trace, command=command, require_vmdesc=require_vmdesc, progress=progress,
+                                     max_ram=max_ram)
         except PageCodecError as e:
             msg = str(e).replace(str(merged), f"{ms.path} (+ {len(chans)} channels, merged)")
             raise type(e)(msg) from None
