@@ -17,7 +17,7 @@ from pagecodec.chain.config import parse_spec
 from pagecodec.codecs.base import CodecContext, Segment, Slot, SlotEncoder, Stage
 from pagecodec.codecs.compress import ZLIB, CompressThreadsEncoder, DeflateEngine
 from pagecodec.codecs.compress_engines import ISAL, ZLIBNG, isal_level
-from pagecodec.codecs.multifd_stream import libzstd
+from pagecodec.codecs.zstd_ctx import zstd_lib
 from pagecodec.codecs.zero import zero_page_mask
 from pagecodec.plugins import PluginManager
 from pagecodec.trace.format import TraceReader
@@ -154,8 +154,9 @@ def payloads(sets: list[RecordSet], codec: str) -> list[bytes]:
 def _zstd_direct_part(pages: np.ndarray, level: int, first: int = 0, step: int = 1) -> int:
     """The system libzstd called directly on pages first, first + step, …: one ZSTD_CCtx, ZSTD_compress2
     per page into one buffer (the cheapest way to call it from Python, no copy of the pages), with the
-    frame parameters compress-zstd uses."""
-    lib = libzstd()
+    frame parameters compress-zstd uses. ``zstd_lib()``: the library with the one-shot API declared
+    (ZSTD_createCCtx returns a pointer: undeclared, ctypes would cut it to an int)."""
+    lib = zstd_lib()
     cctx = lib.ZSTD_createCCtx()
     for param, value in ((100, level), (200, 0), (201, 0), (202, 0)):
         lib.ZSTD_CCtx_setParameter(cctx, param, value)
@@ -205,7 +206,7 @@ def codec_decode(codec: str, payloads: list[bytes], page_size: int) -> None:
 def library_decode(codec: str, payloads: list[bytes], page_size: int) -> None:
     """The library's one-shot decompression on each payload (the decoders' baseline)."""
     if codec == "compress-zstd":
-        lib = libzstd()
+        lib = zstd_lib()  # ZSTD_createDCtx declared to return a pointer
         dctx = lib.ZSTD_createDCtx()
         out = np.empty(page_size, np.uint8)
         fn, dst = lib.ZSTD_decompressDCtx, out.ctypes.data
