@@ -1,5 +1,5 @@
-"""Seed inputs for the coverage-guided fuzz harnesses of the readers (tests/fuzz_stream.py,
-fuzz_trace.py, fuzz_multifd.py): small valid inputs made by pagecodec's own writers, so mutations
+"""Seed inputs for the coverage-guided fuzz harnesses of the readers (tests/fuzz_reader.py:
+stream, trace, multifd): small valid inputs made by pagecodec's own writers, so mutations
 start from inputs that reach deep into each reader, plus the regression corpus's small hostile ones.
 
     python tests/fuzz_seeds.py stream|trace|multifd DIR

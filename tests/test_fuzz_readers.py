@@ -3,7 +3,7 @@
 
 Each reader gets ≥ 10,000 inputs of the seeded mutation fuzzer (tests/mutfuzz.py: every one a seed
 with mutations, deterministic for PAGECODEC_FUZZ_SEED, default 1) and, where atheris is installed,
-10,000 of libFuzzer's (tests/fuzz_*.py), under ``ulimit -v`` 4 GiB; none may end in anything but a
+10,000 of libFuzzer's (tests/fuzz_reader.py), under ``ulimit -v`` 4 GiB; none may end in anything but a
 PageCodecError. The readers run in parallel processes (the machine has two cores), so the whole costs
 ~15-30 s. PAGECODEC_FUZZ_RUNS scales the count up (tests/mutfuzz.py runs longer campaigns by hand).
 """
@@ -69,7 +69,7 @@ def libfuzzer_runs(tmp_path_factory) -> dict[str, tuple[int, str]]:
         subprocess.run([sys.executable, str(HERE / "fuzz_seeds.py"), r, str(seeds)], check=True)
         art = tmp_path_factory.mktemp(f"crash-{r}")
         procs[r] = subprocess.Popen(
-            [sys.executable, str(HERE / f"fuzz_{r}.py"), str(seeds), f"-runs={RUNS}", f"-max_total_time={BUDGET_S}",
+            [sys.executable, str(HERE / "fuzz_reader.py"), r, str(seeds), f"-runs={RUNS}", f"-max_total_time={BUDGET_S}",
              "-timeout=10", "-rss_limit_mb=2048", f"-seed={SEED}", f"-artifact_prefix={art}/", "-print_final_stats=1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limited, env=env)
     out = {}
