@@ -180,17 +180,14 @@ def failed_sample(task: Task, error: dict[str, Any]) -> dict[str, Any]:
     """The sample of a task that gave none of its own: what is known of its run and ``error`` (type,
     message, …). One shape for a run that raised and for a task an executor lost (a Dask worker that
     died under it), so tables, ``--resume`` and the exit status treat both alike."""
-    return {"trace": {"path": task.run.trace}, "config": {"label": _label(task.run.spec, task.plugin_modules)},
+    return {"trace": {"path": task.run.trace}, "config": {"label": _label(task.run.spec)},
             "status": "failed", "error": error, "repeat": task.repeat}
 
 
-def _label(spec: str, plugin_modules: Sequence[str]) -> str:
-    if spec == MEMCPY:
-        return MEMCPY
-    try:
-        return parse_spec(spec, PluginManager(plugin_modules).presets).label
-    except Exception:  # noqa: BLE001 — the label of a config that cannot even be parsed is its SPEC
-        return spec.strip() or "none"
+def _label(spec: str) -> str:
+    """The config label a run's results carry: the SPEC as given (``parse_spec`` labels a config so),
+    known without parsing it, so a run whose config cannot even be parsed is named the same way."""
+    return MEMCPY if spec == MEMCPY else (spec.strip() or "none")
 
 
 def run_key(result: dict[str, Any]) -> tuple[str, str]:
@@ -223,7 +220,7 @@ def run_matrix(
         sha = {t: TraceReader(t).sha256() for t in {run.trace for run in runs}}
 
     def key_of(run: Run) -> tuple[str, str]:
-        return (sha.get(run.trace) or Path(run.trace).name, _label(run.spec, plugin_modules))
+        return (sha.get(run.trace) or Path(run.trace).name, _label(run.spec))
 
     keys = {run: key_of(run) for run in runs} if sha else {}
     todo = [run for run in runs if not keys or keys[run] not in have]
