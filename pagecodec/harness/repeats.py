@@ -39,12 +39,8 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values), "samples": list(values)}
 
 
-def _median_by_key(dicts: Sequence[dict[str, float]]) -> dict[str, float]:
-    keys = list(dict.fromkeys(k for d in dicts for k in d))
-    return {k: statistics.median([d.get(k, 0.0) for d in dicts]) for k in keys}
-
-
 def _by_stage(dicts: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each stage's min and median over the repeats (a stage missing from a repeat counts 0)."""
     keys = list(dict.fromkeys(k for d in dicts for k in d))
     return {k: {"min": min(d.get(k, 0.0) for d in dicts), "median": statistics.median([d.get(k, 0.0) for d in dicts])}
             for k in keys}
@@ -80,9 +76,10 @@ def aggregate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for key in ("cpu", "cpu_s_per_gib", "cpu_decode", "cpu_decode_s_per_gib"):
         if all(key in s for s in samples):
-            out[key] = _median_by_key([s[key] for s in samples])
+            by_stage = _by_stage([s[key] for s in samples])
+            out[key] = {k: v["median"] for k, v in by_stage.items()}
             if key.endswith("_s_per_gib"):
-                stages[key] = _by_stage([s[key] for s in samples])
+                stages[key] = by_stage
     timing["stages"] = stages
     out["wall_s"] = timing["wall_s"]["median"]
     if "decode_wall_s" in timing:
