@@ -19,7 +19,7 @@ Their records are not QEMU's (QEMU refuses flag 0x400): results mark them as ext
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -158,26 +158,32 @@ class XbzrleZstdEncoder(SlotEncoder):
                           "overflow": self.overflow}}
 
 
-class XorZstdCodec(DeltaCodec):
+class _RunCodec(DeltaCodec):
+    """The delta codecs that write one zstd stream in runs of pages (:mod:`.delta_runs`): they read
+    the long-window parameter too, and decode with a RunDecoder taking the record modes they write."""
+
+    parameters = ("xbzrle-cache-size", "pc-zstd-level", "pc-zstd-long")
+    #: The run record modes this codec writes (whole pages and its delta).
+    modes: ClassVar[tuple[int, ...]]
+
+    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
+        return [RunDecoder(self.name, ctx.page_size, self.modes, int(ctx.config.param("pc-zstd-long")))]
+
+
+class XorZstdCodec(_RunCodec):
     name = "xor-zstd"
     description = ("pagecodec extension: XOR against the destination's cached copy (or the whole page), "
                    "one zstd stream in runs of 64 pages, from the bulk stage on")
     make = XorZstdEncoder
-    parameters = ("xbzrle-cache-size", "pc-zstd-level", "pc-zstd-long")
-
-    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
-        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XOR), int(ctx.config.param("pc-zstd-long")))]
+    modes = (MODE_PAGE, MODE_XOR)
 
 
-class XbzrleZstdCodec(DeltaCodec):
+class XbzrleZstdCodec(_RunCodec):
     name = "xbzrle-zstd"
     description = ("pagecodec extension: QEMU's XBZRLE and page cache (filled from the bulk stage on), "
                    "then zstd over records and whole pages in runs of 64")
     make = XbzrleZstdEncoder
-    parameters = ("xbzrle-cache-size", "pc-zstd-level", "pc-zstd-long")
-
-    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
-        return [RunDecoder(self.name, ctx.page_size, (MODE_PAGE, MODE_XBZRLE), int(ctx.config.param("pc-zstd-long")))]
+    modes = (MODE_PAGE, MODE_XBZRLE)
 
 
 @hookimpl
