@@ -46,6 +46,21 @@ def write_trace(path, blocks, rounds, page_size=4096):
     return meta
 
 
+def write_text_trace(path, pages: int, text_pages: int, dirty: int, seed: int, page_size: int = 4096):
+    """A small trace of three rounds over one block pc.ram: ``text_pages`` text-like pages
+    (compressible) then zero pages, and two rounds that each flip one byte in ``dirty`` pages."""
+    rng = np.random.default_rng(seed)
+    ram = np.zeros((pages, page_size), np.uint8)
+    words = rng.integers(97, 123, (text_pages, page_size // 8), dtype=np.uint8)
+    ram[:text_pages] = np.repeat(words, 8, axis=1)
+    rounds = [{0: (np.arange(pages) * page_size, ram.copy())}]
+    for _ in range(2):
+        idx = np.sort(rng.choice(pages, dirty, replace=False))
+        ram[idx, rng.integers(0, page_size - 16)] ^= 0x5A
+        rounds.append({0: (idx * page_size, ram[idx].copy())})
+    return write_trace(path, [("pc.ram", pages * page_size)], rounds, page_size)
+
+
 # --- real QEMU: shared by the multifd test files ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def qemu_dir(tmp_path_factory):

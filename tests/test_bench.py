@@ -9,10 +9,9 @@ import stat
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import write_trace
+from conftest import write_text_trace
 from pagecodec.chain.config import PARAMETERS, PC_PARAMETERS, parse_spec
 from pagecodec.errors import ConfigError
 from pagecodec.harness.baseline import memcpy_baseline
@@ -34,17 +33,8 @@ def run(*args, **kw):
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
     """Three rounds over 48 pages: text-like pages (compressible), zero pages, small rewrites."""
-    rng = np.random.default_rng(11)
-    ram = np.zeros((48, PS), np.uint8)
-    words = rng.integers(97, 123, (40, PS // 8), dtype=np.uint8)
-    ram[:40] = np.repeat(words, 8, axis=1)
-    rounds = [{0: (np.arange(48) * PS, ram.copy())}]
-    for _ in range(2):
-        idx = np.sort(rng.choice(48, 12, replace=False))
-        ram[idx, rng.integers(0, PS - 16)] ^= 0x5A
-        rounds.append({0: (idx * PS, ram[idx].copy())})
     p = tmp_path_factory.mktemp("bench") / "t.parquet"
-    write_trace(p, [("pc.ram", 48 * PS)], rounds)
+    write_text_trace(p, pages=48, text_pages=40, dirty=12, seed=11)
     return p
 
 

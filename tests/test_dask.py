@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import ROOT, write_trace
+from conftest import ROOT, write_text_trace
 from pagecodec.errors import PageCodecError
 from pagecodec.harness.dask_pool import DaskPool
 from pagecodec.harness.matrix import LocalPool, Run, plan_tasks, run_matrix, run_task
@@ -34,17 +33,8 @@ SLOW_S = 0.6  # the slow codec's sleep on the module's workers: long enough to c
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory) -> Path:
     """Three rounds over 32 pages: text-like pages, zero pages, small rewrites."""
-    rng = np.random.default_rng(5)
-    ram = np.zeros((32, PS), np.uint8)
-    words = rng.integers(97, 123, (24, PS // 8), dtype=np.uint8)
-    ram[:24] = np.repeat(words, 8, axis=1)
-    rounds = [{0: (np.arange(32) * PS, ram.copy())}]
-    for _ in range(2):
-        idx = np.sort(rng.choice(32, 8, replace=False))
-        ram[idx, rng.integers(0, PS - 16)] ^= 0x5A
-        rounds.append({0: (idx * PS, ram[idx].copy())})
     p = tmp_path_factory.mktemp("dask") / "t.parquet"
-    write_trace(p, [("pc.ram", 32 * PS)], rounds)
+    write_text_trace(p, pages=32, text_pages=24, dirty=8, seed=5)
     return p
 
 
