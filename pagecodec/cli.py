@@ -135,6 +135,8 @@ def default_traces() -> list[str]:
 @click.option("--scheduler", metavar="tcp://HOST:PORT", default=None,
               help="Run the tasks on an existing Dask cluster (every worker needs pagecodec, the plugins and the traces).")
 @click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Pin each local worker (and its threads) to one CPU, for repeatable CPU figures.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
 @click.option("--wide", is_flag=True, help="Every column (page counts, cache misses, wall times, …).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -146,7 +148,8 @@ def default_traces() -> list[str]:
 @pass_ctx
 def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], repeat: int,
           json_out: str | None, csv_out: str | None, plots: str | None, jobs: int, dask: str | None,
-          scheduler: str | None, resume: bool, fmt: str, wide: bool, verify: bool, decode: bool, baselines: bool) -> None:
+          scheduler: str | None, resume: bool, pin: bool, fmt: str, wide: bool, verify: bool, decode: bool,
+          baselines: bool) -> None:
     """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
     With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
@@ -155,7 +158,8 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     error, a page that differs, a plugin that raises, bytes that change between repeats) keeps its
     row, marked FAILED, the others go on, and the exit status is 1. Each row is also read against
     the trace's `none` run (bytes saved, CPU ×) and the memcpy floor; Pareto-optimal configs (wire
-    bytes vs sender CPU) are starred.
+    bytes vs sender CPU) are starred. Local runs are pinned to one CPU each (--pin): CPU figures are
+    a single core's work and repeatable; wall times of multi-threaded configs are then serial.
     """
     from .harness.matrix import MEMCPY, expand_sweeps, plan_runs, run_matrix
 
@@ -187,7 +191,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     runs = plan_runs(trace_list, specs)
     collected = list(done)
     journal = open(sidecar, "a", encoding="utf-8") if sidecar else None  # noqa: SIM115 — closed below
-    executor = _executor(jobs, dask, scheduler)
+    executor = _executor(jobs, dask, scheduler, pin)
     with progress_bar(c.progress, len(runs) * repeat, "bench", unit="runs") as tick:
 
         def on_result(res: dict[str, Any]) -> None:
@@ -218,16 +222,17 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
     _exit_for(collected)
 
 
-def _executor(jobs: int, dask: str | None, scheduler: str | None) -> Any:
-    """bench's executor: the local process pool, a Dask LocalCluster (``--dask local``, ``--jobs``
-    workers, 2 unless given) or an existing Dask cluster (``--scheduler``, whose workers are its own)."""
+def _executor(jobs: int, dask: str | None, scheduler: str | None, pin: bool = True) -> Any:
+    """bench's executor: the local process pool (each worker pinned to a CPU unless ``pin`` is off),
+    a Dask LocalCluster (``--dask local``, ``--jobs`` workers, 2 unless given) or an existing Dask
+    cluster (``--scheduler``, whose workers are its own; Dask workers are never pinned)."""
     from .harness.matrix import LocalPool
 
     jobs_given = click.get_current_context().get_parameter_source("jobs") is not click.core.ParameterSource.DEFAULT
     if dask and scheduler:
         raise click.UsageError("give --scheduler ADDRESS (an existing cluster) or --dask local, not both")
     if not dask and not scheduler:
-        return LocalPool(jobs)
+        return LocalPool(jobs, pin=pin)
     from .harness.dask_pool import LOCAL, DaskPool
 
     if scheduler:

@@ -19,6 +19,7 @@ unfinished runs go to ``on_sample`` (``bench`` keeps them beside the results for
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..chain.config import parse_spec
 from ..errors import ConfigError, PageCodecError
 from ..plugins import PluginManager
 from ..trace.format import TraceReader
+from .affinity import pin_worker, pinned, thread_affinity, worker_cpus
 from .baseline import MEMCPY, memcpy_baseline
 from .repeats import aggregate
 from .replay import replay, verify
@@ -67,19 +69,26 @@ class Executor(Protocol):
 
 
 class LocalPool:
-    """``jobs`` worker processes (in this process when ``jobs`` is 1: no pickling, same figures)."""
+    """``jobs`` worker processes (in this process when ``jobs`` is 1: no pickling, same figures),
+    each pinned to its own CPU unless ``pin`` is off (:mod:`.affinity`: repeatable CPU figures)."""
 
-    def __init__(self, jobs: int = 1) -> None:
+    def __init__(self, jobs: int = 1, *, pin: bool = True) -> None:
         self.jobs = jobs
+        self.pin = pin
 
     def run(self, fn: Callable[[Task], dict[str, Any]], tasks: Sequence[Task],
             skip: Callable[[Task], bool] | None = None) -> Iterator[tuple[Task, dict[str, Any]]]:
+        cpus = worker_cpus(self.jobs) if self.pin else None
         if self.jobs <= 1 or len(tasks) <= 1:
             for t in tasks:
                 if skip is None or not skip(t):
-                    yield t, fn(t)
+                    with pinned(cpus[0] if cpus else None):
+                        sample = fn(t)
+                    yield t, sample
             return
-        with ProcessPoolExecutor(max_workers=self.jobs) as pool:
+        ctx = multiprocessing.get_context()
+        init: dict[str, Any] = {"initializer": pin_worker, "initargs": (ctx.Value("i", 0), cpus)} if cpus else {}
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, **init) as pool:
             futures: dict[Future[dict[str, Any]], Task] = {pool.submit(fn, t): t for t in tasks}
             pending = set(futures)
             while pending:
@@ -163,6 +172,7 @@ def run_task(task: Task) -> dict[str, Any]:
         sample = _failed(task, e)
     sample.setdefault("status", "ok")
     sample["repeat"] = task.repeat
+    sample["cpu-affinity"] = thread_affinity()  # pinned by the executor, or free
     return sample
 
 
