@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from ..anonmem import zeroed
 from ..codecs.base import Codec, CodecContext, RecordDecoder
 from ..errors import DecodeError, PageCodecError, PluginError
 from ..limits import default_max_ram, format_bytes
@@ -254,6 +255,7 @@ class Receiver:
         self.ram_ended = False
         self.footers: bool | None = None  # decided by the first section (send-section-footer)
         self.finished = False  # EOF read
+        self.open_section: qevm.SectionHeader | None = None  # a RAM section loaded in parts, not ended yet
         self.device_state_at: int | None = None  # where the load stopped at device state
         self.vmdesc: dict | None = None
         self.vmdesc_offset: int | None = None
@@ -313,6 +315,7 @@ class Receiver:
         self.load_header(r)
         while not (self.finished or self.device_state_at is not None or (until_ram_end and self.ram_ended)):
             hdr = self.load_section(r)
+            assert hdr is not None  # a whole stream: every section is loaded whole
             if hdr.type == SectionType.EOF:
                 if until_ram_end:
                     raise r.error("EOF before the RAM END section (the RAM data is incomplete)", hdr.offset)
@@ -332,17 +335,44 @@ class Receiver:
         self.ignore_shared = ("x-ignore-shared" in caps) if caps else None
 
     @_timed
-    def load_section(self, r: StreamReader) -> qevm.SectionHeader:
+    def load_section(self, r: StreamReader, *, partial: bool = False) -> qevm.SectionHeader | None:
         """One section (a command; START/PART/END of "ram"; EOF); returns its header. A device
-        section after the RAM END section is left unread (see :meth:`load_stream`)."""
-        at = r.pos
-        t = r.peek_byte()
-        if t is None:
-            raise r.error(f"truncated stream: it ends before {'the EOF' if self.ram_ended else 'the RAM END'} section")
-        if t == SectionType.COMMAND:
-            self._load_command(r)
-            return qevm.SectionHeader(SectionType.COMMAND, -1, offset=at)
-        hdr = qevm.read_section_header(r)
+        section after the RAM END section is left unread (see :meth:`load_stream`).
+
+        ``partial``: ``r`` may end inside a RAM section, at a record boundary (the destination of a
+        replay loads a big round while the sender writes it): the records it holds are loaded, the
+        section stays open (:attr:`open_section`) and None is returned; the next call goes on with
+        the section's records (no header) and returns the header once its EOS and footer came."""
+        if self.open_section is None:
+            at = r.pos
+            t = r.peek_byte()
+            if t is None:
+                raise r.error(f"truncated stream: it ends before {'the EOF' if self.ram_ended else 'the RAM END'} section")
+            if t == SectionType.COMMAND:
+                self._load_command(r)
+                return qevm.SectionHeader(SectionType.COMMAND, -1, offset=at)
+            hdr = qevm.read_section_header(r)
+            if not self._ram_section_start(r, hdr, at):
+                return hdr
+            self.open_section = hdr
+        hdr = self.open_section
+        if not self.load_ram(r, partial=partial):
+            return None
+        self.open_section = None
+        if self.footers is None:
+            self.footers = r.peek_byte() == SectionType.SECTION_FOOTER
+        if self.footers:
+            qevm.read_section_footer(r, hdr.section_id)
+        self.stats.sections += 1
+        if hdr.type == SectionType.SECTION_END:
+            self.ram_ended = True
+        if self.observer is not None:
+            self.observer.ram_section_end(hdr, r.base + r.pos)
+        return hdr
+
+    def _ram_section_start(self, r: StreamReader, hdr: qevm.SectionHeader, at: int) -> bool:
+        """Check a section header just read: True when RAM records follow (a START/PART/END of RAM),
+        False for EOF (and its vmdesc) or device state after RAM's END (the cursor goes back)."""
         st, sid = hdr.type, hdr.section_id
         if st == SectionType.EOF:
             self.finished = True
@@ -350,7 +380,7 @@ class Receiver:
                 r.get_byte()
                 self.vmdesc_offset = r.base + r.pos - 1
                 self.vmdesc = qevm.read_vmdesc(r)
-            return hdr
+            return False
         if st == SectionType.VMDESCRIPTION:
             raise r.error("VMDESCRIPTION section before EOF", at)
         full = st in (SectionType.SECTION_START, SectionType.SECTION_FULL)
@@ -358,7 +388,7 @@ class Receiver:
             if self.ram_ended:  # device state: not length-prefixed, not loaded here
                 r.pos = at
                 self.device_state_at = r.base + at
-                return hdr
+                return False
             if full:
                 raise r.error(
                     f"section {hdr.idstr!r} (id {sid}, {st.name}) before the RAM END section: only the RAM "
@@ -377,17 +407,7 @@ class Receiver:
             self.ram_section_id = sid
         if self.observer is not None:
             self.observer.ram_section(hdr, r.base + at, r.base + r.pos)
-        self.load_ram(r)
-        if self.footers is None:
-            self.footers = r.peek_byte() == SectionType.SECTION_FOOTER
-        if self.footers:
-            qevm.read_section_footer(r, sid)
-        self.stats.sections += 1
-        if st == SectionType.SECTION_END:
-            self.ram_ended = True
-        if self.observer is not None:
-            self.observer.ram_section_end(hdr, r.base + r.pos)
-        return hdr
+        return True
 
     def _load_command(self, r: StreamReader) -> None:
         at = r.pos
@@ -433,8 +453,9 @@ class Receiver:
 
     # -- ram_load_precopy -----------------------------------------------------------------------
     @_timed
-    def load_ram(self, r: StreamReader) -> None:
-        """Records until EOS."""
+    def load_ram(self, r: StreamReader, *, partial: bool = False) -> bool:
+        """Records until EOS (True). ``partial``: also stop where ``r`` ends, at a record boundary
+        (False: the section goes on in the next chunk)."""
         ps = self.page_size
         mask = ps - 1
         count = self.stats.records
@@ -442,6 +463,8 @@ class Receiver:
         clock = self.cpu
         while True:
             at = r.pos
+            if partial and at >= len(r):
+                return False
             word = r.get_be64("RAM record header")
             flags = word & mask
             addr = word & ~mask
@@ -460,7 +483,7 @@ class Receiver:
                     dec.end_of_section(r.base + at, r.source)
                 if obs is not None:
                     obs.eos(r.base + at)
-                return
+                return True
             if kind == RAM_SAVE_FLAG_MEM_SIZE:
                 clock.lap(WIRE_STAGE)
                 self._load_mem_size(r, addr, at)
@@ -780,7 +803,7 @@ class Receiver:
             self._index[name] = len(self.blocks)
             self.blocks.append(RAMBlockInfo(name, length, hps or self.page_size))
             try:  # zeroed by the OS as pages are touched: a page no record writes costs nothing
-                self.memory[name] = np.zeros(length, dtype=np.uint8)
+                self.memory[name] = zeroed(length)
             except MemoryError:
                 raise r.error(f"block {name!r} of {format_bytes(length)}: its memory cannot be allocated here "
                               f"(the RAM the MEM_SIZE list claims, {format_bytes(total)}, is within --max-ram "

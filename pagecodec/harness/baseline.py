@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..anonmem import zeroed
 from ..trace.format import TraceReader
 from .provenance import machine, versions
 
@@ -32,7 +33,7 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None) -> dict[str
     results object shaped like a replay's, with CPU under ``copy`` on both sides."""
     meta = reader.meta
     ps = meta.page_size
-    ram = [np.zeros(b.used_length, dtype=np.uint8).reshape(-1, ps) for b in meta.blocks]
+    ram = [zeroed(b.used_length).reshape(-1, ps) for b in meta.blocks]
     buf = np.empty((0, ps), dtype=np.uint8)
     send_ns = recv_ns = trace_ns = send_wall = recv_wall = 0
     pages = 0

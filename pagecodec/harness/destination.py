@@ -1,11 +1,14 @@
 """The destination side of a replay in this process: QEMU's ram_load (a
 :class:`~pagecodec.chain.receiver.Receiver`) and, with multifd, the channels (a
-:class:`~pagecodec.codecs.multifd.MultifdReceiver`), fed what the sender wrote round by round.
+:class:`~pagecodec.codecs.multifd.MultifdReceiver`), fed what the sender wrote as it writes it.
 
 ``verify`` and ``bench`` both decode through it, so a codec is costed where it is checked: a codec that
 saves bytes but cannot be decoded at link speed shows it in ``cpu_decode``. The sender writes into
-memory sinks; after each section the destination takes the bytes and loads them, so a run holds at
-most one round of stream (plus the destination's RAM) at a time, never the whole stream.
+memory sinks; the destination takes the bytes and loads them after each section and, within a big
+round, every :data:`PART_BYTES` (:meth:`Destination.feeding`), so the main stream is held a part at a
+time (plus the destination's RAM), never a round or the whole stream. The multifd channels' bytes
+are taken at the end of each round, where their sync points are: a multifd run holds one round of
+channel data.
 
 CPU: the receiver charges its thread CPU per stage (``wire`` for framing, each record kind, each
 extension codec; decoders' worker threads under their kind); the channels' work, which runs inside the
@@ -19,7 +22,7 @@ with or without a destination; the destination's side of it is not charged eithe
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -29,11 +32,16 @@ from ..chain.receiver import Receiver, RecordObserver
 from ..codecs.multifd import MultifdReceiver
 from ..errors import WireError
 from ..plugins import PluginManager
-from ..trace.format import TraceMeta
+from ..trace.format import PageBatch, TraceMeta
 from ..wire.reader import StreamReader
 from ..wire.writer import Sink
 
-__all__ = ["Destination", "ChannelSync", "PipeSink", "MULTIFD_STAGE"]
+__all__ = ["Destination", "ChannelSync", "PipeSink", "MULTIFD_STAGE", "PART_BYTES"]
+
+#: A round's main stream is loaded in parts of about this many bytes (:meth:`Destination.feeding`):
+#: big enough that a part costs one receiver call per thousands of records, small enough to stay in
+#: the caches' reach and to bound the stream buffer.
+PART_BYTES = 8 << 20
 
 #: The CPU stage of the multifd channels' decoding (the sender's slot has the same name).
 MULTIFD_STAGE = "multifd"
@@ -42,8 +50,8 @@ MULTIFD_STAGE = "multifd"
 class PipeSink:
     """A connection from the sender to the destination in one process: keeps what is written until
     :meth:`take`. Each write is copied once (the writer reuses its buffers) into one buffer, which is
-    reused round after round (grown when a round needs more), so a round's stream is in memory once
-    and its memory is not faulted in afresh every round. ``ns`` and ``wall_ns`` are the writing
+    reused part after part (:data:`PART_BYTES`, grown when a part needs more), so it stays small and
+    its memory is not faulted in afresh. ``ns`` and ``wall_ns`` are the writing
     thread's CPU and wall time spent here, which the caller takes out of the sender's figures (a
     NullSink costs nothing, and they must not depend on who listens)."""
 
@@ -66,15 +74,10 @@ class PipeSink:
         self.ns += time.thread_time_ns() - t0
         self.wall_ns += time.perf_counter_ns() - w0
 
-    def reserve(self, nbytes: int) -> None:
-        """Make room for ``nbytes`` more before they come, so a big round (the bulk stage writes every
-        page) does not grow the buffer by doubling: each step would copy what is there and fault in
-        a new buffer, with the old one still held. Untouched room costs address space only."""
-        end = self._n + nbytes
-        if end > len(self._buf):
-            grown = np.empty(end, np.uint8)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
+    @property
+    def pending(self) -> int:
+        """Bytes written since the last :meth:`take`."""
+        return self._n
 
     def take(self) -> memoryview:
         """Everything written since the last take: a view on the buffer, valid until the next write
@@ -152,6 +155,7 @@ class Destination:
             self.multifd = self.observer.multifd = MultifdReceiver(
                 config.qemu_version, config.param("multifd-channels"), config.param("multifd-compression"), ps,
                 self._block_pages, self.observer.channel_pages)
+        self.part_bytes = PART_BYTES  # load a round in parts of about this size (:meth:`feeding`)
         self.offset = 0  # main-stream bytes loaded
         self.wall_ns = 0  # wall time spent loading
         self._cpu_ns: dict[str, int] = {}
@@ -169,19 +173,29 @@ class Destination:
         """Every channel's bytes fed so far."""
         return sum(c.base + len(c.buf) for c in self.multifd.ch) if self.multifd is not None else 0
 
-    def expect_pages(self, n: int) -> None:
-        """The next section carries ``n`` pages: reserve the main stream's buffer for them (a page's
-        record is at most its payload plus a header and a block name; :meth:`PipeSink.reserve`)."""
-        self.sink.reserve(n * (self.page_size + 64) + (1 << 16))
+    def feeding(self, r: int, batches: Iterable[PageBatch]) -> Iterator[PageBatch]:
+        """``batches`` of round ``r`` passed on to the sender, loading what it wrote whenever
+        :attr:`part_bytes` have piled up. When the sender asks for its next batch it has written every
+        record of the one before, so the stream breaks at a record boundary there and the receiver
+        goes on where it stopped (:meth:`Receiver.load_section` with ``partial``). The bulk round of a
+        1 GiB guest is then loaded 8 MiB at a time instead of held whole (1 GiB more memory, faulted
+        in afresh for the round). Small rounds stay one chunk (``tamper`` sees a round at once)."""
+        for b in batches:
+            yield b
+            if self.sink.pending >= self.part_bytes:
+                self.load(r, None)
 
-    def load(self, r: int, num_rounds: int) -> None:
+    def load(self, r: int, num_rounds: int | None) -> None:
         """Load what the sender wrote since the last call: the setup section (``r`` = -1), round
-        ``r``'s section, or (``r`` = ``num_rounds``) EOF and the vmdesc trailer. A fault raises
+        ``r``'s section (or the rest of it), or (``r`` = ``num_rounds``) EOF and the vmdesc trailer.
+        ``num_rounds`` None: a part of round ``r``'s section that goes on (:meth:`feeding`; the
+        multifd channels wait for the round's end, where their sync points are). A fault raises
         WireError/DecodeError with its stream offset (``channel-<k>.bin`` and offset for a channel),
         the context and the round."""
         t0 = time.perf_counter_ns()
+        partial = num_rounds is None
         try:
-            if self.multifd is not None:
+            if self.multifd is not None and not partial:
                 for k in sorted(self._chan_sinks):
                     data: bytes | memoryview = self._chan_sinks[k].take()
                     if self.tamper_channel is not None:
@@ -195,16 +209,18 @@ class Destination:
             try:
                 if r < 0:
                     rc.load_header(sr)
-                rc.load_section(sr)
+                ended = rc.load_section(sr, partial=partial)
+                if partial and ended is not None:
+                    raise sr.error("the round's section ended before the sender finished the round")
                 if not sr.at_end():
                     raise sr.error(f"{sr.remaining} unexpected bytes after the section")
-                if r >= num_rounds:
+                if num_rounds is not None and r >= num_rounds:
                     if not rc.finished:
                         raise sr.error("stream did not end with EOF")
                     if self.multifd is not None:
                         self.multifd.finish()
             except WireError as e:
-                where = "setup" if r < 0 else (f"round {r}" if r < num_rounds else "EOF and vmdesc")
+                where = "setup" if r < 0 else (f"round {r}" if partial or r < num_rounds else "EOF and vmdesc")
                 raise e.within(before=f"{self.context}{where}: ") from None
             self.offset += len(chunk)
             for stage, ns in rc.take_cpu_ns().items():

@@ -2,7 +2,7 @@
 receiver + check.
 
 :func:`replay` measures (wire bytes, QEMU counters, CPU per stage); with ``decode`` (``bench``'s
-default) it also loads the stream on the destination (:mod:`.destination`) section by section and
+default) it also loads the stream on the destination (:mod:`.destination`) as it is written and
 measures the destination's CPU per stage (``cpu_decode``): every record is decoded and checked by its
 decoder, pages are not compared. :func:`verify` decodes the same way and compares the destination's
 memory with the trace's RAM image after every round; the first difference is reported by round,
@@ -112,8 +112,8 @@ def _decoded(
     tamper: Callable[[int, bytes], bytes] | None,
     tamper_channel: Callable[[int, int, bytes], bytes] | None,
 ) -> dict[str, Any]:
-    """replay with the destination loading each section as soon as it is sent (bounded memory: one
-    round of stream at a time). Pages are not compared (that is :func:`verify`'s job and costs a
+    """replay with the destination loading the stream as it is written (bounded memory: a part of a
+    round's stream at a time, :meth:`Destination.feeding`). Pages are not compared (that is :func:`verify`'s job and costs a
     second image of RAM); every record is decoded, with its decoder's checks."""
     name = os.path.basename(str(reader.path))
     dest = Destination(reader.meta, config, plugins, context=f"{name} with config {config.label!r}, ",
@@ -124,10 +124,8 @@ def _decoded(
     try:
         sender.save_setup()
         dest.load(-1, n)
-        per_round = _pages_per_round(reader)
         for r, batches in _timed_rounds(reader, sender):
-            dest.expect_pages(int(per_round[r]))
-            sender.save_round(r, tap_progress(batches, progress), last_stage=(r == n - 1))
+            sender.save_round(r, dest.feeding(r, tap_progress(batches, progress)), last_stage=(r == n - 1))
             dest.load(r, n)
         stats = sender.finish()
         in_window = dest.wall_ns + dest.transport_wall_ns
@@ -161,11 +159,6 @@ def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, 
     ext = [c.name for c in codecs if not c.qemu_format]
     unreproducible = [c.name for c in codecs if not c.reproducible(config)]
     return {"qemu-loadable": not ext, "extension-codecs": ext, "unreproducible-codecs": unreproducible}
-
-
-def _pages_per_round(reader: TraceReader) -> np.ndarray:
-    """Pages of each round (the destination sizes its buffer for a round's section from it)."""
-    return np.bincount(reader.round_column, minlength=reader.num_rounds)
 
 
 def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, Iterator[PageBatch]]]:
@@ -268,10 +261,8 @@ def verify(
         sender.save_setup()
         dest.load(-1, n)
         touched.clear()
-        per_round = _pages_per_round(reader)
         for r, batches in rounds_of(reader):
-            dest.expect_pages(int(per_round[r]))
-            rs = sender.save_round(r, expect(tap_progress(batches, progress)), last_stage=(r == n - 1))
+            rs = sender.save_round(r, dest.feeding(r, expect(tap_progress(batches, progress))), last_stage=(r == n - 1))
             pages += rs.dirty_pages
             dest.load(r, n)
             t0 = time.perf_counter_ns()
