@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TraceError
+from ..anonmem import zeroed
 from ..atomic import atomic_write_bytes, check_output
+from ..errors import TraceError
 from .format import TraceReader
 
 __all__ = ["block_image", "write_block_image"]
@@ -34,7 +35,7 @@ def block_image(reader: TraceReader, block_name: str, round: int | None = None) 
     if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or not 0 <= round <= last:
         raise TraceError(f"{reader.path}: no round {round!r} (the trace has rounds 0 … {last})")
     ps = meta.page_size
-    img = np.zeros(meta.blocks[bi].used_length, dtype=np.uint8)
+    img = zeroed(meta.blocks[bi].used_length)  # 4 KiB pages, faulted in where written (anonmem)
     pages = img.reshape(-1, ps)
     if reader.num_pages == 0:
         return img
