@@ -159,10 +159,12 @@ def campaign(reader: str, runs: int, seconds: float, seed: int, artifacts: Path 
     from pagecodec.errors import PageCodecError
 
     target = TARGETS[reader]
-    if seeds_dir is None:
-        seeds_dir = Path(tempfile.mkdtemp(prefix=f"pagecodec-seeds-{reader}-"))
-        fuzz_seeds.make_seeds(reader, seeds_dir)
-    pool = [p.read_bytes() for p in sorted(seeds_dir.iterdir()) if p.is_file()]
+    if seeds_dir is None:  # made for this campaign, read into memory, removed
+        with tempfile.TemporaryDirectory(prefix=f"pagecodec-seeds-{reader}-") as tmp:
+            fuzz_seeds.make_seeds(reader, Path(tmp))
+            pool = [p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()]
+    else:
+        pool = [p.read_bytes() for p in sorted(seeds_dir.iterdir()) if p.is_file()]
     rng = random.Random(seed)
     outcomes: Counter[str] = Counter()
     failures: list[dict] = []
