@@ -108,22 +108,24 @@ def _wrap(text: str, width: int) -> list[str]:
 
 def _table(headers: list[str], rows: list[list[str]], width: int, flex: list[int]) -> str:
     """A plain table no wider than ``width``: two spaces between columns, a dashed rule under the
-    headers. Columns start at their natural width; while the table is too wide the widest of the
-    ``flex`` columns is narrowed (its cells wrapped at word boundaries), and only when those are down
-    to :data:`_MIN_COL` the widest other column (a plugin's long name)."""
+    headers. Columns start at their natural width; while the table is too wide, the widest column of
+    the current tier is narrowed (its cells wrapped at word boundaries): the ``flex`` columns down to
+    24 characters, then the others (a plugin's long name) down to 16, then any column down to 12."""
     if not rows:
         return ""
     widths = [max([len(h), *(len(str(r[i])) for r in rows)]) for i, h in enumerate(headers)]
     excess = sum(widths) + 2 * (len(headers) - 1) - width
-    while excess > 0:
-        pool = [i for i in flex if widths[i] > _MIN_COL] or [i for i in range(len(widths)) if widths[i] > _MIN_COL]
-        if not pool:
-            break
-        i = max(pool, key=lambda j: widths[j])
-        others = sorted((widths[j] for j in pool if j != i), reverse=True)
-        step = min(excess, widths[i] - max(_MIN_COL, others[0] if others else 0) or 1)
-        widths[i] -= step
-        excess -= step
+    others = [i for i in range(len(widths)) if i not in flex]
+    for cols, floor in ((flex, 24), (others, 16), (list(range(len(widths))), _MIN_COL)):
+        while excess > 0:
+            pool = [i for i in cols if widths[i] > floor]
+            if not pool:
+                break
+            i = max(pool, key=lambda j: widths[j])
+            rest = [widths[j] for j in pool if j != i]
+            step = min(excess, widths[i] - max([floor, *rest]) or 1)
+            widths[i] -= step
+            excess -= step
     lines = ["  ".join(h[:w].ljust(w) for h, w in zip(headers, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
     for r in rows:
