@@ -156,8 +156,8 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
           scheduler: str | None, resume: bool, fmt: str, wide: bool, verify: bool, decode: bool, baselines: bool) -> None:
     """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
-    With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
-    codecs are installed. Every run is repeated (--repeat) with the repeats interleaved; the first
+    With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset that
+    `pagecodec plugins` says can run now (the others are named on stderr). Every run is repeated (--repeat) with the repeats interleaved; the first
     repeat decodes the stream and compares every page with the trace. A run that fails (a decode
     error, a page that differs, a plugin that raises, bytes that change between repeats) keeps its
     row, marked FAILED, the others go on, and the exit status is 1. Each row is also read against

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..codecs.base import CodecContext, ControlRecord, Emission, Segment, Slot, SlotEncoder, Stage
+from ..codecs.base import SLOT_ORDER, CodecContext, ControlRecord, Emission, Segment, Slot, SlotEncoder, Stage
 from ..errors import PageCodecError, PluginError
 from .metrics import MigrationStats, RoundStats
 from .record_check import RecordCheck
@@ -285,8 +285,6 @@ class Sender:
 
     def slot_codec(self, slot_index: int) -> tuple[str, str, str] | None:
         """(slot, codec, plugin) of the slot at ``slot_index`` in SLOT_ORDER, if it is active."""
-        from ..codecs.base import SLOT_ORDER
-
         for slot, name, _enc in self.encoders:
             if SLOT_ORDER.index(slot) == slot_index:
                 return slot.value, name, self.plugins.plugin_of(name)
