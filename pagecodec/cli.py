@@ -37,6 +37,13 @@ class Ctx:
             from .plugins import PluginManager
 
             self._pm = PluginManager(self.plugin_modules)
+            for b in self._pm.broken.values():  # the run goes on; what needs the plugin fails naming it
+                click.echo(f"pagecodec: warning: {b}; its codecs and presets are not available", err=True)
+            from .plugins import LOAD_ENV
+
+            for name in self._pm.not_installed:
+                click.echo(f"pagecodec: warning: {LOAD_ENV} names {name!r}, which no installed package provides "
+                           f"as a pagecodec plugin", err=True)
         return self._pm
 
     def spec(self, spec: str) -> str:
@@ -152,8 +159,8 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
           baselines: bool) -> None:
     """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
-    With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset whose
-    codecs are installed. Every run is repeated (--repeat) with the repeats interleaved; the first
+    With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset that
+    `pagecodec plugins` says can run now (the others are named on stderr). Every run is repeated (--repeat) with the repeats interleaved; the first
     repeat decodes the stream and compares every page with the trace. A run that fails (a decode
     error, a page that differs, a plugin that raises, bytes that change between repeats) keeps its
     row, marked FAILED, the others go on, and the exit status is 1. Each row is also read against
@@ -293,17 +300,17 @@ def _exit_for(results: list[dict[str, Any]]) -> None:
 
 
 def runnable_presets(c: Ctx) -> list[str]:
-    """Presets whose slots installed plugins can fill (bench's default)."""
-    from .errors import ConfigError
+    """The presets that can run now (bench's default): what ``pagecodec plugins`` says can run; the
+    others are named on stderr with the reason."""
+    from .listing import preset_status
 
     out = []
     for name in c.pm.presets:
-        try:
-            cfg = c.config(name)
-        except ConfigError:
-            continue
-        if all(codec in c.pm.codecs for codec in cfg.slot_codecs().values()):
+        st = preset_status(c.pm, name, c.spec)
+        if st["runnable"]:
             out.append(name)
+        else:
+            click.echo(f"bench: preset {name!r} left out: {st['why_not']}", err=True)
     return out
 
 
@@ -436,30 +443,18 @@ def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object (plugins, codecs, presets, environment).")
 @pass_ctx
 def plugins(c: Ctx, as_json: bool) -> None:
-    """List plugins, their versions, codecs, chain slots and wire format (QEMU's or extension), and the
-    presets with what they contain."""
-    rows = c.pm.describe()
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    from tabulate import tabulate
+    """List plugins (version, source, what they provide, or why they failed to load), every codec once
+    (slot, QEMU's wire format or a pagecodec extension, plugin) and the presets: whether each can run
+    now, and why not. Exit 2 when a plugin failed to load."""
+    from .listing import listing, render, terminal_width
 
-    table = []
-    for p in rows:
-        for cd in p["codecs"] or ([] if p["presets"] else [{"name": "-", "slots": [], "format": "-", "description": ""}]):
-            table.append([p["plugin"], p["version"], p["source"], cd["name"], ",".join(cd["slots"]), cd["format"], cd["description"]])
-        if p["presets"]:
-            table.append([p["plugin"], p["version"], p["source"], "presets: " + ", ".join(p["presets"]), "", "", ""])
-    click.echo(tabulate(table, headers=["plugin", "version", "source", "codec", "slots", "format", "description"]))
-    presets = [d for p in rows for d in p["preset_details"]]
-    if presets:
-        click.echo()
-        click.echo(tabulate([[d["name"], d["spec"] or "(QEMU's defaults)",
-                              " ".join(f"{k}={v}" for k, v in d["slots"].items()), d["format"], d["description"]]
-                             for d in presets], headers=["preset", "spec", "slot codecs", "format", "description"]))
+    data = listing(c.pm, c.spec)
+    click.echo(json.dumps(data, indent=1) if as_json else render(data, terminal_width()))
+    if c.pm.broken:
+        sys.exit(2)
 
 
 @cli.command()

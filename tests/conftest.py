@@ -9,6 +9,20 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The test plugins (deliberately broken codecs among them), loaded by name with --plugin / extra_modules.
+TEST_PLUGINS = ROOT / "tests" / "plugins_for_tests"
+
+
+def pytest_configure(config):
+    """The project's tests run with an explicit plugin set: the built-in plugins, and the test plugins
+    each test names itself. No installed entry point loads (PAGECODEC_LOAD_PLUGINS empty), in this
+    process and in every command the tests start, so the tests pass whatever else is installed (the
+    example plugins, a broken package); tracing is off, so stderr is what the tests expect."""
+    from pagecodec.plugin_trace import TRACE_ENV
+    from pagecodec.plugins import LOAD_ENV
+
+    os.environ[LOAD_ENV] = ""
+    os.environ.pop(TRACE_ENV, None)
 
 
 def shared_dir() -> Path:

@@ -35,13 +35,15 @@ def trace(tmp_path_factory):
 def test_plugins_lists_builtins():
     p = run("plugins", "--json")
     assert p.returncode == 0, p.stderr
-    rows = json.loads(p.stdout)
-    codecs = {c["name"]: c for r in rows for c in r["codecs"]}
+    data = json.loads(p.stdout)
+    codecs = {c["name"]: c for c in data["codecs"]}
+    assert len(codecs) == len(data["codecs"])  # each codec once
     assert codecs["zero"]["slots"] == ["zero"] and codecs["zero"]["format"] == "qemu"
-    assert codecs["raw"]["slots"] == ["raw"]
-    assert all(r["version"] for r in rows)
+    assert codecs["raw"]["slots"] == ["raw"] and codecs["raw"]["plugin"] == "pagecodec.codecs.raw"
+    assert codecs["xor-zstd"]["format"] == "extension" and codecs["xor-zstd"]["wire_id"] == 0xA17D
+    assert all(r["version"] and r["status"] == "ok" for r in data["plugins"])
     text = run("plugins").stdout
-    assert "pagecodec.codecs.zero" in text and "presets:" in text
+    assert "pagecodec.codecs.zero" in text and "Presets (--config NAME)" in text
 
 
 def test_verify_ok(trace):

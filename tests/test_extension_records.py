@@ -156,9 +156,12 @@ def test_new_flag_bits_and_colliding_ids_are_refused(pm):
             register(A())
             register(B())
 
-    m = PluginManager(entry_points=False)
+    m = PluginManager(entry_points=False, strict=True)
     with pytest.raises(PluginError, match="'b-codec' has wire id 0x0007, already used by 'a-codec'"):
         m._register(Mod, "collide", "test", "0")
+    m = PluginManager(entry_points=False)  # not strict: recorded, and nothing of the plugin registered
+    m._register(Mod, "collide", "test", "0")
+    assert "already used by 'a-codec'" in m.broken["collide"].error and "a-codec" not in m.codecs
 
 
 def test_cli_verify_with_an_extension_plugin(trace):

@@ -262,10 +262,15 @@ class Receiver:
         self.cpu = StageClock()  # thread CPU per stage; worker threads' via take_cpu_ns
         blocks = tuple(self.expected.values()) if self.expected else ()
         ctx = CodecContext(config or MigrationConfig(), page_size, blocks, block_addresses([b.used_length for b in blocks]))
+        tracer = None
         if isinstance(codecs, PluginManager):
             named = [(c, codecs.plugin_of(c.name)) for c in codecs.codecs.values()]
+            tracer = codecs.tracer  # PAGECODEC_TRACE_PLUGINS
+            #: A third-party codec's plugin, named in its decoders' errors (built-in codecs are pagecodec's).
+            self._third_party = {c.name: p for c, p in named if not codecs.is_builtin(p)}
         else:
             named = [(c, None) for c in (codecs or ())]
+            self._third_party = {}
         self.decoders: dict[int, RecordDecoder] = {}
         self._decoder_codec: dict[int, str] = {}
         self.extension_decoders: dict[int, tuple[str, RecordDecoder]] = {}  # wire id -> (codec, decoder)
@@ -273,7 +278,10 @@ class Receiver:
             try:
                 decs = codec.decoders(ctx)
             except Exception as e:
-                raise PluginError(f"codec {codec.name!r} (plugin {owner or 'built-in'!r}) failed to build its decoder: {e}") from e
+                raise PluginError(f"codec {codec.name!r} (plugin {owner or 'built-in'!r}) failed to build its decoder: "
+                                  f"{type(e).__name__}: {e}") from e
+            if tracer is not None:
+                decs = [tracer.decoder(d, codec.name, owner) for d in decs]
             for d in decs:
                 if d.flag == RAM_SAVE_FLAG_EXTENSION and not codec.qemu_format:
                     prev = self.extension_decoders.get(codec.wire_id)
@@ -479,8 +487,7 @@ class Receiver:
                 if addr:
                     raise r.error(f"EOS record with a non-zero address {addr:#x}", at)
                 self.stats.eos += 1
-                for dec in self._all_decoders():
-                    dec.end_of_section(r.base + at, r.source)
+                self._end_of_section(r, at)
                 if obs is not None:
                     obs.eos(r.base + at)
                 return True
@@ -640,8 +647,10 @@ class Receiver:
         with self._decoder_faults(r, name, bi, at, lambda _off: addr, what=f"codec {name!r}, "):
             dec.load(sub, self.block_pages[bi][addr // self.page_size])
         if not sub.at_end():
-            raise DecodeError(f"decoder of extension codec {name!r} left {sub.remaining} of {n} payload bytes unread",
-                              r.base + r.pos + sub.pos, r.source)
+            plugin = self._third_party.get(name)
+            raise DecodeError(f"decoder of extension codec {name!r} left {sub.remaining} of {n} payload bytes unread "
+                              f"(block {self.block_order[bi]!r}, page offset {addr:#x}"
+                              f"{f'; plugin {plugin!r}' if plugin else ''})", r.base + r.pos + sub.pos, r.source)
         r.pos += n
         self.stats.records[name] = self.stats.records.get(name, 0) + 1
         if obs is not None:
@@ -727,12 +736,35 @@ class Receiver:
         try:
             yield
         except DecodeError as e:
-            raise e.within(after=f" ({what}block {block!r}, page offset {page_offset(e.offset):#x})") from None
+            plugin = self._third_party.get(codec)
+            note = f"; plugin {plugin!r}" if plugin else ""
+            raise e.within(after=f" ({what}block {block!r}, page offset {page_offset(e.offset):#x}{note})") from None
         except PageCodecError:
             raise
         except Exception as e:
-            raise PluginError(f"{r.source or 'stream'}: offset {at}: decoder of codec {codec!r} raised on block "
-                              f"{block!r} offset {page_offset(None):#x}: {type(e).__name__}: {e}") from e
+            raise PluginError(f"{r.source or 'stream'}: offset {r.base + at}: decoder of codec {codec!r}"
+                              f"{self._plugin_note(codec)} raised on block {block!r}, page offset "
+                              f"{page_offset(None):#x}: {type(e).__name__}: {e}") from e
+
+    def _end_of_section(self, r: StreamReader, at: int) -> None:
+        """Tell every decoder the section ended (a decoder owed pages of a run raises DecodeError)."""
+        for codec, dec in self._named_decoders():
+            try:
+                dec.end_of_section(r.base + at, r.source)
+            except PageCodecError:
+                raise
+            except Exception as e:
+                raise PluginError(f"{r.source or 'stream'}: offset {r.base + at}: decoder of codec {codec!r}"
+                                  f"{self._plugin_note(codec)} raised at the section's EOS: {type(e).__name__}: {e}") from e
+
+    def _named_decoders(self) -> list[tuple[str, RecordDecoder]]:
+        return [*((self._decoder_codec.get(f, "?"), d) for f, d in self.decoders.items()),
+                *self.extension_decoders.values()]
+
+    def _plugin_note(self, codec: str) -> str:
+        """`` (plugin 'p')`` for a third-party codec, nothing for pagecodec's own."""
+        p = self._third_party.get(codec)
+        return f" (plugin {p!r})" if p else ""
 
     def _all_decoders(self) -> list[RecordDecoder]:
         return [*self.decoders.values(), *(d for _, d in self.extension_decoders.values())]

@@ -251,6 +251,12 @@ class Codec(ABC):
         a codec whose reading depends on another parameter (multifd's compression level) narrows it here."""
         return self.parameters
 
+    def unavailable(self, config: MigrationConfig) -> str | None:
+        """Why this codec cannot run on this machine under ``config`` (a library it needs is missing),
+        or None. Cheap and without side effects: ``pagecodec plugins`` asks it of every preset's
+        codecs to say which presets can run now, and ``bench`` leaves out the presets that cannot."""
+        return None
+
     def reproducible(self, config: MigrationConfig) -> bool:
         """Whether the same pages give the same bytes on every run under ``config``. True for every
         codec that does not depend on timing or uninitialised memory; ``bench --repeat`` checks it and

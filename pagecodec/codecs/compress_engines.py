@@ -146,6 +146,13 @@ class _EngineCodec(Codec):
     def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
         return []
 
+    def unavailable(self, config: Any) -> str | None:
+        try:
+            self.engine.version  # imports the binding
+        except PluginError as e:
+            return str(e)
+        return None
+
 
 class CompressIsalCodec(_EngineCodec):
     name = "compress-isal"

@@ -305,6 +305,13 @@ class CompressZstdCodec(_PageCodec):
     description = "compress threads, one zstd frame per page at pc-zstd-level (pagecodec extension records)"
     level_param = "pc-zstd-level"
 
+    def unavailable(self, config: Any) -> str | None:
+        try:
+            zstd_lib()
+        except ConfigError as e:
+            return str(e)
+        return None
+
     def compressor(self, level: int) -> PageCompressor:
         comp = ZstdPages()
         comp.check_level(level)
@@ -322,6 +329,13 @@ class CompressLz4Codec(_PageCodec):
     description = "compress threads, one LZ4 block per page, pc-lz4-acceleration (pagecodec extension records)"
     level_param = "pc-lz4-acceleration"
     hc = False
+
+    def unavailable(self, config: Any) -> str | None:
+        try:
+            _lz4()
+        except PluginError as e:
+            return str(e)
+        return None
 
     def compressor(self, level: int) -> PageCompressor:
         return Lz4Pages(self.hc)

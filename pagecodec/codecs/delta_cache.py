@@ -26,6 +26,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from .. import __version__
+from ..chain.config import MigrationConfig
 from .base import Codec, CodecContext, Slot, SlotEncoder
 
 from .page_cache import PageCache, _round_indexes, check_xbzrle_cache_size
@@ -137,3 +138,14 @@ class DeltaCodec(Codec):
 
     def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
         return type(self).make(ctx, self.wire_id, self.name)
+
+    def unavailable(self, config: MigrationConfig) -> str | None:
+        """Every delta codec compresses with the system libzstd (:mod:`.zstd_ctx`)."""
+        from ..errors import ConfigError
+        from .zstd_ctx import zstd_lib
+
+        try:
+            zstd_lib()
+        except ConfigError as e:
+            return str(e)
+        return None

@@ -197,9 +197,11 @@ class Mismatch:
     block: str
     offset: int
     detail: str
+    sent_by: str | None = None  # the codec whose slot last claimed the page: "codec 'x' (plugin 'p', raw slot)"
 
     def __str__(self) -> str:
-        return f"mismatch in round {self.round}, block {self.block!r}, offset {self.offset:#x}: {self.detail}"
+        by = f"; the page was last sent by {self.sent_by}" if self.sent_by else ""
+        return f"mismatch in round {self.round}, block {self.block!r}, offset {self.offset:#x}: {self.detail}{by}"
 
 
 @dataclass
@@ -243,6 +245,8 @@ def verify(
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
     expected = ExpectedRAM(reader)
     n = reader.num_rounds
+    claims = _Claims(meta)
+    sender.on_claims = claims.record
 
     check_ns = 0  # the check's own wall time (fingerprints, comparisons): not the migration's
 
@@ -273,6 +277,8 @@ def verify(
         t0 = time.perf_counter_ns()
         if mismatch is None and n:
             mismatch = _compare(expected, receiver, n - 1, None)
+        if mismatch is not None:
+            mismatch.sent_by = claims.sender_of(sender, mismatch.block, mismatch.offset)
         check_ns += time.perf_counter_ns() - t0
         stats = sender.finish()
         in_window = dest.wall_ns + dest.transport_wall_ns + check_ns
@@ -283,6 +289,29 @@ def verify(
         dest.close()
     metrics = _with_destination(stats, dest, in_window, config, plugins)
     return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics, plugins), channel_bytes)
+
+
+class _Claims:
+    """Which chain slot last took each page (one byte a page): a page that arrives wrong is named with
+    the codec, and its plugin, that sent it."""
+
+    def __init__(self, meta: Any) -> None:
+        self.page_size = meta.page_size
+        self.names = [b.name for b in meta.blocks]
+        self.slots = [np.full(meta.block_pages(i), -1, np.int8) for i in range(len(meta.blocks))]
+
+    def record(self, block: int, offsets: np.ndarray, claimed_by: np.ndarray) -> None:
+        self.slots[block][offsets // self.page_size] = claimed_by
+
+    def sender_of(self, sender: Sender, block: str, offset: int) -> str | None:
+        if block not in self.names:
+            return None
+        slot = int(self.slots[self.names.index(block)][offset // self.page_size])
+        who = sender.slot_codec(slot) if slot >= 0 else None
+        if who is None:
+            return None
+        slot_name, codec, plugin = who
+        return f"codec {codec!r} (plugin {plugin!r}, {slot_name} slot)"
 
 
 class _Touched(ChannelSync):

@@ -1,6 +1,8 @@
-"""A deliberately broken codec for tests: fills the raw slot with extension records whose payload its
-own decoder rejects (as a corrupted stream would be rejected), so `pagecodec bench`, which decodes
-every stream, must fail naming the offset, and `bench --no-decode` must not notice."""
+"""Deliberately broken codecs for tests. ``badrecord`` fills the raw slot with extension records whose
+payload its own decoder rejects (as a corrupted stream would be rejected), so `pagecodec bench`, which
+decodes every stream, must fail naming the offset, and `bench --no-decode` must not notice.
+``overrun`` hands the chain malformed output in round 1 (a payload slice that runs past its buffer):
+the sender must refuse it before writing a byte, naming the plugin and the page, decoding or not."""
 
 from __future__ import annotations
 
@@ -45,6 +47,46 @@ class BadRecordCodec(Codec):
         return [BadRecordDecoder()]
 
 
+class OverrunEncoder(SlotEncoder):
+    def __init__(self, cid: int) -> None:
+        self.cid = cid
+
+    def encode(self, seg: Segment, stage: Stage) -> None:
+        idx = seg.pending()
+        k = len(idx)
+        if not k:
+            return
+        ps = seg.pages.shape[1]
+        data = np.ascontiguousarray(seg.pages[idx]).reshape(-1)
+        lengths = np.full(k, ps, np.int64)
+        if stage.round == 1:
+            lengths[-1] += 16  # the last page's payload claims 16 bytes past the buffer
+        seg.claim(Slot.RAW, idx, extension_records("overrun", self.cid, idx, data, np.arange(k) * ps, lengths))
+
+
+class WholePageDecoder(RecordDecoder):
+    flag = RAM_SAVE_FLAG_EXTENSION
+
+    def load(self, r, page: np.ndarray) -> None:
+        if r.remaining != page.shape[0]:
+            raise DecodeError(f"{r.remaining} payload bytes, not a page", r.base + r.pos, r.source)
+        page[:] = np.frombuffer(r.get_bytes(r.remaining, "page"), np.uint8)
+
+
+class OverrunCodec(Codec):
+    name = "overrun"
+    slots = (Slot.RAW,)
+    qemu_format = False
+    description = "malformed record sets in round 1 (test plugin)"
+
+    def encoder(self, slot: Slot, ctx: CodecContext) -> SlotEncoder:
+        return OverrunEncoder(self.wire_id)
+
+    def decoders(self, ctx: CodecContext) -> list[RecordDecoder]:
+        return [WholePageDecoder()]
+
+
 @hookimpl
 def register_codecs(register):
     register(BadRecordCodec())
+    register(OverrunCodec())
