@@ -2,7 +2,7 @@
 
 With pytest (one test per check, each passing, failing with what went wrong, or skipped with why)::
 
-    # tests/test_conformance.py of a plugin package
+    # tests/test_<codec>_conformance.py of a plugin package
     from pagecodec.testing import conformance_tests
 
     test_conformance = conformance_tests("mycodec", plugin="mycodec_plugin")
