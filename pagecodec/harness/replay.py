@@ -236,7 +236,7 @@ def verify(
     """
     meta = reader.meta
     names = [b.name for b in meta.blocks]
-    touched = _Touched(names)
+    touched = _Touched(names, [b.used_length // meta.page_size for b in meta.blocks])
     name = os.path.basename(str(reader.path))
     dest = Destination(meta, config, plugins, observer=touched, tamper=tamper, tamper_channel=tamper_channel,
                        context=f"{name} with config {config.label!r}, ")
@@ -316,12 +316,16 @@ class _Claims:
 
 class _Touched(ChannelSync):
     """The pages a round touched, per block: written by the stream (the receiver reports them, the
-    multifd channels too) or dirtied by the trace (verify adds what :meth:`ExpectedRAM.apply` reports)."""
+    multifd channels too) or dirtied by the trace (verify adds what :meth:`ExpectedRAM.apply` reports).
+    Kept as index arrays and made sorted and unique through one flag byte per page of RAM: a round
+    costs its touched pages plus a scan of a byte per page (np.unique sorted the indexes instead:
+    0.3 s of a 1 GiB guest's verify)."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], pages: list[int]) -> None:
         super().__init__()
         self.index = {n: i for i, n in enumerate(names)}  # block name -> the trace's block index
         self.parts: list[list[np.ndarray]] = [[] for _ in names]
+        self._flags = [np.zeros(n, bool) for n in pages]
 
     def channel_pages(self, block: str, index: np.ndarray) -> None:
         self.add(self.index[block], index)
@@ -339,7 +343,13 @@ class _Touched(ChannelSync):
 
     def take(self) -> list[np.ndarray]:
         """Each block's touched pages (sorted, unique) since the last call."""
-        out = [np.unique(np.concatenate(p)) if p else np.empty(0, np.int64) for p in self.parts]
+        out = []
+        for flags, parts in zip(self._flags, self.parts):
+            for idx in parts:
+                flags[idx] = True
+            hit = np.flatnonzero(flags)
+            flags[hit] = False
+            out.append(hit)
         self.clear()
         return out
 
