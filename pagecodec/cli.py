@@ -632,12 +632,29 @@ def _blocks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
               help="Dirty pages whose content stays the same.")
 @click.option("--page-size", default=4096, show_default=True, type=int)
 @click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Make a timed dirty log (trace v2): round k is the slice of pages written in the k-th interval.")
+@click.option("--dirty-rate", default=None, callback=_size, metavar="BYTES",
+              help="With --interval: bytes dirtied per second (K/M/G), instead of --dirty-fraction.")
+@click.option("--working-set", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of the pages (from the first) that rounds after round 0 write.")
+@click.option("--dirty-order", default="runs", show_default=True, type=click.Choice(["runs", "sweep"]),
+              help="runs: clustered random runs; sweep: the next pages of the working set in order, wrapping.")
 @pass_ctx
 def trace_synth(c: Ctx, output: str, ram_size: int, blocks: list[tuple[str, int]] | None, rounds: int, dirty_fraction: str,
-                patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int) -> None:
-    """Generate a synthetic trace (deterministic for a seed)."""
+                patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int,
+                interval: float | None, dirty_rate: int | None, working_set: float, dirty_order: str) -> None:
+    """Generate a synthetic trace (deterministic for a seed); with --interval, a timed dirty log."""
     from .sources.synth import parse_patterns, synth_pages, synthesize
 
+    if dirty_rate is not None:
+        if interval is None:
+            raise click.BadParameter("needs --interval (a rate is per second of a timed log)", param_hint="--dirty-rate")
+        ram = sum(size for _, size in blocks) if blocks else ram_size
+        if not ram or not page_size:
+            raise click.BadParameter("no RAM to dirty", param_hint="--dirty-rate")
+        # whole pages per slice, as a fraction of the pages (synthesize rounds it back to the same count)
+        dirty_fraction = repr(round(dirty_rate * interval / page_size) / (ram // page_size))
     try:
         fr = [float(x) for x in dirty_fraction.split(",")]
     except ValueError:
@@ -656,7 +673,7 @@ def trace_synth(c: Ctx, output: str, ram_size: int, blocks: list[tuple[str, int]
             output, ram_size=ram_size, rounds=rounds, dirty_fraction=dirty, patterns=pats,
             zero_fraction=zero_fraction, seed=seed, page_size=page_size, blocks=blocks,
             unchanged_fraction=unchanged_fraction,  # provenance: the canonical command, so bytes reproduce
-            progress=tick,
+            progress=tick, interval=interval, working_set=working_set, dirty_order=dirty_order,
         )
     click.echo(f"wrote {output}")
 

@@ -147,3 +147,53 @@ def test_trailing_empty_slices_are_kept(tmp_path):
             w.timestamp_round(k, t, "image" if k == 0 else "slice")
     with open_trace(path) as r:
         assert r.pages_per_round == [16, 0, 0] and r.timing.time_s == (0.0, 0.1, 0.2)
+
+
+# --- trace synth: timed dirty logs ------------------------------------------------------------------------
+def test_synth_timed_sweep_log(tmp_path):
+    """--interval makes a v2 log; sweep over a working set dirties the next pages in order, wrapping."""
+    from pagecodec.sources.synth import synthesize
+
+    path = tmp_path / "sweep.trace.parquet"
+    synthesize(path, ram_size=64 * 4096, rounds=6, dirty_fraction=10 / 64, patterns="rewrite", zero_fraction=0.5,
+               seed=1, interval=0.25, working_set=0.5, dirty_order="sweep")
+    with open_trace(path) as r:
+        assert r.version == 2 and r.timing.time_s == (0.0, 0.25, 0.5, 0.75, 1.0, 1.25) and r.timing.is_log
+        got = [sorted(int(o) // 4096 for b in it for o in b.offset) for _, it in r.rounds(start_round=1)]
+        assert "--interval 0.25 --working-set 0.5 --dirty-order sweep" in r.meta.provenance.command
+    assert got[0] == list(range(10)) and got[1] == list(range(10, 20)) and got[2] == list(range(20, 30))
+    assert got[3] == [0, 1, 2, 3, 4, 5, 6, 7, 30, 31]  # wraps at the working set's 32 pages
+    assert got[4] == list(range(8, 18))
+
+
+def test_synth_working_set_bounds_random_runs_and_untimed_is_unchanged(tmp_path):
+    from pagecodec.sources.synth import synthesize
+
+    kw = dict(ram_size=256 * 4096, rounds=4, dirty_fraction=0.05, patterns="sparse", zero_fraction=0.5, seed=9)
+    synthesize(tmp_path / "ws.trace.parquet", working_set=0.25, **kw)
+    with open_trace(tmp_path / "ws.trace.parquet") as r:
+        assert r.version == 1 and r.timing is None
+        assert int(r.offset_column[r.round_column > 0].max()) < 64 * 4096
+    # the defaults give the same file as before the options existed (v1, same command, same RNG draws)
+    synthesize(tmp_path / "a.trace.parquet", **kw)
+    synthesize(tmp_path / "b.trace.parquet", working_set=1.0, dirty_order="runs", **kw)
+    assert (tmp_path / "a.trace.parquet").read_bytes() == (tmp_path / "b.trace.parquet").read_bytes()
+    with open_trace(tmp_path / "a.trace.parquet") as r:
+        assert "--interval" not in r.meta.provenance.command and r.version == 1
+
+
+def test_cli_synth_dirty_rate(tmp_path):
+    from click.testing import CliRunner
+
+    from pagecodec.cli import cli
+
+    out = tmp_path / "rate.trace.parquet"
+    res = CliRunner().invoke(cli, ["trace", "synth", "-o", str(out), "--ram-size", "4M", "--rounds", "5",
+                                   "--interval", "0.1", "--dirty-rate", "8M", "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    with open_trace(out) as r:
+        assert r.pages_per_round[1:] == [205] * 4  # 8 MiB/s × 0.1 s = 204.8 pages → 205 per slice
+        d = trace_info(r, with_sha256=False)
+    assert d["dirty_bytes_per_s"] == pytest.approx(8 << 20, rel=0.01)
+    res = CliRunner().invoke(cli, ["trace", "synth", "-o", str(out), "--dirty-rate", "8M"])
+    assert res.exit_code == 2 and "needs --interval" in res.output
