@@ -726,7 +726,7 @@ def trace_synth(c: Ctx, output: str, ram_size: int, blocks: list[tuple[str, int]
     dirty = fr if len(fr) > 1 else fr[0]
     try:
         total = synth_pages(ram_size, rounds, dirty, page_size, blocks)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ArithmeticError):  # (an infinite fraction overflows int(): OverflowError)
         total = 0  # synthesize names what is wrong with the arguments
     with progress_bar(c.progress, total, "synth", unit="pages") as tick:
         synthesize(
