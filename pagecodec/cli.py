@@ -443,6 +443,66 @@ def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str
 
 
 @cli.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--config", "configs", multiple=True, metavar="SPEC", help="Preset and/or key=value list (repeatable; default none).")
+@click.option("--link", "links", required=True, metavar="SPEED[,SPEED…]",
+              help="Link speed in bits/s, decimal (10G = 10 Gbit/s); a list makes a transfer sheet.")
+@click.option("--downtime-limit", default="300ms", show_default=True, metavar="TIME",
+              help="QEMU's downtime-limit (300ms, 0.3s; a bare number is ms).")
+@click.option("--max-bandwidth", default=None, metavar="BYTES",
+              help="QEMU's max-bandwidth in bytes/s (128M = 128 MiB/s) while iterating; default: no limit but the "
+                   "link (QEMU 7.2's own default is 128M).")
+@click.option("--cpus", default=None, type=click.IntRange(1, 4096),
+              help="CPUs for the encoder's worker threads (compress threads, multifd channels); default: one each.")
+@click.option("--cpu-time/--no-cpu-time", default=True, show_default=True,
+              help="Charge the encoder's measured CPU time (this machine's) to each pass; off: the link decides.")
+@click.option("--max-passes", default=50, show_default=True, type=click.IntRange(1, 100000),
+              help="Passes before a migration that has not converged is reported as not converging.")
+@click.option("--log-end", default="repeat", show_default=True, type=click.Choice(["repeat", "stop"]),
+              help="When the migration outlasts the log: replay its slices again, or stop (reported).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every run's results JSON.")
+@click.option("--plots", type=click.Path(file_okay=False), help="Write the transfer-sheet plot (PNG + SVG) here.")
+@click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
+@pass_ctx
+def simulate(c: Ctx, trace: str, configs: tuple[str, ...], links: str, downtime_limit: str, max_bandwidth: str | None,
+             cpus: int | None, cpu_time: bool, max_passes: int, log_end: str, json_out: str | None, plots: str | None,
+             fmt: str) -> None:
+    """Migrate a timed dirty log (trace v2) at a link speed, pass by pass as QEMU 7.2 decides, through
+    the real chain: passes, total time, downtime, bytes, converged or not."""
+    from .atomic import atomic_write_json, check_output
+    from .harness.precopy import Link
+    from .harness.simulate import parse_bandwidth, parse_duration, parse_links, simulate as do_simulate
+    from .report.simulation import format_sheet, format_simulation, transfer_sheet, write_transfer_plot
+    from .trace.format import TraceReader
+
+    speeds = parse_links(links)
+    limit = parse_duration(downtime_limit)
+    bw = parse_bandwidth(max_bandwidth) if max_bandwidth is not None else None
+    cfgs = [c.config(s) for s in (configs or ("none",))]
+    if json_out:
+        check_output(json_out)
+    if plots:
+        check_output(plots, directory=True)
+    results = []
+    reader = TraceReader(trace)
+    for label, rate in speeds:
+        link = Link(rate, downtime_limit_s=limit, max_bandwidth=bw, cpus=cpus, cpu_time=cpu_time)
+        for cfg in cfgs:
+            with progress_bar(c.progress, 0, f"{label} {cfg.label}") as tick:
+                results.append(do_simulate(reader, cfg, c.pm, link, max_passes=max_passes, repeat=log_end == "repeat",
+                                           link_label=label, progress=tick))
+    click.echo(format_simulation(results, fmt))
+    if len(speeds) > 1:
+        click.echo()
+        click.echo(format_sheet(transfer_sheet(results), fmt))
+    if plots:
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        write_transfer_plot(results, plots)
+    if json_out:
+        atomic_write_json(json_out, {"runs": results, "transfer-sheet": transfer_sheet(results)})
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Everything as one JSON object (plugins, codecs, presets, environment).")
 @pass_ctx
 def plugins(c: Ctx, as_json: bool) -> None:
@@ -627,12 +687,29 @@ def _blocks(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
               help="Dirty pages whose content stays the same.")
 @click.option("--page-size", default=4096, show_default=True, type=int)
 @click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Make a timed dirty log (trace v2): round k is the slice of pages written in the k-th interval.")
+@click.option("--dirty-rate", default=None, callback=_size, metavar="BYTES",
+              help="With --interval: bytes dirtied per second (K/M/G), instead of --dirty-fraction.")
+@click.option("--working-set", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of the pages (from the first) that rounds after round 0 write.")
+@click.option("--dirty-order", default="runs", show_default=True, type=click.Choice(["runs", "sweep"]),
+              help="runs: clustered random runs; sweep: the next pages of the working set in order, wrapping.")
 @pass_ctx
 def trace_synth(c: Ctx, output: str, ram_size: int, blocks: list[tuple[str, int]] | None, rounds: int, dirty_fraction: str,
-                patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int) -> None:
-    """Generate a synthetic trace (deterministic for a seed)."""
+                patterns: str, zero_fraction: float, unchanged_fraction: float, page_size: int, seed: int,
+                interval: float | None, dirty_rate: int | None, working_set: float, dirty_order: str) -> None:
+    """Generate a synthetic trace (deterministic for a seed); with --interval, a timed dirty log."""
     from .sources.synth import parse_patterns, synth_pages, synthesize
 
+    if dirty_rate is not None:
+        if interval is None:
+            raise click.BadParameter("needs --interval (a rate is per second of a timed log)", param_hint="--dirty-rate")
+        ram = sum(size for _, size in blocks) if blocks else ram_size
+        if not ram or not page_size:
+            raise click.BadParameter("no RAM to dirty", param_hint="--dirty-rate")
+        # whole pages per slice, as a fraction of the pages (synthesize rounds it back to the same count)
+        dirty_fraction = repr(round(dirty_rate * interval / page_size) / (ram // page_size))
     try:
         fr = [float(x) for x in dirty_fraction.split(",")]
     except ValueError:
@@ -644,14 +721,14 @@ def trace_synth(c: Ctx, output: str, ram_size: int, blocks: list[tuple[str, int]
     dirty = fr if len(fr) > 1 else fr[0]
     try:
         total = synth_pages(ram_size, rounds, dirty, page_size, blocks)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ArithmeticError):  # (an infinite fraction overflows int(): OverflowError)
         total = 0  # synthesize names what is wrong with the arguments
     with progress_bar(c.progress, total, "synth", unit="pages") as tick:
         synthesize(
             output, ram_size=ram_size, rounds=rounds, dirty_fraction=dirty, patterns=pats,
             zero_fraction=zero_fraction, seed=seed, page_size=page_size, blocks=blocks,
             unchanged_fraction=unchanged_fraction,  # provenance: the canonical command, so bytes reproduce
-            progress=tick,
+            progress=tick, interval=interval, working_set=working_set, dirty_order=dirty_order,
         )
     click.echo(f"wrote {output}")
 

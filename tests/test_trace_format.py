@@ -1,4 +1,4 @@
-"""Trace format v1: writer/reader round trip, zero-copy batches, and every validation failure.
+"""Trace format (v1, untimed): writer/reader round trip, zero-copy batches, and every validation failure.
 
 Invalid files are written with pyarrow directly (bypassing TraceWriter's checks) so that the reader's
 own validation is what is tested; the writer's checks are tested separately on the same faults.
@@ -23,7 +23,7 @@ from pagecodec.errors import PageCodecError, TraceError
 from pagecodec.trace.format import (
     METADATA_KEY,
     TRACE_FORMAT,
-    TRACE_VERSION,
+    UNTIMED_VERSION,
     PageBatch,
     Provenance,
     RAMBlockInfo,
@@ -208,7 +208,7 @@ def test_round_trip_preserves_everything(tmp_path, row_group_pages, max_pages):
     assert all(md.row_group(i).num_rows == row_group_pages for i in range(md.num_row_groups - 1))
     assert md.row_group(0).column(3).compression == "ZSTD"
     info = json.loads(md.metadata[METADATA_KEY.encode()])
-    assert info["format"] == TRACE_FORMAT and info["version"] == TRACE_VERSION
+    assert info["format"] == TRACE_FORMAT and info["version"] == UNTIMED_VERSION  # untimed: still v1
     assert info["rounds"] == 4 and info["pages_per_round"] == r.pages_per_round
     assert info["provenance"] == {"source": "test", "command": "pytest", "date": PROV.date}
     schema = pf.schema_arrow
@@ -472,7 +472,7 @@ G = good_rows(make_meta())  # 11 pages of round 0 (rows 0-10), round 1 rows 11-1
     "info, rows, row, words",
     [
         (_info(format="other-trace"), G, None, "format is 'other-trace'"),
-        (_info(version=2), G, None, "unsupported trace version 2"),
+        (_info(version=3), G, None, "unsupported trace version 3"),
         (_info(page_size=100), G, None, "power of two"),
         (_info(blocks=[]), G, None, "at least one RAM block"),
         (_info(provenance={"source": "x"}), G, None, "malformed metadata"),

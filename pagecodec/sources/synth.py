@@ -17,9 +17,15 @@ Model:
   patterns that produce them: ``text`` → text, ``random`` → random, ``sparse`` → structured (all
   three equally when none of them is weighted).
 * Round k >= 1 dirties ``dirty_fraction`` of all pages (rounded, at least one page: the trace format
-  has no empty rounds), in clustered runs.  ``unchanged_fraction`` of
+  has no empty rounds), in clustered runs within the working set (the first ``working_set`` fraction
+  of the pages; all of RAM by default), or with ``dirty_order="sweep"`` the next pages of the working
+  set in address order, wrapping at its end (a guest looping over a buffer, as the project's tiny guest
+  does: the pages dirtied in any window are then known in closed form).  ``unchanged_fraction`` of
   them keep their content (QEMU resends a page whenever it was written, even with the same bytes); the
   others get a write pattern drawn by weight, see :data:`PATTERNS`.
+* With ``interval`` the trace is a timed dirty log (trace format v2): round 0 is the RAM image at 0 s
+  and round k the slice of the pages written during ((k-1)·interval, k·interval], so a constant
+  ``dirty_fraction`` is a constant dirty rate of ``dirty_fraction · RAM / interval`` bytes per second.
 
 All content generation is vectorized over batches of pages; Python loops only run per pattern, per
 kind and per chunk of pages.  The numpy ``Generator`` (PCG64) is consumed in a fixed order with fixed
@@ -176,6 +182,9 @@ def synth_command(
     page_size: int = 4096,
     blocks: Sequence[tuple[str, int]] | None = None,
     unchanged_fraction: float = 0.05,
+    interval: float | None = None,
+    working_set: float = 1.0,
+    dirty_order: str = "runs",
 ) -> str:
     """The canonical command line recorded in a synthetic trace's provenance.
 
@@ -204,6 +213,13 @@ def synth_command(
         f"--page-size {page_size}",
         f"--seed {seed}",
     ]
+    # the timed-log options only when used, so untimed traces keep their command (and bytes)
+    if interval is not None:
+        parts.append(f"--interval {_fmt_float(interval)}")
+    if working_set != 1.0:
+        parts.append(f"--working-set {_fmt_float(working_set)}")
+    if dirty_order != "runs":
+        parts.append(f"--dirty-order {dirty_order}")
     return " ".join(parts)
 
 
@@ -418,6 +434,9 @@ def synthesize(
     command: str = "",
     row_group_pages: int = DEFAULT_ROW_GROUP_PAGES,
     progress: Callable[[int], None] | None = None,
+    interval: float | None = None,
+    working_set: float = 1.0,
+    dirty_order: str = "runs",
 ) -> TraceMeta:
     """Write a synthetic trace to ``path`` and return its metadata.
 
@@ -428,7 +447,10 @@ def synthesize(
     plus 5 dirty rounds; ``dirty_fraction`` is one fraction for every dirty round or one per dirty round
     (``rounds - 1`` values).  ``patterns`` maps names from :data:`PATTERNS` to weights (or is a spec
     string for :func:`parse_patterns`).  ``command`` overrides the provenance command (default: the
-    canonical :func:`synth_command`).  Same arguments and seed → byte-identical file.
+    canonical :func:`synth_command`).  ``interval`` (seconds) makes it a timed dirty log, ``working_set``
+    (a fraction of the pages, from the first) bounds where rounds write, ``dirty_order`` is ``runs``
+    (clustered random runs) or ``sweep`` (address order, wrapping): see the module's docstring.  Same
+    arguments and seed → byte-identical file.
     """
     pats = parse_patterns(patterns)
     if not isinstance(page_size, int) or not 64 <= page_size <= MAX_PAGE_SIZE or page_size & (page_size - 1):
@@ -458,6 +480,12 @@ def synthesize(
     ]:
         if not (0.0 <= float(v) <= 1.0):  # (NaN fails this too)
             raise SynthArgumentError(f"{name} must be within [0, 1], got {v}")
+    if interval is not None and not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval > 0):
+        raise SynthArgumentError(f"interval must be a number of seconds > 0, got {interval!r}")
+    if not (isinstance(working_set, (int, float)) and 0.0 < float(working_set) <= 1.0):
+        raise SynthArgumentError(f"working_set must be within (0, 1], got {working_set!r}")
+    if dirty_order not in ("runs", "sweep"):
+        raise SynthArgumentError(f"dirty_order must be 'runs' or 'sweep', got {dirty_order!r}")
     if any(d <= 0 for d in dirty):
         # Trace rounds are consecutive and each present round has rows: an empty round is not expressible.
         raise SynthArgumentError("dirty_fraction must be > 0 for every dirty round (a trace round cannot be empty)")
@@ -478,6 +506,9 @@ def synthesize(
                 page_size=page_size,
                 blocks=list(blocks or ()),
                 unchanged_fraction=unchanged_fraction,
+                interval=interval,
+                working_set=working_set,
+                dirty_order=dirty_order,
             ),
             SYNTH_DATE,
         ),
@@ -518,11 +549,22 @@ def synthesize(
             if progress is not None:
                 progress(len(part))
 
+    ws = max(1, int(round(float(working_set) * n)))  # the pages rounds >= 1 write: [0, ws)
+    cursor = 0  # sweep: the next page to write
+
     with TraceWriter(path, meta, row_group_pages=row_group_pages) as writer:
         emit(writer, 0, all_pages, contiguous=True)
+        if interval is not None:
+            writer.timestamp_round(0, 0.0, "image")
         for k in range(1, rounds):
-            count = max(1, int(round(dirty[k - 1] * n)))  # at least one page: rounds are never empty
-            dirty_idx = np.flatnonzero(_runs_mask(rng, n, count, _RUN_MEAN))
+            count = min(ws, max(1, int(round(dirty[k - 1] * n))))  # at least one page: rounds are never empty
+            if dirty_order == "sweep":
+                dirty_idx = np.sort((cursor + np.arange(count, dtype=np.int64)) % ws)
+                cursor = (cursor + count) % ws
+            else:
+                dirty_idx = np.flatnonzero(_runs_mask(rng, ws, count, _RUN_MEAN))
+            if interval is not None:
+                writer.timestamp_round(k, k * float(interval), "slice")
             unchanged = rng.random(len(dirty_idx)) < unchanged_fraction
             changed = dirty_idx[~unchanged]
             which = rng.choice(len(pat_names), size=len(changed), p=pat_p)
@@ -553,7 +595,7 @@ def synth_pages(ram_size: int, rounds: int, dirty_fraction: float | Sequence[flo
     whole image, then each dirty round's share (at least one page)."""
     n = sum(-(-int(s) // page_size) for _, s in blocks) if blocks else -(-int(ram_size) // page_size)
     dirty = [float(dirty_fraction)] * (rounds - 1) if isinstance(dirty_fraction, (int, float)) else list(dirty_fraction)
-    return n + sum(max(1, int(round(d * n))) for d in dirty)
+    return n + sum(max(1, int(round(d * n))) for d in dirty)  # (an upper bound with a smaller working set)
 
 
 def _apply(

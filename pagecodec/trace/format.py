@@ -1,4 +1,5 @@
-"""Trace file format v1: one Parquet row per guest page, streamed round by round.
+"""Trace file format v2 (v1 still read and still written for untimed traces): one Parquet row per guest
+page, streamed round by round.
 
 Why Parquet: a trace is a large, append-once, read-many table of fixed-size binary values plus three
 tiny index columns. Parquet gives us zstd-compressed row groups (so a reader can stream a 1 GiB RAM image
@@ -19,6 +20,18 @@ File key-value metadata ``pagecodec.trace`` holds a JSON object (see :meth:`Trac
      "provenance": {"source": ..., "command": ..., "date": ...},
      "rounds": R, "pages_per_round": [...]}
 
+Version 2 adds when each round was captured and what it is, two lists of one entry per round::
+
+    {"version": 2, ..., "round_time_s": [0.0, 0.1, 0.2, ...], "round_kind": ["image", "slice", ...]}
+
+``round_time_s`` is the capture time in seconds since the trace started (finite, >= 0, not decreasing).
+``round_kind`` says what a round is: ``"pass"`` — a migration pass (an imported QEMU stream: round 0
+is the bulk pass, round k the pages QEMU sent in pass k); or, for a dirty log sampled every interval
+without migrating, ``"image"`` for round 0 (all of RAM at time ``round_time_s[0]``) and ``"slice"``
+for every later round: the pages written during (t[k-1], t[k]], with their contents at t[k] (so a
+log's times strictly increase). A trace is either all passes or an image and slices. Untimed traces
+are still written as version 1 (so older readers read them); a v1 trace reads as untimed passes.
+
 Row order is QEMU's migration order: rounds ascending and consecutive from 0; within a round, blocks in the
 order of ``blocks`` and offsets ascending, each page at most once.  Round 0 holds every page exactly once.
 
@@ -31,10 +44,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +66,10 @@ from pagecodec.limits import load_json
 __all__ = [
     "TRACE_FORMAT",
     "TRACE_VERSION",
+    "UNTIMED_VERSION",
+    "READ_VERSIONS",
+    "ROUND_KINDS",
+    "RoundTiming",
     "METADATA_KEY",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_ROW_GROUP_PAGES",
@@ -67,7 +85,12 @@ __all__ = [
 ]
 
 TRACE_FORMAT = "pagecodec-trace"
-TRACE_VERSION = 1
+#: The version written for a trace with round timing (v2); untimed traces are written as v1.
+TRACE_VERSION = 2
+UNTIMED_VERSION = 1
+READ_VERSIONS = (1, 2)
+#: What a round can be: a migration pass, the RAM image that starts a dirty log, a time slice of it.
+ROUND_KINDS = ("pass", "image", "slice")
 METADATA_KEY = "pagecodec.trace"
 DEFAULT_PAGE_SIZE = 4096
 #: 4096 pages of 4 KiB = 16 MiB per row group: big enough for zstd and Parquet overheads to vanish,
@@ -215,7 +238,7 @@ class TraceMeta:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": TRACE_FORMAT,
-            "version": TRACE_VERSION,
+            "version": UNTIMED_VERSION,
             "page_size": self.page_size,
             "blocks": [b.to_dict() for b in self.blocks],
             "provenance": self.provenance.to_dict(),
@@ -228,8 +251,9 @@ class TraceMeta:
             raise TraceError("metadata is not a JSON object")
         if d.get("format") != TRACE_FORMAT:
             raise TraceError(f"not a pagecodec trace: format is {d.get('format')!r}, expected {TRACE_FORMAT!r}")
-        if d.get("version") != TRACE_VERSION:
-            raise TraceError(f"unsupported trace version {d.get('version')!r} (this pagecodec reads version {TRACE_VERSION})")
+        if d.get("version") not in READ_VERSIONS:
+            raise TraceError(f"unsupported trace version {d.get('version')!r} (this pagecodec reads versions "
+                             f"{', '.join(map(str, READ_VERSIONS))})")
         try:
             blocks = []
             for b in d["blocks"]:
@@ -245,6 +269,72 @@ class TraceMeta:
         except (KeyError, TypeError, ValueError) as e:
             raise TraceError(f"malformed metadata: missing or bad field {e}") from None
         return cls(page_size, blocks, prov)
+
+
+@dataclass(frozen=True)
+class RoundTiming:
+    """When each round was captured (seconds since the trace started) and what it is (:data:`ROUND_KINDS`).
+
+    Validated on construction (``TraceError`` naming the round), so a timed trace's rounds are always
+    either all migration passes, or a RAM image followed by time slices with strictly increasing times
+    (a slice of no duration would have no dirty rate)."""
+
+    time_s: tuple[float, ...]
+    kind: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        times = tuple(self.time_s)
+        kinds = tuple(self.kind)
+        object.__setattr__(self, "time_s", times)
+        object.__setattr__(self, "kind", kinds)
+        if len(times) != len(kinds):
+            raise TraceError(f"round timing: {len(times)} times but {len(kinds)} kinds")
+        if not times:
+            raise TraceError("round timing: no rounds")
+        for r, (t, k) in enumerate(zip(times, kinds)):
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+                raise TraceError(f"round {r}: capture time {t!r} must be a finite number of seconds >= 0")
+            if k not in ROUND_KINDS:
+                raise TraceError(f"round {r}: kind {k!r} is not one of {', '.join(ROUND_KINDS)}")
+        if kinds[0] == "slice":
+            raise TraceError("round 0: kind 'slice': round 0 holds all of RAM (kind 'image' or 'pass')")
+        log = kinds[0] == "image"
+        for r in range(1, len(kinds)):
+            want = "slice" if log else "pass"
+            if kinds[r] != want:
+                what = "a dirty log (round 0 is an image)" if log else "migration passes (round 0 is a pass)"
+                raise TraceError(f"round {r}: kind {kinds[r]!r} in a trace of {what}: expected {want!r}")
+            if log and not times[r] > times[r - 1]:
+                raise TraceError(f"round {r}: slice ends at {times[r]} s, not after round {r - 1} ({times[r - 1]} s)")
+            if not log and times[r] < times[r - 1]:
+                raise TraceError(f"round {r}: captured at {times[r]} s, before round {r - 1} ({times[r - 1]} s)")
+
+    @property
+    def is_log(self) -> bool:
+        """A dirty log (an image, then time slices), as opposed to migration passes."""
+        return self.kind[0] == "image"
+
+    @property
+    def rounds(self) -> int:
+        return len(self.time_s)
+
+    @classmethod
+    def log(cls, times: Sequence[float]) -> RoundTiming:
+        """A dirty log's timing: round 0 the image at ``times[0]``, every later round a slice ending at its time."""
+        return cls(tuple(float(t) for t in times), ("image",) + ("slice",) * (len(times) - 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round_time_s": list(self.time_s), "round_kind": list(self.kind)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], rounds: int) -> RoundTiming:
+        """The timing lists of a v2 metadata object (both required), checked against the round count."""
+        times, kinds = d.get("round_time_s"), d.get("round_kind")
+        if not isinstance(times, list) or not isinstance(kinds, list):
+            raise TraceError("version 2 metadata needs the lists round_time_s and round_kind")
+        if len(times) != rounds:
+            raise TraceError(f"round_time_s has {len(times)} entries, the trace has {rounds} rounds")
+        return cls(tuple(times), tuple(kinds))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,6 +572,8 @@ class TraceWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._closed = False
+        self._times: list[float] = []  # round_time_s / round_kind of rounds 0 … so far (timed traces)
+        self._kinds: list[str] = []
         tmp = _create_temp(self.path)
         self._tmp = tmp
         self._finalizer = weakref.finalize(self, _discard, tmp)
@@ -593,6 +685,19 @@ class TraceWriter:
         if self._pending_rows >= self.row_group_pages:
             self._flush(final=False)
 
+    def timestamp_round(self, round: int, time_s: float, kind: str) -> None:
+        """Record when round ``round`` was captured (seconds since the trace started) and what it is
+        (:data:`ROUND_KINDS`); rounds in order from 0. A trace with timing is written as version 2 and
+        needs it for every round (:class:`RoundTiming` checks it at :meth:`close`). The round's rows
+        may be written before or after."""
+        if self._closed:
+            raise _fail(self.path, "timestamp_round on a closed TraceWriter")
+        if round != len(self._times):
+            raise _fail(self.path, f"round {round} timestamped after {len(self._times)} round(s): rounds in order from 0")
+        RoundTiming(tuple(self._times) + (time_s,), tuple(self._kinds) + (kind,))  # check as it arrives
+        self._times.append(float(time_s))
+        self._kinds.append(kind)
+
     def _flush(self, final: bool) -> None:
         """Write whole row groups of ``row_group_pages`` rows; keep the remainder unless ``final``."""
         if not self._pending:
@@ -619,6 +724,16 @@ class TraceWriter:
             info = self.meta.to_dict()
             info["rounds"] = len(self._check.pages_per_round)
             info["pages_per_round"] = list(self._check.pages_per_round)
+            if self._times:
+                while len(self._check.pages_per_round) < len(self._times):  # timed rounds left empty
+                    self._check.declare_empty_round(len(self._check.pages_per_round))
+                rounds = info["rounds"] = len(self._check.pages_per_round)
+                info["pages_per_round"] = list(self._check.pages_per_round)
+                if len(self._times) != rounds:
+                    raise _fail(self.path, f"{len(self._times)} round(s) timestamped, the trace has {rounds}: a "
+                                           f"timed trace needs a time for every round")
+                info["version"] = TRACE_VERSION
+                info.update(RoundTiming(tuple(self._times), tuple(self._kinds)).to_dict())
             self._pq.add_key_value_metadata({METADATA_KEY: json.dumps(info, sort_keys=True)})
             self._pq.close()
             with open(self._tmp, "rb+") as f:
@@ -819,6 +934,15 @@ class TraceReader:
 
         if "rounds" in info and info["rounds"] != self.num_rounds:
             raise _fail(self.path, f"metadata says {info['rounds']} rounds, the rows hold {self.num_rounds}")
+        #: the format version of the file (1: untimed)
+        self.version: int = int(info["version"])
+        #: when each round was captured and what it is (v2), or None (a v1 trace: untimed passes)
+        self.timing: RoundTiming | None = None
+        if self.version >= 2:
+            try:
+                self.timing = RoundTiming.from_dict(info, self.num_rounds)
+            except TraceError as e:
+                raise _fail(self.path, str(e)) from None
         if "pages_per_round" in info and info["pages_per_round"] != self.pages_per_round:
             raise _fail(
                 self.path,
@@ -898,21 +1022,30 @@ class TraceReader:
         return int(size)
 
     # -- streaming ------------------------------------------------------------------------------------
-    def batches(self, max_pages: int = DEFAULT_ROW_GROUP_PAGES) -> Iterator[PageBatch]:
-        """Stream all pages as :class:`PageBatch` es of at most ``max_pages`` pages.
+    def batches(self, max_pages: int = DEFAULT_ROW_GROUP_PAGES, start_round: int = 0) -> Iterator[PageBatch]:
+        """Stream all pages (from round ``start_round`` on) as :class:`PageBatch` es of at most
+        ``max_pages`` pages.
 
         Reads the page column one piece at a time (Parquet row groups, via ``iter_batches``), so memory
-        stays bounded whatever the trace's size.  A batch never spans two rounds.  Damaged page data
-        raises ``TraceError`` naming the file and the first row of the piece that failed.
+        stays bounded whatever the trace's size; row groups before ``start_round``'s first row are not
+        read at all (a dirty log replayed again from round 1 does not decode the RAM image again).  A
+        batch never spans two rounds.  Damaged page data raises ``TraceError`` naming the file and the
+        first row of the piece that failed.
         """
         if max_pages < 1:
             raise ValueError("max_pages must be >= 1")
+        if not 0 <= start_round <= self.num_rounds:
+            raise ValueError(f"start_round {start_round} outside 0..{self.num_rounds}")
         ps = self.meta.page_size
+        first = int(self._round_starts[start_round])
         row = 0
         md = self._pf.metadata
         for rg in range(md.num_row_groups):
             # One row group at a time, so a read error names the rows it concerns.
             rg_end = row + md.row_group(rg).num_rows
+            if rg_end <= first:
+                row = rg_end
+                continue
             it = self._pf.iter_batches(batch_size=max_pages, row_groups=[rg], columns=["page"], use_threads=True)
             while True:
                 try:
@@ -929,7 +1062,7 @@ class TraceReader:
                     raise _fail(self.path, "page column has more rows than the index columns", row)
                 pages = _pages_view(arr, ps, self.path, row)
                 # Split at round boundaries inside this piece.
-                lo = row
+                lo = max(row, first)
                 end = row + n
                 while lo < end:
                     r = int(self._round[lo])
@@ -946,12 +1079,13 @@ class TraceReader:
         if row != self.num_pages:
             raise _fail(self.path, f"page column ends after {row} rows, index columns have {self.num_pages}", row)
 
-    def rounds(self, max_pages: int = DEFAULT_ROW_GROUP_PAGES) -> Iterator[tuple[int, Iterator[PageBatch]]]:
+    def rounds(self, max_pages: int = DEFAULT_ROW_GROUP_PAGES,
+               start_round: int = 0) -> Iterator[tuple[int, Iterator[PageBatch]]]:
         """Group :meth:`batches` by round: yields ``(round, batches of that round)`` in order.
 
-        Every round 0 … num_rounds-1 is yielded, empty ones (nothing dirtied) included. Consume each
-        round's iterator before advancing (it is one shared stream, like ``groupby``)."""
-        it = self.batches(max_pages)
+        Every round ``start_round`` … num_rounds-1 is yielded, empty ones (nothing dirtied) included.
+        Consume each round's iterator before advancing (it is one shared stream, like ``groupby``)."""
+        it = self.batches(max_pages, start_round)
         held: list[PageBatch] = []
 
         def of_round(r: int) -> Iterator[PageBatch]:
@@ -964,7 +1098,7 @@ class TraceReader:
                     return
                 yield b
 
-        for r in range(self.num_rounds):
+        for r in range(start_round, self.num_rounds):
             yield r, of_round(r)
 
     def check_pages(self) -> None:

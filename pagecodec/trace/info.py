@@ -3,6 +3,10 @@
 The zero-page share per round is the first thing to know about a trace (QEMU sends zero pages as 9-byte
 records), so it is computed here, vectorized over each streamed batch: pages viewed as uint64 words,
 ``.any(axis=1)`` — no per-page Python work and no copy of the page bytes.
+
+The working set (distinct pages written after round 0) decides whether a migration can converge at all
+(a pass can never be smaller than the pages the guest keeps rewriting), and a timed trace's dirty rate
+over time decides how fast it does; both come from the index columns alone.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from tabulate import tabulate
 
 from pagecodec.trace.format import TraceReader
 
-__all__ = ["trace_info", "format_info", "zero_page_mask"]
+__all__ = ["trace_info", "format_info", "zero_page_mask", "working_set_growth"]
 
 
 def zero_page_mask(pages: np.ndarray) -> np.ndarray:
@@ -22,6 +26,23 @@ def zero_page_mask(pages: np.ndarray) -> np.ndarray:
     if pages.shape[1] % 8 == 0 and pages.flags.c_contiguous:
         return ~pages.view(np.uint64).any(axis=1)
     return ~pages.any(axis=1)
+
+
+def working_set_growth(reader: TraceReader) -> np.ndarray:
+    """Distinct pages written in rounds 1 … k, for every round k (0 for round 0): the working set as it
+    grows over the trace. From the index columns only (no page is read)."""
+    meta = reader.meta
+    g = meta.block_starts[reader.block_column] + reader.offset_column // meta.page_size
+    seen = np.zeros(meta.total_pages, dtype=bool)
+    out = np.zeros(reader.num_rounds, dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(reader.pages_per_round)))
+    total = 0
+    for r in range(1, reader.num_rounds):
+        part = g[starts[r] : starts[r + 1]]
+        total += int((~seen[part]).sum())  # a round holds each page at most once
+        seen[part] = True
+        out[r] = total
+    return out
 
 
 def trace_info(reader: TraceReader, *, with_sha256: bool = True) -> dict[str, Any]:
@@ -37,17 +58,26 @@ def trace_info(reader: TraceReader, *, with_sha256: bool = True) -> dict[str, An
     zeros = np.zeros(reader.num_rounds, dtype=np.int64)
     for batch in reader.batches():
         zeros[batch.round] += int(zero_page_mask(batch.pages).sum())
+    timing = reader.timing
+    ws = working_set_growth(reader)
     per_round = []
     for r, n in enumerate(reader.pages_per_round):
-        per_round.append(
-            {
-                "round": r,
-                "pages": n,
-                "page_bytes": n * ps,
-                "zero_pages": int(zeros[r]),
-                "zero_fraction": float(zeros[r] / n) if n else 0.0,
-            }
-        )
+        row: dict[str, Any] = {
+            "round": r,
+            "pages": n,
+            "page_bytes": n * ps,
+            "zero_pages": int(zeros[r]),
+            "zero_fraction": float(zeros[r] / n) if n else 0.0,
+            "working_set_pages": int(ws[r]),
+        }
+        if timing is not None:
+            row["time_s"] = timing.time_s[r]
+            row["kind"] = timing.kind[r]
+            if timing.kind[r] == "slice":
+                span = timing.time_s[r] - timing.time_s[r - 1]
+                row["dirty_pages_per_s"] = n / span
+                row["dirty_bytes_per_s"] = n * ps / span
+        per_round.append(row)
     total_zero = int(zeros.sum())
     d: dict[str, Any] = {
         "path": str(reader.path),
@@ -58,7 +88,12 @@ def trace_info(reader: TraceReader, *, with_sha256: bool = True) -> dict[str, An
     d.update(
         {
             "format": "pagecodec-trace",
-            "version": 1,
+            "version": reader.version,
+            "timed": timing is not None,
+            "kind": None if timing is None else ("dirty-log" if timing.is_log else "passes"),
+            "duration_s": None if timing is None else timing.time_s[-1] - timing.time_s[0],
+            "working_set_pages": int(ws[-1]),
+            "working_set_bytes": int(ws[-1]) * ps,
             "page_size": ps,
             "ram_bytes": meta.ram_bytes,
             "total_pages": meta.total_pages,
@@ -75,6 +110,10 @@ def trace_info(reader: TraceReader, *, with_sha256: bool = True) -> dict[str, An
             "per_round": per_round,
         }
     )
+    if timing is not None and timing.is_log and reader.num_rounds > 1:
+        slices = sum(reader.pages_per_round[1:])
+        d["dirty_pages_per_s"] = slices / d["duration_s"]
+        d["dirty_bytes_per_s"] = slices * ps / d["duration_s"]
     return d
 
 
@@ -97,6 +136,9 @@ def format_info(d: dict[str, Any]) -> str:
         ["RAM", f"{d['ram_bytes']} bytes ({_mib(d['ram_bytes'])}), {d['total_pages']} pages"],
         ["rounds", d["rounds"]],
         ["pages", f"{d['pages']} ({_mib(d['page_bytes'])}), {d['zero_fraction']:.1%} zero"],
+        ["working set", f"{d['working_set_pages']} pages ({_mib(d['working_set_bytes'])}) written after round 0"],
+        *([["timing", f"{d['kind']} over {d['duration_s']:.3f} s"]] if d.get("timed") else []),
+        *([["dirty rate", f"{_mib(d['dirty_bytes_per_s'])}/s on average"]] if "dirty_bytes_per_s" in d else []),
         ["source", prov["source"]],
         ["command", prov["command"]],
         ["date", prov["date"]],
@@ -106,12 +148,17 @@ def format_info(d: dict[str, Any]) -> str:
         headers=["block", "used_length", "size", "pages", "host page"],
         tablefmt="simple",
     )
-    rounds = tabulate(
-        [
-            [r["round"], r["pages"], _mib(r["page_bytes"]), r["zero_pages"], f"{r['zero_fraction']:.1%}"]
-            for r in d["per_round"]
-        ],
-        headers=["round", "pages", "page bytes", "zero pages", "zero"],
-        tablefmt="simple",
-    )
+    timed = bool(d.get("timed"))
+    rows = []
+    for r in d["per_round"]:
+        row = [r["round"]]
+        if timed:
+            rate = r.get("dirty_bytes_per_s")
+            row += [f"{r['time_s']:.3f}", r["kind"], "" if rate is None else f"{rate / (1 << 20):.2f}"]
+        row += [r["pages"], _mib(r["page_bytes"]), r["zero_pages"], f"{r['zero_fraction']:.1%}",
+                _mib(r["working_set_pages"] * d["page_size"])]
+        rows.append(row)
+    headers = ["round"] + (["time s", "kind", "dirty MiB/s"] if timed else [])
+    headers += ["pages", "page bytes", "zero pages", "zero", "working set"]
+    rounds = tabulate(rows, headers=headers, tablefmt="simple")
     return "\n\n".join([tabulate(head, tablefmt="plain"), blocks, rounds])
