@@ -104,7 +104,7 @@ class Sender:
         self.section_id = section_id
         self.page_size = meta.page_size
         self.ram = RAMState()
-        self.block_addrs = block_addresses([b.used_length for b in meta.blocks])
+        self.block_addrs = block_addresses([b.used_length for b in meta.blocks], meta.page_size)
         self.channel_sinks = channel_sinks
         self.channels: dict[int, WireWriter] = {}
         self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs,
