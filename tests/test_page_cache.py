@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 import xbzrle_reference as ref
 from pagecodec.codecs.page_cache import (
@@ -184,7 +185,7 @@ def test_empty_slots_accept_any_address_at_any_age():
 # ----------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.sampled_from([1, 2, 4, 8]),
     st.lists(
@@ -236,7 +237,7 @@ def event_batches(draw):
     return slots, seed, batches
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event_batches())
 def test_xbzrle_process_matches_sequential(case):
     slots, seed, batches = case

@@ -13,6 +13,7 @@ import pyarrow
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from pagecodec.errors import TraceError
 from pagecodec.trace.format import TraceReader, open_trace
@@ -323,7 +324,7 @@ def test_structured_kind_is_sparse_words(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     page_size=st.sampled_from([64, 256, 4096]),
     pages=st.integers(1, 48),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from pagecodec.wire import qevm
 from pagecodec.wire.flags import (
@@ -101,7 +102,7 @@ def test_qevm_header_and_ram_start_match_qemu(shared):
 record_kinds = st.lists(st.sampled_from(["zero", "page", "xbzrle", "skip"]), min_size=1, max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(kinds=record_kinds, with_idstr=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_assemble_equals_scalar_records(kinds, with_idstr, seed):
     rng = np.random.default_rng(seed)
