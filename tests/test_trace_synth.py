@@ -439,8 +439,7 @@ def test_manifest_commands_regenerate_the_files(tmp_path):
 
         cli_main(argv[1:])  # the very command the MANIFEST gives, through the CLI
         made = e.get("generated_with", {})
-        if made.get("numpy") != np.__version__:
-            pytest.skip(f"numpy {np.__version__} differs from {made.get('numpy')}: random streams may differ")
+        # the same pages on any numpy: synth draws through StableRandom (PCG64's raw words only)
         with open_trace(out) as fresh, open_trace(CORPORA / e["file"]) as shipped:
             assert fresh.meta == shipped.meta
             assert fresh.pages_per_round == shipped.pages_per_round
