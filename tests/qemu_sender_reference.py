@@ -64,6 +64,9 @@ class RefResult:
     xbzrle: dict[str, float] | None
     records: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    #: per round, as the results' ``rounds`` list: stage, dirty pages, transferred, records and record
+    #: bytes by kind (EOS included), pages skipped
+    rounds: list[dict] = field(default_factory=list)
 
 
 def ram_base_addresses(blocks: list[tuple[str, int]], page_size: int) -> list[int]:
@@ -119,6 +122,7 @@ class _State:
         self.precopy = self.downtime = 0
         self.records = {"zero": 0, "page": 0, "xbzrle": 0}
         self.skipped = 0
+        self.round: dict = {}
 
     def page_header(self, block: int, offset: int, flag: int) -> bytes:
         """save_page_header: CONTINUE when the block is the last one a header named, else the idstr
@@ -137,6 +141,10 @@ class _State:
         else:
             self.precopy += len(data)
         self.records[kind] += 1
+        r = self.round
+        r["transferred"] += len(data)
+        r["records"][kind] = r["records"].get(kind, 0) + 1
+        r["wire"][kind] = r["wire"].get(kind, 0) + len(data)
 
 
 def send(trace: RefTrace, *, xbzrle: bool = False, cache_size: int = 64 << 20, qemu41: bool = False,
@@ -161,11 +169,15 @@ def send(trace: RefTrace, *, xbzrle: bool = False, cache_size: int = 64 << 20, q
     out += struct.pack(">Q", EOS) + struct.pack(">BI", FOOTER, RAM_SECTION_ID)
 
     n_rounds = len(trace.rounds)
+    per_round: list[dict] = []
     for r, pages in enumerate(trace.rounds):
         now = r + 1  # migration_bitmap_sync before the pass
         last = r == n_rounds - 1
         xbzrle_enabled = xbzrle and r >= 1  # set when the first pass wraps
         out += struct.pack(">BI", END if last else PART, RAM_SECTION_ID)
+        st.round = {"round": r, "stage": "complete" if last else ("bulk" if r == 0 else "iterate"),
+                    "dirty-pages": len(pages), "transferred": 0, "records": {}, "wire": {}, "skipped": 0}
+        skipped0 = st.skipped
         for block, offset, page in sorted(pages, key=lambda p: (p[0], p[1])):
             assert len(page) == ps
             addr = base[block] + offset
@@ -207,10 +219,14 @@ def send(trace: RefTrace, *, xbzrle: bool = False, cache_size: int = 64 << 20, q
             st.record("page", st.page_header(block, offset, PAGE) + page, last)  # save_normal_page
             st.normal += 1
         out += struct.pack(">Q", EOS)
+        st.round["wire"]["eos"] = 8
         if not last:  # an iteration's EOS counts in transferred, the completion's does not
             st.transferred += 8
             st.precopy += 8
+            st.round["transferred"] += 8
         out += struct.pack(">BI", FOOTER, RAM_SECTION_ID)
+        st.round["skipped"] = st.skipped - skipped0
+        per_round.append(st.round)
 
     out += bytes([EOF])
     desc = json.dumps({"page_size": ps, "devices": []}).encode()
@@ -230,4 +246,4 @@ def send(trace: RefTrace, *, xbzrle: bool = False, cache_size: int = 64 << 20, q
         xc = {"cache-size": cache_size, "pages": pages, "bytes": nbytes, "cache-miss": x_miss,
               "overflow": x_overflow, "encoding-rate": rate,
               "cache-miss-rate": x_miss / active_sent if active_sent else 0.0}
-    return RefResult(bytes(out), ram, xc, {k: v for k, v in st.records.items() if v}, st.skipped)
+    return RefResult(bytes(out), ram, xc, {k: v for k, v in st.records.items() if v}, st.skipped, per_round)

@@ -134,6 +134,7 @@ def assert_same(got: bytes, res: dict, want: ref.RefResult) -> None:
         assert res["ram"][key] == value, f"ram.{key}: chain {res['ram'][key]}, reference {value}"
     assert {k: v for k, v in res["records"].items() if v} == want.records
     assert sum(r["skipped"] for r in res["rounds"]) == want.skipped
+    assert [{k: r[k] for k in want.rounds[0]} for r in res["rounds"]] == want.rounds
     if want.xbzrle is not None:
         got_x = res["xbzrle-cache"]
         for key, value in want.xbzrle.items():
