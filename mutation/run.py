@@ -34,7 +34,8 @@ from scratch import ROOT, scratch_copy
 _FAST = ["tests/test_reference_sender.py", "tests/test_chain.py"]
 #: module -> (tests that exercise it, fastest and most sensitive first; per-mutant timeout in seconds)
 MODULES: dict[str, tuple[list[str], int]] = {
-    "pagecodec/chain/sender.py": ([*_FAST, "tests/test_xbzrle_chain.py", "tests/test_verify.py"], 90),
+    "pagecodec/chain/sender.py": ([*_FAST, "tests/test_sender_accounting.py", "tests/test_xbzrle_chain.py",
+                                   "tests/test_verify.py"], 90),
     "pagecodec/codecs/zero.py": (["tests/test_zero_edges.py", "tests/test_zero_detect.py", *_FAST], 60),
     "pagecodec/codecs/xbzrle.py": (["tests/test_reference_sender.py", "tests/test_xbzrle_chain.py"], 60),
     "pagecodec/codecs/page_cache.py": (["tests/test_page_cache.py", "tests/test_reference_sender.py",
