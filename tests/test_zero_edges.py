@@ -14,6 +14,7 @@ arrives different) for each config whose chain has a detector.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -195,3 +196,98 @@ def test_migration_with_edge_pages_arrives_intact(tmp_path, fillpage, spec, ps):
     # count a flushed thread's empty buffer as a duplicate page too: QEMU's quirk, bounded by threads)
     if "compress" not in spec:
         assert ram["duplicate"] == 2 * (n // 2 + 1), (spec, ps, ram)
+
+
+# --- the zero codec's contracts beyond the scan (mutation testing found these unpinned) -----------------
+def test_fill_pages_contract():
+    """fill_pages: an empty index does nothing; an index outside the pages is an IndexError before
+    anything is written; read-only pages are refused like numpy refuses them; zero-width pages work."""
+    pages = np.arange(4 * 16, dtype=np.uint8).reshape(4, 16)
+    before = pages.copy()
+    fill_pages(pages, np.zeros(0, np.int64), np.zeros(0, np.uint8))
+    assert np.array_equal(pages, before)
+    for bad in ([0, 4], [-1, 2]):
+        with pytest.raises(IndexError):
+            fill_pages(pages, np.array(bad), np.zeros(2, np.uint8))
+        assert np.array_equal(pages, before)
+    with pytest.raises(ValueError, match="fill bytes"):
+        fill_pages(pages, np.array([0, 1]), np.zeros(3, np.uint8))
+    ro = before.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fill_pages(ro, np.array([1]), np.zeros(1, np.uint8))
+    fill_pages(np.zeros((3, 0), np.uint8), np.array([0, 2]), np.array([0, 5], np.uint8))
+    fill_pages(pages, np.array([3, 0]), np.array([7, 0], np.uint8))
+    assert (pages[3] == 7).all() and not pages[0].any() and np.array_equal(pages[1:3], before[1:3])
+
+
+def test_fill_kernel_reports_the_first_row_outside():
+    """The compiled fill checks every index against the rows it was given and stops at the first
+    outside one (its caller checks first; the kernel must not write past the buffer if it did not)."""
+    from pagecodec.codecs.zero import _compiled_fill
+
+    pages = np.ones((3, 16), np.uint8)
+    flat = pages.reshape(-1).view(np.uint64)
+    assert _compiled_fill()(flat, 2, 2, np.array([0, 3, 1], np.int64), np.zeros(3, np.uint8), 3) == 1
+    assert _compiled_fill()(flat, 2, 2, np.array([2, -1], np.int64), np.zeros(2, np.uint8), 3) == 1
+    assert _compiled_fill()(flat, 2, 2, np.array([2, 1], np.int64), np.zeros(2, np.uint8), 3) == -1
+    assert not pages[0].any() and not pages[1].any() and not pages[2].any()
+
+
+_BOUNDS_PROBE = r"""
+import numpy as np
+from pagecodec.codecs.zero import fill_pages, zero_page_mask
+for ps in (8, 16, 64, 1024, 1032, 4096):
+    pos = np.unique(np.r_[0, ps - 1, ps // 2, np.arange(8, ps, 8) - 1, np.arange(8, ps, 8)])
+    pages = np.zeros((len(pos) + 1, ps), np.uint8)
+    pages[np.arange(len(pos)), pos] = 1
+    assert not zero_page_mask(pages)[:-1].any() and zero_page_mask(pages)[-1]
+    wide = np.zeros((len(pages), ps + 8), np.uint8); wide[:, :ps] = pages
+    assert (zero_page_mask(wide[:, :ps]) == zero_page_mask(pages)).all()
+    fill_pages(pages, np.arange(len(pages)), np.zeros(len(pages), np.uint8))
+    assert not pages.any()
+print("in bounds")
+"""
+
+
+def test_zero_kernels_stay_in_bounds(tmp_path):
+    """The zero kernels are compiled without bounds checks (speed); compiled with them (numba's
+    NUMBA_BOUNDSCHECK=1, a fresh cache) every index they use on edge pages must be inside the page."""
+    import subprocess
+
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = subprocess.run([sys.executable, "-c", _BOUNDS_PROBE], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "in bounds" in out.stdout, out.stderr[-2000:]
+
+
+def test_zero_runs_take_the_batched_path(pm):
+    """A run of CONTINUE ZERO records is applied by one load_batch (the receiver's fixed-payload path
+    needs the decoder's payload size right), not record by record."""
+    from pagecodec.chain.receiver import Receiver
+    from pagecodec.wire.records import mem_size_record, zero_record
+
+    calls = {"load": 0, "batch": 0}
+
+    class Counting(ZeroPageDecoder):
+        def load(self, r, page):
+            calls["load"] += 1
+            super().load(r, page)
+
+        def load_batch(self, payloads, pages, index):
+            calls["batch"] += len(index)
+            super().load_batch(payloads, pages, index)
+
+    stream = bytearray(b"QEVM\x00\x00\x00\x03\x07\x00\x00\x00\x0dpc-i440fx-7.2")
+    stream += b"\x01\x00\x00\x00\x02\x03ram\x00\x00\x00\x00\x00\x00\x00\x04"
+    stream += mem_size_record([("pc.ram", 64 * 4096)]) + (0x10).to_bytes(8, "big") + b"\x7e\x00\x00\x00\x02"
+    stream += b"\x03\x00\x00\x00\x02" + zero_record(0, "pc.ram")
+    for i in range(1, 64):
+        stream += zero_record(i * 4096, None)
+    stream += (0x10).to_bytes(8, "big") + b"\x7e\x00\x00\x00\x02"
+    rc = Receiver(4096, pm)
+    rc.decoders[0x02] = Counting()
+    r = StreamReader(bytes(stream), "s")
+    rc.load_header(r)
+    rc.load_section(r)
+    rc.load_section(r)
+    assert calls["load"] + calls["batch"] == 64 and calls["batch"] >= 62, calls
