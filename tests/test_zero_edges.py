@@ -246,6 +246,7 @@ for ps in (8, 16, 64, 1024, 1032, 4096):
     assert (zero_page_mask(wide[:, :ps]) == zero_page_mask(pages)).all()
     fill_pages(pages, np.arange(len(pages)), np.zeros(len(pages), np.uint8))
     assert not pages.any()
+fill_pages(np.zeros((3, 0), np.uint8), np.array([0, 2]), np.zeros(2, np.uint8))  # no row to read
 print("in bounds")
 """
 
