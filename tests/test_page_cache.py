@@ -371,3 +371,27 @@ def test_consecutive_pages_match_sequential(first_page, last_stage):
             if enc is not None:
                 assert res.record(i) == enc
         assert_same_state(cache, model)
+
+
+# --- contracts mutation testing found unpinned (mutation/run.py) ----------------------------------------
+def test_page_size_must_be_positive():
+    for ps in (0, -4096):
+        with pytest.raises(ConfigError, match="page size"):
+            PageCache(4096, ps)
+
+
+def test_hits_on_slots_out_of_order_encode_against_their_own_pages():
+    """Hits whose slots are neither ascending nor a run (4, 9, 6: the span of the first and last equals
+    a run's) each encode against their own cached page, not against a run of slots."""
+    cache = PageCache(16 * PS, PS)
+    slots = np.array([4, 9, 6, 5, 7])
+    addrs = slots * PS
+    rng = np.random.default_rng(2)
+    old = rng.integers(0, 256, (5, PS), dtype=np.uint8)
+    xbzrle_process(cache, addrs, old, np.zeros(5, bool), 1, False)  # misses: stored
+    new = old.copy()
+    new[:, 3] ^= 0x40
+    res = xbzrle_process(cache, addrs[:3], new[:3], np.zeros(3, bool), 2, False)
+    assert [Outcome(int(o)) for o in res.outcome] == [Outcome.ENCODED] * 3
+    for i in range(3):
+        assert res.record(i) == ref.encode(old[i].tobytes(), new[i].tobytes())
