@@ -148,3 +148,27 @@ def test_assemble_equals_scalar_records(kinds, with_idstr, seed):
     assert out.tobytes() == bytes(expect)
     assert {k: v for k, v in by_kind.items() if v} == {k: v for k, v in sizes.items() if v}
     assert sum(recs.values()) == sum(1 for k in kinds if k != "skip")
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 4])
+@pytest.mark.parametrize("with_idstr", [False, True])
+def test_variable_records_with_any_prefix_width(width, with_idstr):
+    """A plugin's variable-length records may carry a fixed prefix of any width (1 byte included:
+    the built-in codecs only use 3 and 4): every prefix byte lands before its payload."""
+    rng = np.random.default_rng(width)
+    n = 6
+    offsets = np.arange(n, dtype=np.int64) * PS
+    idx = np.array([0, 2, 3, 5])
+    lengths = np.array([5, 0, 70, 2])
+    data = rng.integers(0, 256, int(lengths.sum()), dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    prefix = rng.integers(0, 256, (len(idx), width), dtype=np.uint8) if width else None
+    s = RecordSet("ext", 0x400, idx, prefix=prefix, data=data, starts=starts, lengths=lengths)
+    out, by_kind, recs = assemble_segment(offsets, "pc.ram" if with_idstr else None, [s])
+    expect = bytearray()
+    for j, i in enumerate(idx):
+        expect += page_header(int(offsets[i]), 0x400, "pc.ram" if (with_idstr and j == 0) else None)
+        expect += prefix[j].tobytes() if width else b""
+        expect += data[starts[j] : starts[j] + lengths[j]].tobytes()
+    assert out.tobytes() == bytes(expect)
+    assert by_kind == {"ext": len(expect)} and recs == {"ext": len(idx)}
