@@ -91,6 +91,7 @@ class Mutant:
     text: str  # the source line, stripped
     rank: int = 0  # among mutants of this operator on this line
     pos: tuple[int, int] = (0, 0)  # (line, column) where the mutation starts
+    occurrence: int = 0  # cosmic-ray's index of this mutation among the operator's in the module
     outcome: str = "pending"  # killed, survived, equivalent, skipped
     diff: str = ""
 
@@ -199,8 +200,11 @@ def mutants_of(session: Path, work: Path) -> list[Mutant]:
             path = str(spec.module_path)
             line = spec.start_pos[0]
             text = (work / path).read_text().splitlines()[line - 1].strip()
-            out.append(Mutant(item.job_id, path, spec.operator_name, line, text, pos=tuple(spec.start_pos)))
-    out.sort(key=lambda m: (m.module, m.operator, m.text, m.line, m.job_id))
+            out.append(Mutant(item.job_id, path, spec.operator_name, line, text, pos=tuple(spec.start_pos),
+                              occurrence=spec.occurrence))
+    # rank: by place on the line, then cosmic-ray's occurrence (both stable for the same source; job
+    # ids are random and must not decide it)
+    out.sort(key=lambda m: (m.module, m.operator, m.text, m.pos, m.occurrence))
     seen: dict[tuple, int] = {}
     for m in out:
         k = (m.module, m.operator, m.text)
