@@ -37,7 +37,23 @@ def test_flag_values_are_qemus():
     assert (f.RAM_SAVE_FLAG_ZERO, f.RAM_SAVE_FLAG_MEM_SIZE, f.RAM_SAVE_FLAG_PAGE, f.RAM_SAVE_FLAG_EOS) == (2, 4, 8, 0x10)
     assert (f.RAM_SAVE_FLAG_CONTINUE, f.RAM_SAVE_FLAG_XBZRLE, f.RAM_SAVE_FLAG_HOOK) == (0x20, 0x40, 0x80)
     assert (f.RAM_SAVE_FLAG_COMPRESS_PAGE, f.RAM_SAVE_FLAG_MULTIFD_FLUSH) == (0x100, 0x200)
+    assert f.RAM_SAVE_FLAG_FULL == 0x01  # obsolete since 2009, but still QEMU's and never to be reused
     assert compress_bound(4096) == 4110
+
+
+@pytest.mark.parametrize("n", [0, 1, 4096, 1 << 14, (1 << 14) + 5, 1 << 25, (1 << 26) + 3, 65536])
+def test_compress_bound_is_zlibs(n):
+    """compressBound from the system zlib (the library QEMU links): every term of its formula."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("z")
+    if name is None:
+        pytest.skip("no system libz")
+    lib = ctypes.CDLL(name)
+    lib.compressBound.restype = ctypes.c_ulong
+    lib.compressBound.argtypes = [ctypes.c_ulong]
+    assert compress_bound(n) == lib.compressBound(n)
 
 
 def test_zero_record_with_idstr():
