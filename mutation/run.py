@@ -51,8 +51,9 @@ MODULES: dict[str, tuple[list[str], int]] = {
     "pagecodec/wire/writer.py": (["tests/test_wire_records.py", *_FAST, "tests/test_wire_writer.py"], 60),
     "pagecodec/wire/flags.py": (["tests/test_wire_records.py", *_FAST, "tests/test_receiver.py"], 60),
     "pagecodec/wire/extension.py": (["tests/test_extension_records.py", "tests/test_receiver.py"], 60),
-    "pagecodec/chain/receiver.py": (["tests/test_receiver.py", "tests/test_chain.py", "tests/test_extension_records.py",
-                                    "tests/test_verify.py", "tests/test_decoder_fuzz.py"], 90),
+    "pagecodec/chain/receiver.py": (["tests/test_receiver.py", "tests/test_receiver_edges.py", "tests/test_chain.py",
+                                    "tests/test_extension_records.py", "tests/test_verify.py", "tests/test_decoder_fuzz.py",
+                                    "tests/test_compress_chain.py", "tests/test_delta_codecs.py"], 240),
     "pagecodec/wire/multifd.py": (["tests/test_multifd_sender.py"], 90),
     "pagecodec/codecs/xbzrle_kernel.py": (["tests/test_xbzrle_kernel.py", "tests/test_reference_sender.py"], 150),
 }
