@@ -55,7 +55,8 @@ MODULES: dict[str, tuple[list[str], int]] = {
                                     "tests/test_extension_records.py", "tests/test_verify.py", "tests/test_decoder_fuzz.py",
                                     "tests/test_compress_chain.py", "tests/test_delta_codecs.py"], 240),
     "pagecodec/wire/multifd.py": (["tests/test_wire_multifd.py", "tests/test_multifd_sender.py"], 90),
-    "pagecodec/codecs/xbzrle_kernel.py": (["tests/test_xbzrle_kernel.py", "tests/test_reference_sender.py"], 150),
+    "pagecodec/codecs/xbzrle_kernel.py": (["tests/test_xbzrle_kernel.py", "tests/test_kernel_guard_pages.py",
+                                           "tests/test_reference_sender.py"], 150),
 }
 EQUIVALENT = Path(__file__).with_name("equivalent.toml")
 
