@@ -188,3 +188,21 @@ def test_variable_records_with_any_prefix_width(width, with_idstr):
         expect += data[starts[j] : starts[j] + lengths[j]].tobytes()
     assert out.tobytes() == bytes(expect)
     assert by_kind == {"ext": len(expect)} and recs == {"ext": len(idx)}
+
+
+def test_extension_record_format_is_stable():
+    """pagecodec's extension records on the wire: flag 0x400, be16 codec id, be32 length, payload; the
+    shipped extension codecs' ids (the low 16 bits of CRC-32 of the name) are fixed literals here, since a
+    stream written today must name the same codec tomorrow."""
+    from pagecodec.wire.extension import RAM_SAVE_FLAG_EXTENSION, codec_id, extension_records
+
+    assert RAM_SAVE_FLAG_EXTENSION == 0x400
+    ids = {"compress-zstd": 0xC96E, "compress-lz4": 0x66CD, "compress-lz4hc": 0x7E9D, "xor-zstd": 0xA17D,
+           "xbzrle-zstd": 0xD53E, "delta-zstd": 0xF153}
+    assert {n: codec_id(n) for n in ids} == ids
+    rs = extension_records("ext", 0x66CD, np.array([0, 1]), np.arange(7, dtype=np.uint8), np.array([0, 5]),
+                           np.array([5, 2]))
+    out, _, recs = assemble_segment(np.array([0x3000, 0x4000], np.int64), None, [rs])
+    want = ((0x3000 | 0x400 | 0x20).to_bytes(8, "big") + b"\x66\xcd" + (5).to_bytes(4, "big") + bytes(range(5))
+            + (0x4000 | 0x400 | 0x20).to_bytes(8, "big") + b"\x66\xcd" + (2).to_bytes(4, "big") + bytes([5, 6]))
+    assert out.tobytes() == want and recs == {"ext": 2}
