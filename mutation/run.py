@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         work = (args.tree or ROOT).resolve()
         reports = [score(m, args.out / f"{Path(m).stem}.sqlite", work, equivalent, args.all_operators)
                    for m in modules if (args.out / f"{Path(m).stem}.sqlite").exists()]
+        for rep in reports:
+            combine(rep, prev_by_module.get(rep.module))
         return summarize(reports, args)
     work = args.tree.resolve() if args.tree else scratch_copy()
     reports = []
@@ -347,9 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             rep = run_module(module, work, args.out, shares.get(module, args.sample), equivalent,
                              all_operators=args.all_operators, only=only)
-            if module in prev_by_module:  # the previous run's kills stand: no test was removed since
-                p = prev_by_module[module]
-                rep.total, rep.run, rep.killed = p["mutants"], p["run"], rep.killed + p["killed"]
+            combine(rep, prev_by_module.get(module))
             reports.append(rep)
             print_module(rep)
             write_report(reports, args)
@@ -357,6 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.tree:
             shutil.rmtree(work, ignore_errors=True)
     return summarize(reports, args)
+
+
+def combine(rep: Report, prev: dict | None) -> None:
+    """A re-run of a previous report's survivors (``--only``) scored as the whole previous sample: the
+    mutants it killed stay killed (no test was removed since), its equivalents are re-judged with the
+    current list."""
+    if prev is None:
+        return
+    rep.total, rep.run, rep.killed = prev["mutants"], prev["run"], rep.killed + prev["killed"]
 
 
 def print_module(rep: Report) -> None:
