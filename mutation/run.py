@@ -114,10 +114,11 @@ class Report:
     seconds: float = 0.0
     keys: list[str] = field(default_factory=list)  # every mutant run
     annotation: int = 0  # mutants in type annotations, left out (never evaluated)
+    removed: list[str] = field(default_factory=list)  # --only: earlier survivors whose source line is gone
 
     @property
     def score(self) -> float:
-        n = self.run - len(self.equivalent)
+        n = self.run - len(self.equivalent) - len(self.removed)
         return self.killed / n if n else 1.0
 
     def to_json(self) -> dict:
@@ -127,7 +128,7 @@ class Report:
                 "seconds": round(self.seconds, 1),
                 "survivors": [{"key": m.key, "line": m.line, "operator": m.operator, "source": m.text,
                                "diff": m.diff} for m in self.survived],
-                "equivalents": [m.key for m in self.equivalent], "run_keys": self.keys}
+                "equivalents": [m.key for m in self.equivalent], "run_keys": self.keys, "removed": self.removed}
 
 
 def annotation_lines(path: Path) -> set[tuple[int, int, int, int]]:
@@ -366,11 +367,13 @@ def combine(rep: Report, prev: dict | None) -> None:
     if prev is None:
         return
     rep.total, rep.run, rep.killed = prev["mutants"], prev["run"], rep.killed + prev["killed"]
+    asked = [s["key"] for s in prev["survivors"]] + list(prev.get("equivalents", []))
+    rep.removed = sorted(set(asked) - set(rep.keys))  # the code they mutated was deleted
 
 
 def print_module(rep: Report) -> None:
     print(f"  score {rep.score:.1%}: {rep.killed} killed, {len(rep.equivalent)} equivalent, "
-          f"{len(rep.survived)} survived of {rep.run} run ({rep.total} in all; {rep.annotation} in annotations "
+          f"{len(rep.survived)} survived{f', {len(rep.removed)} removed with their code' if rep.removed else ''} of {rep.run} run ({rep.total} in all; {rep.annotation} in annotations "
           f"left out), {rep.seconds:.0f} s", flush=True)
     for m in rep.survived:
         print(f"  SURVIVED {m.module}:{m.line} {m.operator} rank {m.rank}: {m.text}")
@@ -383,7 +386,7 @@ def summarize(reports: list[Report], args: argparse.Namespace) -> int:
             print(rep.module)
             print_module(rep)
     write_report(reports, args)
-    run = sum(r.run - len(r.equivalent) for r in reports)
+    run = sum(r.run - len(r.equivalent) - len(r.removed) for r in reports)
     killed = sum(r.killed for r in reports)
     print(f"total: score {killed / run if run else 1:.1%} ({killed} of {run} non-equivalent mutants killed)")
     return 1 if any(r.survived for r in reports) else 0
