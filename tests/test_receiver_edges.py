@@ -61,3 +61,32 @@ def test_command_section_header(pm):
     rc.load_header(r)
     h = rc.load_section(r)
     assert (h.type, h.section_id, h.offset) == (SectionType.COMMAND, -1, 26)
+
+
+@pytest.mark.parametrize("spec,cls", [("xor-zstd", "pagecodec.codecs.delta_runs.RunDecoder"),
+                                      ("compress", "pagecodec.codecs.compress.CompressedPageDecoder")])
+def test_runs_of_variable_records_take_the_batched_path(tmp_path, pm, monkeypatch, spec, cls):
+    """A delta codec's run records and compress threads' COMPRESS_PAGE records reach their decoder's
+    load_many in runs (the receiver gathers consecutive records of one codec), not one by one."""
+    import importlib
+
+    from conftest import write_text_trace
+    from pagecodec.chain.config import parse_spec
+    from pagecodec.harness.replay import verify
+    from pagecodec.trace.format import TraceReader
+
+    mod, _, name = cls.rpartition(".")
+    klass = getattr(importlib.import_module(mod), name)
+    sizes: list[int] = []
+    orig = klass.load_many
+
+    def counting(self, payloads, *a, **kw):
+        sizes.append(len(payloads))
+        return orig(self, payloads, *a, **kw)
+
+    monkeypatch.setattr(klass, "load_many", counting)
+    path = tmp_path / "t.parquet"
+    write_text_trace(path, pages=256, text_pages=200, dirty=40, seed=3)
+    res = verify(TraceReader(path), parse_spec(spec, pm.presets), pm)
+    assert res.ok, res.mismatch
+    assert sizes and max(sizes) >= 8, sizes
