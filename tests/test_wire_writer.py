@@ -83,3 +83,19 @@ def test_file_sink_and_writer_count_by_kind(tmp_path):
     m = MemorySink()
     m.write(b"12")
     assert m.take() == b"12" and m.getvalue() == b""
+
+
+def test_a_stream_file_that_cannot_be_opened_is_an_output_error(tmp_path):
+    d = StreamDirectory(tmp_path / "cap")
+    d.make().rmdir()  # the temporary directory vanished under the run
+    with pytest.raises(OutputError):
+        d.main().write(b"x")
+    d.abort()
+
+
+def test_file_sink_abort_before_and_after_writing(tmp_path):
+    FileSink(tmp_path / "a.mig").abort()  # nothing written: nothing to close
+    s = FileSink(tmp_path / "b.mig")
+    s.write(b"partial")
+    s.abort()
+    assert list(tmp_path.iterdir()) == []
