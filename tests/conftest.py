@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+from hyp import examples
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The test plugins (deliberately broken codecs among them), loaded by name with --plugin / extra_modules.
@@ -23,6 +26,18 @@ def pytest_configure(config):
 
     os.environ[LOAD_ENV] = ""
     os.environ.pop(TRACE_ENV, None)
+
+# Every property test runs under this profile: PAGECODEC_HYPOTHESIS_EXAMPLES sets its example count (a
+# test with a bounded CI default of its own asks hyp.examples(n), which honours the variable too); no
+# deadline, since the chain's first call in a process loads compiled kernels; fixtures of function scope
+# are used deliberately (each example writes its own files under a fresh tmp_path_factory directory).
+settings.register_profile(
+    "pagecodec",
+    max_examples=examples(),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile("pagecodec")
 
 
 def shared_dir() -> Path:

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from hostile_corpus import small_trace
 from pagecodec.cli import main
 
-EXAMPLES = int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 40))
+EXAMPLES = examples(40)
 
 _SIZES = ["0", "1", "4K", "64K", "-1", "nan", "1e3", "100T", "abc", "1.5K", "4096B", "", "16E"]
 _FRACTIONS = ["0", "0.1", "1", "nan", "inf", "-1", "0.1,0.2", "1,2,3", ",", "x"]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from conftest import write_trace
 from pagecodec.chain.slots import Slot
@@ -245,7 +246,7 @@ def test_a_corrupt_record_in_a_run_writes_no_page_of_the_run(tmp_path, pm):
     assert hit and ei.value.offset is not None and hit[0] <= ei.value.offset < hit[0] + 16
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), threads=st.integers(1, 9), spec=st.sampled_from(
     ["compress", "xbzrle+compress", "compress,compress-wait-thread=off", "compress,qemu-version=4.1"]))
 def test_verify_generated(tmp_path_factory, pm, seed, threads, spec):

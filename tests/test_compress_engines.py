@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from pagecodec.chain.config import parse_spec
 from pagecodec.chain.receiver import PageRecords, Receiver, RecordObserver
@@ -139,7 +140,7 @@ def test_presets_and_plugins_list_them(pm):
         assert pm.codecs[name].qemu_format is True
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), threads=st.integers(1, 9), codec=st.sampled_from(list(ENGINES)),
        spec=st.sampled_from(["", ",xbzrle=on", ",compress-wait-thread=off", ",compress-level=3"]))
 def test_verify_generated(tmp_path_factory, pm, seed, threads, codec, spec):

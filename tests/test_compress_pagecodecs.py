@@ -18,6 +18,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from conftest import write_trace
 from pagecodec.chain.config import PC_PARAMETERS, MigrationConfig, parse_spec
@@ -275,7 +276,7 @@ def test_zstd_decoder_bounds_its_output():
 
 
 # --- generated traces ------------------------------------------------------------------------------------
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), threads=st.integers(1, 9), codec=st.sampled_from(list(CODECS)),
        spec=st.sampled_from(["", ",xbzrle=on", ",compress-wait-thread=off", ",qemu-version=4.1", ",level"]))
 def test_verify_generated(tmp_path_factory, pm, seed, threads, codec, spec):

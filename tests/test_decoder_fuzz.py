@@ -7,13 +7,13 @@ PAGECODEC_HYPOTHESIS_EXAMPLES scales them up."""
 from __future__ import annotations
 
 import ctypes
-import os
 import zlib
 
 import lz4.block
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from conftest import write_trace
 from pagecodec.chain.config import parse_spec
@@ -26,7 +26,7 @@ from pagecodec.trace.format import TraceReader
 from pagecodec.wire.reader import StreamReader
 
 PS = 4096
-EXAMPLES = int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 50))
+EXAMPLES = examples(50)
 _PAGES = np.random.default_rng(11).integers(0, 5, (6, PS), dtype=np.uint8)
 _RECORDS = [len(z).to_bytes(4, "big") + z for z in (zlib.compress(p.tobytes(), 1) for p in _PAGES)]
 

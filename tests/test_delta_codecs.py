@@ -4,13 +4,13 @@ extensions."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from conftest import write_trace
 from pagecodec.chain.config import parse_spec
@@ -28,7 +28,6 @@ from pagecodec.wire.writer import MemorySink
 
 PS = 4096
 CORPUS = Path(__file__).resolve().parent.parent / "corpora"
-EXAMPLES = int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 50))
 DELTA_CONFIGS = ["xor-zstd", "xbzrle+zstd", "delta-zstd"]
 
 
@@ -52,7 +51,7 @@ def test_round_trip_on_the_other_corpus_traces(pm, trace):
         assert res.ok, (spec, res.mismatch)
 
 
-@settings(max_examples=max(10, EXAMPLES // 3), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(16), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31), rounds=st.integers(2, 4), cache=st.sampled_from(["64M", "16K"]),
        spec=st.sampled_from(DELTA_CONFIGS))
 def test_round_trip_on_generated_pages(tmp_path_factory, pm, seed, rounds, cache, spec):

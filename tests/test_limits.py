@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from hostile_corpus import mem_size, ram, stream, zero_records, zstd_bomb
 from pagecodec.errors import DecodeError, WireError
@@ -186,7 +187,7 @@ def test_zstandard_fallback_decodes_what_libzstd_does():
 _EDGE = st.sampled_from([0, 1, 3, 4, 2**31, 2**32, 2**62, 2**63 - 1, -1, -(2**63)])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(starts=st.lists(st.one_of(_EDGE, st.integers(-(2**63), 2**63 - 1)), min_size=1, max_size=3), data=st.data())
 def test_decode_batch_never_reads_outside_its_data(starts, data):
     """Any int64 starts and lengths: the records decode, or RecordOutsideData (a DecodeError and a

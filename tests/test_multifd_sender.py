@@ -16,7 +16,6 @@ pc.ram equals the trace's final image.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from conftest import ROOT, qemu_layout_trace_file, wait_incoming
 from test_multifd_import import final_image, read_rows
@@ -201,7 +201,7 @@ def qemu_partition(zero: np.ndarray) -> tuple[np.ndarray, int]:
     return np.array(off), i
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=128))
 def test_zero_page_partition_is_qemus_loop(zero):
     z = np.array(zero)
@@ -266,7 +266,7 @@ def test_qemu_41_multifd_is_not_modelled(trace, pm):
 
 
 # --- verify ----------------------------------------------------------------------------------------------
-@settings(max_examples=int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 25)), deadline=None,
+@settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     pages=st.integers(16, 400),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 import xbzrle_reference as ref
 from pagecodec.codecs.page_cache import (
@@ -184,7 +185,7 @@ def test_empty_slots_accept_any_address_at_any_age():
 # ----------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     st.sampled_from([1, 2, 4, 8]),
     st.lists(
@@ -236,7 +237,7 @@ def event_batches(draw):
     return slots, seed, batches
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event_batches())
 def test_xbzrle_process_matches_sequential(case):
     slots, seed, batches = case
@@ -370,3 +371,27 @@ def test_consecutive_pages_match_sequential(first_page, last_stage):
             if enc is not None:
                 assert res.record(i) == enc
         assert_same_state(cache, model)
+
+
+# --- contracts mutation testing found unpinned (mutation/run.py) ----------------------------------------
+def test_page_size_must_be_positive():
+    for ps in (0, -4096):
+        with pytest.raises(ConfigError, match="page size"):
+            PageCache(4096, ps)
+
+
+def test_hits_on_slots_out_of_order_encode_against_their_own_pages():
+    """Hits whose slots are neither ascending nor a run (4, 9, 6: the span of the first and last equals
+    a run's) each encode against their own cached page, not against a run of slots."""
+    cache = PageCache(16 * PS, PS)
+    slots = np.array([4, 9, 6, 5, 7])
+    addrs = slots * PS
+    rng = np.random.default_rng(2)
+    old = rng.integers(0, 256, (5, PS), dtype=np.uint8)
+    xbzrle_process(cache, addrs, old, np.zeros(5, bool), 1, False)  # misses: stored
+    new = old.copy()
+    new[:, 3] ^= 0x40
+    res = xbzrle_process(cache, addrs[:3], new[:3], np.zeros(3, bool), 2, False)
+    assert [Outcome(int(o)) for o in res.outcome] == [Outcome.ENCODED] * 3
+    for i in range(3):
+        assert res.record(i) == ref.encode(old[i].tobytes(), new[i].tobytes())

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from pagecodec.errors import PageCodecError, TraceError
 from pagecodec.trace.format import (
@@ -298,7 +299,7 @@ def test_writer_accepts_block_name_and_scalar_forms(tmp_path):
         assert r.pages_per_round == [11, 1]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     data=st.data(),
     ps=st.sampled_from([8, 16, 64]),

@@ -13,6 +13,7 @@ import pyarrow
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from pagecodec.errors import TraceError
 from pagecodec.trace.format import TraceReader, open_trace
@@ -323,7 +324,7 @@ def test_structured_kind_is_sparse_words(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     page_size=st.sampled_from([64, 256, 4096]),
     pages=st.integers(1, 48),
@@ -438,8 +439,7 @@ def test_manifest_commands_regenerate_the_files(tmp_path):
 
         cli_main(argv[1:])  # the very command the MANIFEST gives, through the CLI
         made = e.get("generated_with", {})
-        if made.get("numpy") != np.__version__:
-            pytest.skip(f"numpy {np.__version__} differs from {made.get('numpy')}: random streams may differ")
+        # the same pages on any numpy: synth draws through StableRandom (PCG64's raw words only)
         with open_trace(out) as fresh, open_trace(CORPORA / e["file"]) as shipped:
             assert fresh.meta == shipped.meta
             assert fresh.pages_per_round == shipped.pages_per_round

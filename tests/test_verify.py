@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from conftest import ROOT
 from pagecodec.chain.config import parse_spec
@@ -53,7 +54,7 @@ def test_corpus_has_real_traces_with_rounds():
 patterns = st.dictionaries(st.sampled_from(PATTERNS), st.floats(0.1, 5), min_size=1)
 
 
-@settings(max_examples=int(os.environ.get("PAGECODEC_HYPOTHESIS_EXAMPLES", 25)), deadline=None,
+@settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     pages=st.integers(16, 300),

@@ -57,7 +57,7 @@ def qemu_model(reader: TraceReader, cache_size: int, qemu41: bool = False):
     """QEMU 7.2's ram_save_target_page for xbzrle, one page at a time, with a dict page cache and the
     byte-by-byte reference encoder. Returns [(round, block, offset, kind, payload)] and counters."""
     slots = cache_size // PS
-    base = block_addresses([b.used_length for b in reader.meta.blocks])
+    base = block_addresses([b.used_length for b in reader.meta.blocks], PS)
     cache: dict[int, list] = {}
     out = []
     cnt = dict(hits=0, miss=0, overflow=0, bytes=0)

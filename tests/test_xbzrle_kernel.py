@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 import pagecodec.codecs.xbzrle_kernel as kernel
 import xbzrle_reference as ref
@@ -224,7 +225,7 @@ def _check_against_reference(old, new, result):
             assert lengths[k] == want
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(page_pairs())
 def test_encode_batch_matches_reference(pair):
     old, new = pair
@@ -233,7 +234,7 @@ def test_encode_batch_matches_reference(pair):
         _check_against_reference(old, new, encode_batch(old, new, force_path="py"))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(page_pairs())
 def test_decode_inverts_encode(pair):
     old, new = pair
@@ -265,7 +266,7 @@ def near_boundary(draw):
     return old, new
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(near_boundary())
 def test_overflow_rule_matches_reference(pair):
     old, new = pair
@@ -540,7 +541,7 @@ def many_pair_records(draw):
     return ps, bytes(out)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(many_pair_records(), st.data())
 def test_records_with_many_pairs_and_edge_run_lengths(rec, data):
     ps, enc = rec
@@ -692,13 +693,13 @@ def _fuzz_one(data: bytes, page: np.ndarray):
     assert len(set(outcomes)) == 1, outcomes
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=40), st.sampled_from([8, 64, 4096]))
 def test_fuzz_random_bytes(data, ps):
     _fuzz_one(data, np.arange(ps, dtype=np.uint16).astype(np.uint8))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(page_pairs(page_sizes=(16, 64, 4096), max_pages=1), st.data())
 def test_fuzz_mutated_encodings(pair, data):
     old, new = pair

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hyp import examples
 
 from pagecodec.codecs.zero import zero_page_mask, warm_up
 
@@ -20,7 +21,7 @@ def _check(pages: np.ndarray) -> None:
     np.testing.assert_array_equal(got, ~pages.any(axis=1))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(ps=st.sampled_from(PAGE_SIZES), n=st.integers(1, 6), data=st.data())
 def test_single_nonzero_byte_anywhere(ps, n, data):
     pages = np.zeros((n, ps), np.uint8)
@@ -54,7 +55,7 @@ def test_empty_batches():
     assert zero_page_mask(np.zeros((3, 0), np.uint8)).all()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(ps=st.sampled_from(PAGE_SIZES), n=st.integers(0, 8), seed=st.integers(0, 2**32 - 1),
        density=st.sampled_from([0.0, 1e-4, 1e-2, 0.5]))
 def test_random_pages(ps, n, seed, density):
@@ -64,7 +65,7 @@ def test_random_pages(ps, n, seed, density):
     _check(pages)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(ps=st.sampled_from(PAGE_SIZES), n=st.integers(1, 8), seed=st.integers(0, 2**32 - 1),
        view=st.sampled_from(["rows", "cols", "offset", "transposed", "reversed", "fortran", "unaligned"]))
 def test_non_contiguous(ps, n, seed, view):

@@ -6,15 +6,21 @@ from dataclasses import dataclass, field
 
 from .metrics import RamCounters
 
-__all__ = ["RAMState", "block_addresses", "RAM_ADDR_ALIGN"]
+__all__ = ["RAMState", "block_addresses", "RAM_ADDR_ALIGN", "ALIGN_PAGES"]
 
-#: find_ram_offset() places each new block at ROUND_UP(end of the previous, BITS_PER_LONG pages).
-RAM_ADDR_ALIGN = 64 * 4096
+#: find_ram_offset() places each new block at ROUND_UP(end of the previous, BITS_PER_LONG << TARGET_PAGE_BITS):
+#: 64 *target* pages, so the alignment in bytes follows the page size.
+ALIGN_PAGES = 64
+#: The alignment with 4 KiB target pages (x86).
+RAM_ADDR_ALIGN = ALIGN_PAGES * 4096
 
 
-def block_addresses(lengths: list[int], align: int = RAM_ADDR_ALIGN) -> tuple[int, ...]:
+def block_addresses(lengths: list[int], page_size: int = 4096) -> tuple[int, ...]:
     """Global RAM addresses (ram_addr_t) of blocks allocated in order, as find_ram_offset lays them out
-    on an empty address space. The XBZRLE page cache is direct-mapped on these addresses."""
+    on an empty address space: each at the end of the previous rounded up to 64 target pages of
+    ``page_size`` bytes. The XBZRLE page cache is direct-mapped on these addresses, so with a page size
+    other than 4 KiB a fixed 256 KiB alignment would map blocks onto other cache slots than QEMU's."""
+    align = ALIGN_PAGES * page_size
     addrs = []
     end = 0
     for n in lengths:

@@ -261,7 +261,7 @@ class Receiver:
         self.vmdesc_offset: int | None = None
         self.cpu = StageClock()  # thread CPU per stage; worker threads' via take_cpu_ns
         blocks = tuple(self.expected.values()) if self.expected else ()
-        ctx = CodecContext(config or MigrationConfig(), page_size, blocks, block_addresses([b.used_length for b in blocks]))
+        ctx = CodecContext(config or MigrationConfig(), page_size, blocks, block_addresses([b.used_length for b in blocks], page_size))
         tracer = None
         if isinstance(codecs, PluginManager):
             named = [(c, codecs.plugin_of(c.name)) for c in codecs.codecs.values()]

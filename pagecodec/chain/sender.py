@@ -24,13 +24,14 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..codecs.base import SLOT_ORDER, CodecContext, ControlRecord, Emission, Segment, Slot, SlotEncoder, Stage
-from ..errors import PageCodecError, PluginError
+from ..errors import ConfigError, PageCodecError, PluginError
 from .metrics import MigrationStats, RoundStats
 from .record_check import RecordCheck
 from ..plugins import PluginManager
 from ..trace.format import PageBatch, TraceMeta
 from ..wire import qevm
-from ..wire.flags import RAM_SECTION_ID_DEFAULT, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, SectionType
+from ..wire.extension import RAM_SAVE_FLAG_EXTENSION
+from ..wire.flags import RAM_SAVE_FLAG_MULTIFD_FLUSH, RAM_SECTION_ID_DEFAULT, RAM_SECTION_IDSTR, RAM_SECTION_VERSION, SectionType, min_page_size
 from ..wire.records import Scratch, assemble_segment, eos_record, mem_size_record
 from ..wire.writer import NullSink, Sink, WireWriter
 from .config import MigrationConfig
@@ -104,12 +105,13 @@ class Sender:
         self.section_id = section_id
         self.page_size = meta.page_size
         self.ram = RAMState()
-        self.block_addrs = block_addresses([b.used_length for b in meta.blocks])
+        self.block_addrs = block_addresses([b.used_length for b in meta.blocks], meta.page_size)
         self.channel_sinks = channel_sinks
         self.channels: dict[int, WireWriter] = {}
         self.ctx = CodecContext(config, meta.page_size, meta.blocks, self.block_addrs,
                                 channel=_channel_opener(self.channels, channel_sinks))
         self.encoders = build_encoders(config, plugins, self.ctx)
+        check_page_size(meta.page_size, [n for _s, n, _e in self.encoders if not plugins.codecs[n].qemu_format])
         #: ``on_claims(block, offsets, claimed_by)`` after each segment: which slot took which page
         #: (``verify`` keeps the last one per page, to name the codec that sent a page that arrived wrong).
         self.on_claims: Callable[[int, np.ndarray, np.ndarray], None] | None = None
@@ -350,6 +352,19 @@ class Sender:
             rs.wire.update(by_kind)
             rs.records.update(recs)
         self.stats.cpu.add("wire", time.thread_time_ns() - t0)
+
+
+def check_page_size(page_size: int, extension_codecs: list[str]) -> None:
+    """ConfigError for a page size whose offsets would overlap the record flags: QEMU's flags go up to
+    0x200 (so its target pages are at least 1 KiB), pagecodec's extension records use 0x400 (2 KiB).
+    Below that the stream is written but no destination can tell a flag from an offset bit."""
+    top = RAM_SAVE_FLAG_EXTENSION if extension_codecs else RAM_SAVE_FLAG_MULTIFD_FLUSH
+    need = min_page_size(top)
+    if page_size < need:
+        why = (f"extension records of {', '.join(repr(n) for n in extension_codecs)} carry flag {top:#x}"
+               if extension_codecs else f"QEMU's record flags go up to {top:#x}: it migrates target pages of 1 KiB and more")
+        raise ConfigError(f"page size {page_size}: a RAM record keeps its flags in the bits below the page offset, and "
+                          f"{why}; this trace needs pages of at least {need} bytes to be sent")
 
 
 def _channel_opener(channels: dict[int, WireWriter],

@@ -28,9 +28,12 @@ Model:
   ``dirty_fraction`` is a constant dirty rate of ``dirty_fraction · RAM / interval`` bytes per second.
 
 All content generation is vectorized over batches of pages; Python loops only run per pattern, per
-kind and per chunk of pages.  The numpy ``Generator`` (PCG64) is consumed in a fixed order with fixed
-chunk sizes, so a seed always gives the same trace — byte for byte, including the Parquet file, since
-the provenance date is fixed and the recorded command is derived from the parameters, not the argv.
+kind and per chunk of pages.  The random stream (:class:`~pagecodec.sources.stable_random.StableRandom`:
+PCG64's raw words, whose sequence NumPy guarantees across versions, turned into draws without numpy's
+``Generator`` methods, whose algorithms it does not) is consumed in a fixed order with fixed chunk sizes,
+so a seed always gives the same trace on any numpy — byte for byte, including the Parquet file with the
+same Parquet writer, since the provenance date is fixed and the recorded command is derived from the
+parameters, not the argv.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from functools import lru_cache
 import numpy as np
 
 from pagecodec.errors import TraceError
+from pagecodec.sources.stable_random import StableRandom
 from pagecodec.limits import format_bytes, machine_memory
 from pagecodec.trace.format import (
     DEFAULT_ROW_GROUP_PAGES,
@@ -246,7 +250,7 @@ def _text_tokens() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         "under never day same another know while last might us great old year off come since against go "
         "came right used take three"
     ).split()
-    r = np.random.Generator(np.random.PCG64(0x5EED7E87))
+    r = StableRandom(0x5EED7E87)
     onsets = "b c d f g h j k l m n p r s t v w z br ch cl cr dr fl gr pl pr sh st str th tr".split()
     vowels = "a e i o u ai ea ee ie oo ou".split()
     codas = ["", "", "n", "r", "s", "t", "l", "nd", "st", "ng", "ck", "m"]
@@ -263,9 +267,11 @@ def _text_tokens() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             words.append(w)
     seps = [" ", " ", " ", " ", " ", " ", ", ", ". ", ".\n"]
     sep_p = np.array([1.0] * len(seps))
-    sep_p /= sep_p.sum()
-    zipf = 1.0 / (np.arange(len(words)) + 2.7) ** 1.05
-    zipf /= zipf.sum()
+    sep_p /= math.fsum(sep_p.tolist())
+    # libm's pow and an exactly rounded sum: numpy's SIMD power and pairwise sums may differ in the
+    # last bit between builds, and the table must be the same everywhere (stable_random.py)
+    zipf = np.array([1.0 / math.pow(i + 2.7, 1.05) for i in range(len(words))])
+    zipf /= math.fsum(zipf.tolist())
     tokens = [w + s for w in words for s in seps]
     prob = (zipf[:, None] * sep_p[None, :]).ravel()
     enc = [t.encode() for t in tokens]
@@ -283,7 +289,7 @@ _PHRASE_TOKENS = 6  # ... of this many tokens ...
 _PHRASE_REPEAT = 0.55  # ... making up this share of the page: ~3x with zlib level 1, like real text
 
 
-def _gen_text(rng: np.random.Generator, n: int, ps: int) -> np.ndarray:
+def _gen_text(rng: StableRandom, n: int, ps: int) -> np.ndarray:
     """Text-like pages: Zipf-distributed words, where some phrases recur within the page.
 
     Independent words alone only compress ~2x (zlib sees no repeats); real text in RAM — logs, markup,
@@ -292,7 +298,7 @@ def _gen_text(rng: np.random.Generator, n: int, ps: int) -> np.ndarray:
     zstd) gains nothing from neighbouring pages that real text would not give it.
     """
     blob, starts, lengths, cdf = _text_tokens()
-    mean_len = float((lengths * np.diff(np.concatenate(([0.0], cdf)))).sum())
+    mean_len = math.fsum((lengths * np.diff(np.concatenate(([0.0], cdf)))).tolist())
     k = _PHRASE_TOKENS
     segs = -(-(int(ps / mean_len * 1.3) + 8) // k)
 
@@ -319,12 +325,12 @@ def _gen_text(rng: np.random.Generator, n: int, ps: int) -> np.ndarray:
     return stream[idx]
 
 
-def _gen_random(rng: np.random.Generator, n: int, ps: int) -> np.ndarray:
+def _gen_random(rng: StableRandom, n: int, ps: int) -> np.ndarray:
     """Incompressible pages (encrypted or compressed data, random keys)."""
     return np.frombuffer(rng.bytes(n * ps), dtype=np.uint8).reshape(n, ps)
 
 
-def _gen_struct(rng: np.random.Generator, n: int, ps: int) -> np.ndarray:
+def _gen_struct(rng: StableRandom, n: int, ps: int) -> np.ndarray:
     """Structured pages: mostly-zero arrays of 8-byte words — pointers into a 64-bit address space,
     small counters and a few random words — like heap objects and kernel structures."""
     w = ps // 8
@@ -344,7 +350,7 @@ def _gen_struct(rng: np.random.Generator, n: int, ps: int) -> np.ndarray:
 _GENERATORS = {TEXT: _gen_text, RANDOM: _gen_random, STRUCT: _gen_struct}
 
 
-def _fill(rng: np.random.Generator, ram: np.ndarray, idx: np.ndarray, kind: int) -> None:
+def _fill(rng: StableRandom, ram: np.ndarray, idx: np.ndarray, kind: int) -> None:
     """Write fresh content of ``kind`` into pages ``idx`` of the RAM image, chunk by chunk."""
     ps = ram.shape[1]
     if kind == ZERO:
@@ -356,7 +362,7 @@ def _fill(rng: np.random.Generator, ram: np.ndarray, idx: np.ndarray, kind: int)
         ram[part] = gen(rng, len(part), ps)
 
 
-def _fill_by_kind(rng: np.random.Generator, ram: np.ndarray, idx: np.ndarray, kinds: np.ndarray) -> None:
+def _fill_by_kind(rng: StableRandom, ram: np.ndarray, idx: np.ndarray, kinds: np.ndarray) -> None:
     for k in (ZERO, TEXT, RANDOM, STRUCT):
         sel = idx[kinds == k]
         if len(sel):
@@ -368,7 +374,7 @@ def _fill_by_kind(rng: np.random.Generator, ram: np.ndarray, idx: np.ndarray, ki
 # --------------------------------------------------------------------------------------------------
 
 
-def _runs_mask(rng: np.random.Generator, n: int, count: int, mean: int) -> np.ndarray:
+def _runs_mask(rng: StableRandom, n: int, count: int, mean: int) -> np.ndarray:
     """Boolean mask of exactly ``count`` of ``n`` pages, laid out in runs of mean length ``mean``
     (workloads dirty neighbouring pages together: arrays, stacks, page-cache files)."""
     sel = np.zeros(n, dtype=bool)
@@ -398,7 +404,7 @@ def _runs_mask(rng: np.random.Generator, n: int, count: int, mean: int) -> np.nd
     return sel
 
 
-def _content_runs(rng: np.random.Generator, n: int, zero_pages: int, kind_p: np.ndarray) -> np.ndarray:
+def _content_runs(rng: StableRandom, n: int, zero_pages: int, kind_p: np.ndarray) -> np.ndarray:
     """Kind of every page for round 0: runs of one kind, exactly ``zero_pages`` zero pages."""
     lens = rng.geometric(1.0 / _CONTENT_RUN_MEAN, size=max(1, n // _CONTENT_RUN_MEAN + 8))
     while lens.sum() < n:
@@ -514,7 +520,7 @@ def synthesize(
         ),
     )
 
-    rng = np.random.Generator(np.random.PCG64(seed))
+    rng = StableRandom(seed)
     n = meta.total_pages
     starts = meta.block_starts
     kind_w = np.array([pats.get("text", 0.0), pats.get("random", 0.0), pats.get("sparse", 0.0)])
@@ -600,7 +606,7 @@ def synth_pages(ram_size: int, rounds: int, dirty_fraction: float | Sequence[flo
 
 def _apply(
     name: str,
-    rng: np.random.Generator,
+    rng: StableRandom,
     ram: np.ndarray,
     kinds: np.ndarray,
     idx: np.ndarray,

@@ -20,6 +20,17 @@ RAM_SAVE_FLAG_HOOK = 0x80
 RAM_SAVE_FLAG_COMPRESS_PAGE = 0x100
 RAM_SAVE_FLAG_MULTIFD_FLUSH = 0x200
 
+#: The smallest page the record header can carry: flags share the be64 with the page's offset, so every
+#: flag must lie below the page size. QEMU keeps its flags at or below 0x200 for that reason ("QEMU
+#: supports migration with any architecture that has PAGE_SIZE >= 1K"), so 1 KiB is its minimum.
+MIN_PAGE_SIZE = 0x400
+
+
+def min_page_size(max_flag: int) -> int:
+    """The smallest page size whose offsets leave ``max_flag`` (and every lower bit) free."""
+    return max(MIN_PAGE_SIZE, 1 << max_flag.bit_length())
+
+
 #: XBZRLE record's encoding byte (ENCODING_FLAG_XBZRLE in ram.c)
 ENCODING_FLAG_XBZRLE = 0x01
 

@@ -126,9 +126,6 @@ class RecordSet:
         return np.zeros(k, dtype=np.int64)
 
 
-_B8 = np.arange(8, dtype=np.int64)
-
-
 def _scatter_rows(out: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> None:
     """out[pos[i] : pos[i] + w] = rows[i] for narrow rows (headers, prefixes)."""
     w = rows.shape[1]
