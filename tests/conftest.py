@@ -75,6 +75,19 @@ def write_trace(path, blocks, rounds, page_size=4096):
     return meta
 
 
+def write_sparse_trace(path, seed: int, page_size: int = 4096):
+    """32 pages of pc.ram, every third random and the rest zero; round 1 rewrites the first 4 bytes of
+    pages 1, 3 and 9 (a small trace of two rounds for CLI and bench tests)."""
+    rng = np.random.default_rng(seed)
+    ram = np.zeros((32, page_size), np.uint8)
+    ram[::3] = rng.integers(0, 256, (11, page_size), dtype=np.uint8)
+    r1 = np.array([1, 3, 9])
+    ram2 = ram.copy()
+    ram2[r1, :4] = 9
+    write_trace(path, [("pc.ram", 32 * page_size)], [{0: (np.arange(32) * page_size, ram)}, {0: (r1 * page_size, ram2[r1])}],
+                page_size)
+
+
 def write_text_trace(path, pages: int, text_pages: int, dirty: int, seed: int, page_size: int = 4096):
     """A small trace of three rounds over one block pc.ram: ``text_pages`` text-like pages
     (compressible) then zero pages, and two rounds that each flip one byte in ``dirty`` pages."""

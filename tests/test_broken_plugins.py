@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TEST_PLUGINS, write_trace
+from conftest import TEST_PLUGINS, write_sparse_trace
 from pagecodec.chain.config import parse_spec
 from pagecodec.codecs.base import Codec, Slot, SlotEncoder
 from pagecodec.errors import PluginError
@@ -23,21 +23,13 @@ from pagecodec.trace.format import TraceReader
 from pagecodec.wire.flags import RAM_SAVE_FLAG_PAGE
 from pagecodec.wire.records import RecordSet
 
-PS = 4096
 ENV = dict(os.environ, PYTHONPATH=str(TEST_PLUGINS))
 
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    """32 pages of pc.ram (every third random, the rest zero); round 1 rewrites pages 1, 3 and 9."""
-    rng = np.random.default_rng(5)
-    ram = np.zeros((32, PS), np.uint8)
-    ram[::3] = rng.integers(0, 256, (11, PS), dtype=np.uint8)
-    r1 = np.array([1, 3, 9])
-    ram2 = ram.copy()
-    ram2[r1, :4] = 9
     p = tmp_path_factory.mktemp("t") / "t.parquet"
-    write_trace(p, [("pc.ram", 32 * PS)], [{0: (np.arange(32) * PS, ram)}, {0: (r1 * PS, ram2[r1])}])
+    write_sparse_trace(p, seed=5)
     return p
 
 

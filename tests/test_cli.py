@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import ROOT, write_trace
+from conftest import ROOT, write_sparse_trace
 
-PS = 4096
 
 
 def run(*args, cwd=None):
@@ -21,14 +19,8 @@ def run(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    rng = np.random.default_rng(3)
-    ram = np.zeros((32, PS), np.uint8)
-    ram[::3] = rng.integers(0, 256, (11, PS), dtype=np.uint8)
-    r1 = np.array([1, 3, 9])
-    ram2 = ram.copy()
-    ram2[r1, :4] = 9
     p = tmp_path_factory.mktemp("t") / "t.parquet"
-    write_trace(p, [("pc.ram", 32 * PS)], [{0: (np.arange(32) * PS, ram)}, {0: (r1 * PS, ram2[r1])}])
+    write_sparse_trace(p, seed=3)
     return p
 
 
