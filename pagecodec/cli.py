@@ -144,6 +144,8 @@ def default_traces() -> list[str]:
 @click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Pin each local worker (and its threads) to one CPU, for repeatable CPU figures.")
+@click.option("--min-sample-time", default=0.2, show_default=True, type=click.FloatRange(0, 60), metavar="SECONDS",
+              help="A timing repeat shorter than this is the fastest of back-to-back replays filling it.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
 @click.option("--wide", is_flag=True, help="Every column (page counts, cache misses, wall times, …).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -155,8 +157,8 @@ def default_traces() -> list[str]:
 @pass_ctx
 def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tuple[str, ...], repeat: int,
           json_out: str | None, csv_out: str | None, plots: str | None, jobs: int, dask: str | None,
-          scheduler: str | None, resume: bool, pin: bool, fmt: str, wide: bool, verify: bool, decode: bool,
-          baselines: bool) -> None:
+          scheduler: str | None, resume: bool, pin: bool, min_sample_time: float, fmt: str, wide: bool, verify: bool,
+          decode: bool, baselines: bool) -> None:
     """Replay traces × configurations and compare wire size and CPU, the sender's and the destination's.
 
     With no TRACE, the shipped corpus (corpora/MANIFEST.json); with no --config, every preset that
@@ -219,7 +221,7 @@ def bench(c: Ctx, traces: tuple[str, ...], configs: tuple[str, ...], sweeps: tup
         try:
             run_matrix(runs, repeat=repeat, check=verify, decode=decode, executor=executor,
                        plugin_modules=c.plugin_modules, done=done, samples_done=samples_done,
-                       on_result=on_result, on_sample=on_sample)
+                       on_result=on_result, on_sample=on_sample, min_sample_s=min_sample_time)
         finally:
             if journal is not None:
                 journal.close()

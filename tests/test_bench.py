@@ -308,3 +308,49 @@ def test_resume_takes_finished_repeats_from_the_journal(trace, tmp_path):
     t = res["timing"]["cpu_s_per_gib"]
     assert res["timing"]["repeats"] == 2 and t["samples"][0] == sample["timing"]["cpu_s_per_gib"]["samples"][0]
     assert res["verify"]["ok"] and not (tmp_path / "f.json.partial").exists()
+
+
+# -- short runs: a sample filled to --min-sample-time ---------------------------------------------------
+def test_fastest_of_keeps_the_least_sender_and_the_least_decode_cpu_of_back_to_back_runs(monkeypatch):
+    from pagecodec.harness.matrix import fastest_of
+
+    runs = iter([
+        {"cpu_s_per_gib": {"wire": 3.0}, "cpu_decode_s_per_gib": {"page": 1.0}, "cpu_decode": {"page": 0.1}, "wall_s": 0.1},
+        {"cpu_s_per_gib": {"wire": 2.0}, "cpu_decode_s_per_gib": {"page": 5.0}, "cpu_decode": {"page": 0.5}, "wall_s": 0.2},
+        {"cpu_s_per_gib": {"wire": 4.0}, "cpu_decode_s_per_gib": {"page": 0.5}, "cpu_decode": {"page": 0.05}, "wall_s": 0.3},
+    ])
+    calls = []
+
+    def once():
+        calls.append(1)
+        return next(runs)
+
+    from pagecodec.harness import matrix
+
+    clock = iter([0.0, 0.1, 0.2, 0.3])  # start, then after each run: 0.3 s reached after the third
+    monkeypatch.setattr(matrix.time, "perf_counter", lambda: next(clock))
+    out = fastest_of(once, 0.25)
+    assert len(calls) == 3 and out["replays"] == 3
+    assert out["cpu_s_per_gib"] == {"wire": 2.0} and out["wall_s"] == 0.2  # the sender's fastest run
+    assert out["cpu_decode_s_per_gib"] == {"page": 0.5} and out["cpu_decode"] == {"page": 0.05}  # the destination's
+
+
+def test_fastest_of_runs_once_when_the_run_fills_the_time():
+    from pagecodec.harness.matrix import fastest_of
+
+    out = fastest_of(lambda: {"cpu_s_per_gib": {"wire": 1.0}}, 0.0)
+    assert out == {"cpu_s_per_gib": {"wire": 1.0}}
+
+
+def test_short_runs_are_filled_and_the_result_says_how_many_replays(trace, tmp_path):
+    out = tmp_path / "r.json"
+    p = run("bench", str(trace), "--config", "xbzrle", "--repeat", "2", "--min-sample-time", "0.3", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    res = {r["config"]["label"]: r for r in json.loads(out.read_text())}
+    for label in ("memcpy", "none", "xbzrle"):
+        replays = res[label]["timing"]["replays"]
+        assert len(replays) == 2 and replays[1] > 1, (label, replays)  # a 48-page trace: many replays
+        assert "replays" not in res[label]
+    assert res["xbzrle"]["timing"]["replays"][0] == 1  # the checking repeat runs once (verify)
+    p = run("bench", str(trace), "--config", "xbzrle", "--repeat", "2", "--min-sample-time", "0", "--json", str(out))
+    assert p.returncode == 0 and all(r["timing"]["replays"] == [1, 1] for r in json.loads(out.read_text()))

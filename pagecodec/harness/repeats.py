@@ -72,7 +72,9 @@ def aggregate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         timing["cpu_decode_s_per_gib"] = _stats([d for d in decoded if d is not None])
     timing["wall_s"] = _stats([float(s.get("wall_s", 0.0)) for s in samples])
     timing["cpu-affinity"] = [s.get("cpu-affinity") for s in samples]  # each repeat's CPUs (pinned: one)
+    timing["replays"] = [int(s.get("replays", 1)) for s in samples]  # back-to-back replays per sample
     out.pop("cpu-affinity", None)
+    out.pop("replays", None)
     if all("decode_wall_s" in s for s in samples):
         timing["decode_wall_s"] = _stats([float(s["decode_wall_s"]) for s in samples])
     stages: dict[str, Any] = {}
