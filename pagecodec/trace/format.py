@@ -843,6 +843,7 @@ class TraceReader:
             self.path = Path(path)
             fs_path = str(self.path)
         self._fs_path = fs_path
+        self._sha256: str | None = None  # the file's digest, once asked for (sha256)
         try:
             # No read_dictionary: our files carry the Arrow schema (block comes back dictionary-encoded);
             # a foreign file's plain string column is encoded in _block_indices.
@@ -1107,7 +1108,14 @@ class TraceReader:
             pass
 
     def sha256(self) -> str:
-        """SHA-256 of the file's bytes, as recorded in results and in corpora/MANIFEST.json."""
+        """SHA-256 of the file's bytes, as recorded in results and in corpora/MANIFEST.json. Read once
+        per reader: every replay of it records the digest (``bench`` replays a short run several
+        times per sample), and a reader reads one file as it was opened."""
+        if self._sha256 is None:
+            self._sha256 = self._hash_file()
+        return self._sha256
+
+    def _hash_file(self) -> str:
         h = hashlib.sha256()
         if self._fs is None:
             with open(self.path, "rb") as f:
