@@ -766,9 +766,6 @@ class Receiver:
         p = self._third_party.get(codec)
         return f" (plugin {p!r})" if p else ""
 
-    def _all_decoders(self) -> list[RecordDecoder]:
-        return [*self.decoders.values(), *(d for _, d in self.extension_decoders.values())]
-
     def take_worker_cpu_ns(self) -> int:
         """Thread CPU nanoseconds the decoders' worker threads spent since the last call (extension
         codecs' decoders included). Shares the decoders' counters with :meth:`take_cpu_ns`."""

@@ -155,7 +155,6 @@ class Destination:
             self.multifd = self.observer.multifd = MultifdReceiver(
                 config.qemu_version, config.param("multifd-channels"), config.param("multifd-compression"), ps,
                 self._block_pages, self.observer.channel_pages)
-        self.part_bytes = PART_BYTES  # load a round in parts of about this size (:meth:`feeding`)
         self.offset = 0  # main-stream bytes loaded
         self.wall_ns = 0  # wall time spent loading
         self._cpu_ns: dict[str, int] = {}
@@ -175,14 +174,14 @@ class Destination:
 
     def feeding(self, r: int, batches: Iterable[PageBatch]) -> Iterator[PageBatch]:
         """``batches`` of round ``r`` passed on to the sender, loading what it wrote whenever
-        :attr:`part_bytes` have piled up. When the sender asks for its next batch it has written every
+        :data:`PART_BYTES` have piled up. When the sender asks for its next batch it has written every
         record of the one before, so the stream breaks at a record boundary there and the receiver
         goes on where it stopped (:meth:`Receiver.load_section` with ``partial``). The bulk round of a
         1 GiB guest is then loaded 8 MiB at a time instead of held whole (1 GiB more memory, faulted
         in afresh for the round). Small rounds stay one chunk (``tamper`` sees a round at once)."""
         for b in batches:
             yield b
-            if self.sink.pending >= self.part_bytes:
+            if self.sink.pending >= PART_BYTES:
                 self.load(r, None)
 
     def load(self, r: int, num_rounds: int | None) -> None:

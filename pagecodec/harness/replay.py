@@ -113,8 +113,9 @@ def _decoded(
     tamper_channel: Callable[[int, int, bytes], bytes] | None,
 ) -> dict[str, Any]:
     """replay with the destination loading the stream as it is written (bounded memory: a part of a
-    round's stream at a time, :meth:`Destination.feeding`). Pages are not compared (that is :func:`verify`'s job and costs a
-    second image of RAM); every record is decoded, with its decoder's checks."""
+    round's stream at a time, :meth:`Destination.feeding`). Pages are not compared (that is
+    :func:`verify`'s job and costs a second image of RAM); every record is decoded, with its
+    decoder's checks."""
     name = os.path.basename(str(reader.path))
     dest = Destination(reader.meta, config, plugins, context=f"{name} with config {config.label!r}, ",
                        tamper=tamper, tamper_channel=tamper_channel)
@@ -235,8 +236,7 @@ def verify(
     ``tamper_channel(channel, round, chunk) -> chunk`` a multifd channel's bytes.
     """
     meta = reader.meta
-    names = [b.name for b in meta.blocks]
-    touched = _Touched(names, [b.used_length // meta.page_size for b in meta.blocks])
+    touched = _Touched(meta)
     name = os.path.basename(str(reader.path))
     dest = Destination(meta, config, plugins, observer=touched, tamper=tamper, tamper_channel=tamper_channel,
                        context=f"{name} with config {config.label!r}, ")
@@ -321,11 +321,11 @@ class _Touched(ChannelSync):
     costs its touched pages plus a scan of a byte per page (np.unique sorted the indexes instead:
     0.3 s of a 1 GiB guest's verify)."""
 
-    def __init__(self, names: list[str], pages: list[int]) -> None:
+    def __init__(self, meta: Any) -> None:
         super().__init__()
-        self.index = {n: i for i, n in enumerate(names)}  # block name -> the trace's block index
-        self.parts: list[list[np.ndarray]] = [[] for _ in names]
-        self._flags = [np.zeros(n, bool) for n in pages]
+        self.index = {b.name: i for i, b in enumerate(meta.blocks)}  # block name -> the trace's block index
+        self.parts: list[list[np.ndarray]] = [[] for _ in meta.blocks]
+        self._flags = [np.zeros(meta.block_pages(i), bool) for i in range(len(meta.blocks))]
 
     def channel_pages(self, block: str, index: np.ndarray) -> None:
         self.add(self.index[block], index)
