@@ -12,7 +12,8 @@ from conftest import write_text_trace
 from pagecodec.chain.config import parse_spec
 from pagecodec.cli import cli, main
 from pagecodec.errors import ConfigError, TraceError
-from pagecodec.harness.dirty_log import DirtyLog, LogEnded
+from pagecodec.harness.dirty_log import DirtyLog
+from pagecodec.harness.precopy import LogExhausted
 from pagecodec.harness.precopy import Link
 from pagecodec.harness.simulate import parse_duration, parse_link, parse_links, simulate
 from pagecodec.sources.synth import synthesize
@@ -60,7 +61,7 @@ def test_dirty_log_composes_latest_contents_in_qemu_order(tmp_path):
     with open_trace(path) as r:
         log = DirtyLog(r, repeat=False)
         log.advance(0.75)
-        with pytest.raises(LogEnded):
+        with pytest.raises(LogExhausted):
             log.advance(0.76)
 
 

@@ -30,16 +30,14 @@ from typing import Any, Iterator
 __all__ = ["usable_cpus", "thread_affinity", "worker_cpus", "pinned", "pin_worker"]
 
 
-def usable_cpus() -> list[int]:
-    """The CPUs this thread may run on, ascending (all of them where affinity is not supported)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
 def thread_affinity() -> list[int] | None:
     """The calling thread's CPUs, for the results (None where the platform cannot say)."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this thread may run on, ascending (all of them where affinity is not supported)."""
+    return thread_affinity() or list(range(os.cpu_count() or 1))
 
 
 def worker_cpus(jobs: int, cpus: list[int] | None = None) -> list[int]:

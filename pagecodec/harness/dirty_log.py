@@ -25,15 +25,12 @@ import numpy as np
 
 from ..errors import TraceError
 from ..trace.format import PageBatch, TraceReader
+from .precopy import LogExhausted
 
-__all__ = ["DirtyLog", "LogEnded", "BATCH_PAGES"]
+__all__ = ["DirtyLog", "BATCH_PAGES"]
 
 #: Pages per batch handed to the sender (the trace reader's row-group size).
 BATCH_PAGES = 4096
-
-
-class LogEnded(Exception):
-    """The simulated clock passed the end of the log and the log is not repeated."""
 
 
 class DirtyLog:
@@ -96,7 +93,7 @@ class DirtyLog:
                 if self._next_round >= self.reader.num_rounds:
                     if not self.repeat:
                         if until_s > self.period:
-                            raise LogEnded(f"the migration outlasts the log ({self.period:.3f} s) and --log-end is stop")
+                            raise LogExhausted(f"the migration outlasts the log ({self.period:.3f} s) and --log-end is stop")
                         return
                     self.cycle += 1
                     self._next_round = 1

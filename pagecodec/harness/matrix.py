@@ -189,7 +189,7 @@ def fastest_of(once: Callable[[], dict[str, Any]], min_s: float) -> dict[str, An
     time gives short runs as many draws as long ones get work (timeit's autorange does the same).
     Counters and wire bytes do not depend on the run, so any run's stand for all."""
     t0 = time.perf_counter()
-    best_send = best_decode = first = once()
+    best_send = best_decode = once()
     k = 1
     while time.perf_counter() - t0 < min_s:
         s = once()
@@ -200,7 +200,7 @@ def fastest_of(once: Callable[[], dict[str, Any]], min_s: float) -> dict[str, An
         if d is not None and bd is not None and d < bd:
             best_decode = s
     if k == 1:
-        return first
+        return best_send
     out = dict(best_send)
     for key in ("cpu_decode", "cpu_decode_s_per_gib", "decode_wall_s"):
         if key in best_decode:

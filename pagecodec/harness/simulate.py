@@ -22,8 +22,8 @@ from ..errors import ConfigError
 from ..plugins import PluginManager
 from ..trace.format import TraceReader
 from ..wire.writer import NullSink
-from .dirty_log import DirtyLog, LogEnded
-from .precopy import Link, LogExhausted, PassCost, run_precopy
+from .dirty_log import DirtyLog
+from .precopy import Link, PassCost, run_precopy
 from .replay import result_object
 
 __all__ = ["ChainDriver", "simulate", "parse_link", "parse_links", "parse_duration", "parse_bandwidth",
@@ -106,10 +106,7 @@ class ChainDriver:
                         threads=self.threads)
 
     def advance(self, until_s: float) -> int:
-        try:
-            self.log.advance(until_s)
-        except LogEnded as e:
-            raise LogExhausted(str(e)) from None
+        self.log.advance(until_s)  # LogExhausted past the end of a log that is not repeated
         return self.log.pending_pages
 
     def sync(self) -> None:
