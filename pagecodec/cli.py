@@ -144,7 +144,7 @@ def default_traces() -> list[str]:
 @click.option("--resume", is_flag=True, help="Keep the runs already in --json FILE and do only the rest.")
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Pin each local worker (and its threads) to one CPU, for repeatable CPU figures.")
-@click.option("--min-sample-time", default=0.2, show_default=True, type=click.FloatRange(0, 60), metavar="SECONDS",
+@click.option("--min-sample-time", default=0.5, show_default=True, type=click.FloatRange(0, 60), metavar="SECONDS",
               help="A timing repeat shorter than this is the fastest of back-to-back replays filling it.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
 @click.option("--wide", is_flag=True, help="Every column (page counts, cache misses, wall times, …).")
