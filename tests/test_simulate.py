@@ -334,3 +334,28 @@ def test_cli_simulate_transfer_sheet(tmp_path, capsys):
         main(["simulate", str(tmp_path / "v1.trace.parquet"), "--link", "1G"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "needs a timed dirty log" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_simulate_convergence_options(tmp_path, capsys):
+    """--postcopy-after applies to the configs with postcopy-ram (QEMU cannot switch without it);
+    auto-converge's throttle and the postcopy requests are columns; --device-state adds to the
+    downtime."""
+    path = tmp_path / "hot.trace.parquet"
+    _sweep_log(path, rounds=41, dirty_fraction=32 / 1024, patterns="sparse", working_set=0.125)
+    out = tmp_path / "sim.json"
+    res = CliRunner().invoke(cli, ["simulate", str(path), "--config", "none,auto-converge", "--config", "postcopy-ram",
+                                   "--link", "10M", "--max-bandwidth", "256K", "--downtime-limit", "10ms",
+                                   "--no-cpu-time", "--max-passes", "12", "--postcopy-after", "2", "--rtt", "1ms",
+                                   "--device-state", "64K", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    ac, pc = d["runs"]
+    assert ac["simulation"]["cpu-throttle-percentage"] >= 20 and ac["simulation"]["throttle-steps"]
+    assert pc["simulation"]["postcopy"] and pc["simulation"]["link"]["postcopy-after"] == 2
+    assert ac["simulation"]["link"]["postcopy-after"] is None
+    assert pc["simulation"]["downtime"] >= 64 * 1024 / (10e6 / 8) * 1000
+    assert pc["simulation"]["link"]["rtt"] == 1.0
+    assert "cpu-throttle-percentage" in res.output and "postcopy-requests" in res.output
+    with pytest.raises(SystemExit) as e:
+        main(["simulate", str(path), "--link", "1G", "--postcopy-after", "1"])
+    assert e.value.code == 2 and "postcopy-ram" in capsys.readouterr().err
