@@ -6,9 +6,12 @@ Each round of the trace is one pass over the dirty pages, preceded by a dirty-bi
 Within a round, pages go through the chain's slots in QEMU's order (control → compress → zero →
 multifd → delta → raw); the slots work on segments (runs of pages of one block) as numpy batches.
 
-Modelling choices (written down because QEMU decides them by timing): one section per round (QEMU
-splits a pass into several sections by rate limit and a 50 ms budget; that changes only section
-framing bytes), and each pass starts at the first block (QEMU resumes where its search stopped).
+Modelling choices of ``replay`` (written down because QEMU decides them by timing): one section per
+round (QEMU splits a pass into several sections by rate limit and a 50 ms budget; that changes only
+section framing bytes), and each pass starts at the first block (QEMU resumes where its search
+stopped). ``simulate`` decides them as QEMU's migration thread does and drives the same chain a
+section at a time (:meth:`Sender.begin_section`, :meth:`Sender.save_pages`, :meth:`Sender.end_pass`
+where the page search wraps, :meth:`Sender.end_section`), with the syncs where they fall.
 
 Codecs that use connections besides the main stream (multifd channels) get a writer per channel from
 ``CodecContext.channel(k)``; ``channel_sinks(k)`` says where channel k's bytes go (default: counted

@@ -50,13 +50,23 @@ the model does it:
 ``dirty-sync-count`` comes out as QEMU's: 1 at setup (``ram_init_bitmaps``), one per
 ``ram_save_pending`` sync, one in ``ram_save_complete`` (or one in ``postcopy_start``).
 
+Where the model stands in for QEMU's timing: a send takes its wire bytes ÷ the link or its measured
+CPU, whichever is longer (a socket write returns when the link has carried it); the rate limiter
+counts ``transferred`` plus 10 bytes of section framing per ``ram_save_iterate`` (QEMU counts every
+byte put into the stream: the setup section's MEM_SIZE list in the first window is left out); the
+50 ms check and the bitmap syncs happen exactly where QEMU's loop puts them, on the model's clock.
+
 Not modelled (QEMU does it, the model does not): setup time (``setup-time`` is 0: the bitmap set-up
 and the MEM_SIZE list take milliseconds), the destination's speed (pages are placed as fast as they
-arrive), the socket's buffering (a write returns when the link has carried it), timer and wake-up
-jitter (QEMU's windows are whole milliseconds, a little over 100), ``migration_update_counters``
-calls from inside a huge host page that do not sleep, the guest's reads in postcopy (the log records
-writes only, so only a write can fault), vCPUs besides the one that faults (the guest waits whole),
-and device state other than its size (``Link.device_state_bytes``).
+arrive), timer and wake-up jitter (QEMU's windows are whole milliseconds, a little over 100), the
+``migration_update_counters`` calls from inside a huge host page that do not sleep, device state
+other than its size (``Link.device_state_bytes``). Auto-converge slows the guest's whole log by
+(1 − throttle): right for a guest whose writes are CPU-bound, an assumption for one that waits on
+timers or I/O. Postcopy: the guest's reads (the log records writes only, so only a write can
+fault), vCPUs besides the one that faults (the guest waits whole), postcopy-preempt, the exact size
+of the discard messages (16 bytes a range, 8 a message of 12); the source looks at the guest's new
+writes between steps of 64 host pages, so a request waits for the step in progress to end on top of
+its round trip and transfer, which is all the model charges the guest (``postcopy-wait``).
 """
 
 from __future__ import annotations
