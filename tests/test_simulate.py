@@ -199,7 +199,8 @@ def _expected_ram(path, guest_s):
         return np.concatenate([b.pages for b in log.batches(np.arange(log.total_pages))])
 
 
-@pytest.mark.parametrize("spec, bw", [("none", 1 << 20), ("xbzrle", 1 << 20), ("xbzrle", None),
+@pytest.mark.parametrize("spec, bw", [("none", 1 << 20), ("xbzrle", 1 << 20), ("xbzrle", None), ("compress", 1 << 20),
+                                      ("xbzrle,compress", 4 << 20),
                                       ("xbzrle,auto-converge", 256 << 10)])
 def test_destination_gets_the_guests_ram_at_the_stop(tmp_path, pm, spec, bw):
     """The stream the simulated migration writes, loaded by the receiver (XBZRLE records decoded
@@ -359,3 +360,51 @@ def test_cli_simulate_convergence_options(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["simulate", str(path), "--link", "1G", "--postcopy-after", "1"])
     assert e.value.code == 2 and "postcopy-ram" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["none", "xbzrle", "compress"])
+def test_stream_equals_a_replay_of_the_composed_passes(tmp_path, pm, spec):
+    """A link so fast that the bulk pass ends inside the first 100 ms window: threshold-size is still
+    0, so the migration completes right after it (QEMU does the same). The stream simulate wrote is
+    byte for byte the stream ``replay`` writes for a trace of the two passes it composed (the image,
+    then the pages the guest wrote by the stop with their contents then): the same chain, the same
+    syncs, the same order."""
+    from pagecodec.harness.precopy import run_precopy
+    from pagecodec.harness.replay import replay
+    from pagecodec.harness.simulate import ChainDriver
+    from pagecodec.wire.writer import MemorySink
+
+    path = tmp_path / "sweep.trace.parquet"
+    _sweep_log(path, patterns="sparse", dirty_fraction=64 / 1024)
+    cfg = parse_spec(spec)
+    sink = MemorySink()
+    sections = []
+    with open_trace(path) as r:
+        d = ChainDriver(r, cfg, pm, sink=sink)
+        save_pages = d.sender.save_pages
+
+        def recording(sec, batches, round_no=None):
+            batches = list(batches)
+            if not sections or sections[-1][0] is not sec:
+                sections.append((sec, []))
+            sections[-1][1].extend((b.round, b.block.copy(), b.offset.copy(), b.pages.copy()) for b in batches)
+            save_pages(sec, batches, round_no)
+
+        d.sender.save_pages = recording
+        res = run_precopy(d, Link(4.2e8, downtime_limit_s=0.3, cpu_time=False))  # the bulk pass in 10 ms
+        d.sender.finish()
+        meta = r.meta
+    assert res.converged and [p.stage for p in res.passes] == ["bulk", "complete"]
+    assert len(sections) == 2 and res.passes[1].pages > 0
+    composed = tmp_path / "composed.trace.parquet"
+    with TraceWriter(composed, meta) as w:
+        for rnd, (_sec, parts) in enumerate(sections):
+            assert {p[0] for p in parts} == {rnd}
+            for _r, block, offset, pages in parts:
+                for b in np.unique(block):
+                    sel = block == b
+                    w.write(rnd, int(b), offset[sel], pages[sel])
+    out = tmp_path / "replay.mig"
+    with open_trace(composed) as r:
+        replay(r, cfg, pm, qemu_stream=out)
+    assert out.read_bytes() == sink.getvalue()
