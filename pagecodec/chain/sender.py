@@ -142,6 +142,10 @@ class Sender:
         assert self.ctx.channel is not None
         return self.ctx.channel(k)
 
+    def wire_bytes(self) -> int:
+        """Bytes written so far: the main stream and every channel."""
+        return sum(self.writer.bytes_by_kind.values()) + sum(self._channel_bytes().values())
+
     def _channel_bytes(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for w in self.channels.values():

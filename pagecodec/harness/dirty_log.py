@@ -254,8 +254,12 @@ class DirtyLog:
             nxt = next(self._image, None)
             if nxt is None:
                 break  # the rest is not in the image: zero
-            self._img_g = self.block_starts[nxt.block] + nxt.offset // self.page_size
-            self._img_pages = nxt.pages
+            img_g = self.block_starts[nxt.block] + nxt.offset // self.page_size
+            if len(img_g) and (np.any(img_g[1:] <= img_g[:-1]) or (len(self._img_g) and img_g[0] <= self._img_g[-1])):
+                raise TraceError(f"{self.reader.path}: round 0 (the RAM image) is not in address order near page "
+                                 f"{int(img_g[0])} (block {self.meta.blocks[int(nxt.block[0])].name!r}): the first "
+                                 f"pass reads it in the order QEMU sends it")
+            self._img_g, self._img_pages = img_g, nxt.pages
         return out
 
     def _image_batches(self) -> Iterator[PageBatch]:

@@ -128,8 +128,7 @@ class ChainDriver:
     # -- precopy -----------------------------------------------------------------------------------
     def _counts(self) -> tuple[int, int, Counter[str]]:
         s = self.sender
-        return (s.ram.counters.transferred, sum(s.writer.bytes_by_kind.values()) + sum(s._channel_bytes().values()),
-                Counter(s.stats.cpu.ns))
+        return s.ram.counters.transferred, s.wire_bytes(), Counter(s.stats.cpu.ns)
 
     def _cost(self, before: tuple[int, int, Counter[str]], **kw: Any) -> PassCost:
         tr0, w0, cpu0 = before
@@ -140,7 +139,6 @@ class ChainDriver:
                         parallel_cpu_s=parallel / 1e9, threads=self.threads, **kw)
 
     def begin_section(self, last_stage: bool) -> None:
-        self._before_section = self._counts()
         self.sec = self.sender.begin_section(self.log.round, last_stage)
 
     def end_section(self, last_stage: bool) -> PassCost:
