@@ -296,8 +296,9 @@ def test_postcopy_requests_on_a_hand_made_log(tmp_path, pm):
     with pytest.raises(ConfigError, match="postcopy-ram"):
         with open_trace(path) as r:
             simulate(r, parse_spec("none"), pm, link, postcopy_after=0)
-    with pytest.raises(ConfigError, match="Postcopy is not currently compatible with compression"):
-        parse_spec("postcopy-ram,compress")
+    with pytest.raises(ConfigError, match="does not model compress threads in postcopy"):
+        with open_trace(path) as r:
+            simulate(r, parse_spec("postcopy-ram,compress"), pm, link, postcopy_after=0)
 
 
 def test_parsers():

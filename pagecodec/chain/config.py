@@ -239,8 +239,6 @@ def _check_combination(caps: Mapping[str, bool], params: Mapping[str, Any], qemu
                               f"threads (removed in 9.1; use multifd-compression) {where}")
         if caps["multifd"] and caps["xbzrle"]:
             raise ConfigError(f"Multifd is not compatible with xbzrle {where}")
-    elif caps["postcopy-ram"] and caps["compress"]:
-        raise ConfigError(f"Postcopy is not currently compatible with compression (QEMU's migrate_caps_check) {where}")
     elif caps["multifd"] and caps["compress"]:
         raise ConfigError(f"Multifd is not compatible with compress (QEMU's migrate_caps_check refuses the pair) {where}")
 

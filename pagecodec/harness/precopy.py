@@ -43,8 +43,8 @@ the model does it:
   syncs (``ram_postcopy_send_discard_bitmap``), resets the cursor to the start of RAM, makes partly
   dirty host pages wholly dirty (``postcopy_chunk_hostpages_pass``), sends the discard ranges and the
   device state; the guest then runs on the destination (the downtime ends). The source sends the rest
-  in RAM order, raw (no XBZRLE, no multifd in postcopy), with ``max-postcopy-bandwidth`` (default 0:
-  no limit); a page the guest touches before it arrived is requested (``postcopy-requests``) and
+  in RAM order, raw (no XBZRLE, no multifd in postcopy; QEMU 4.2+ would compress them with compress
+  threads, which the model refuses to simulate), with ``max-postcopy-bandwidth`` (default 0: no limit); a page the guest touches before it arrived is requested (``postcopy-requests``) and
   sent first; the vCPU waits a round trip plus the host page's transfer.
 
 ``dirty-sync-count`` comes out as QEMU's: 1 at setup (``ram_init_bitmaps``), one per
@@ -329,12 +329,14 @@ class _Thread:
         self.d.advance(self.g)
 
     def elapse(self, seconds: float, bound: str) -> None:
+        """Wall time passes while the guest runs: its own clock moves (1 − throttle) as far."""
         self.t += seconds
         self.g += seconds * (1 - self.throttle / 100)
         assert self.cur is not None
         self.cur.charge(seconds, bound)
 
     def charge(self, cost: PassCost, *, guest_runs: bool = True) -> None:
+        """What the driver sent: its time, and its bytes in the window's count and the pass's."""
         d, bound = send_duration(cost, self.link)
         if guest_runs:
             self.elapse(d, bound)
@@ -384,10 +386,9 @@ class _Thread:
     def begin_final(self, stage: str) -> None:
         """The completion or postcopy phase begins: a pass of its own, unless the pass that the
         pending sync just began has sent nothing (then that sync's pages are this phase's)."""
-        if self.cur is not None and self.cur.stage == "iterate" and self.cur.duration_s == 0 and self.cur.pages == 0:
-            self.cur.stage = stage
-        elif self.cur is not None and self.cur.stage == "bulk" and self.cur.duration_s == 0 and self.cur.pages == 0:
-            self.cur.stage = stage
+        c = self.cur
+        if c is not None and c.stage in ("bulk", "iterate") and c.duration_s == 0 and c.pages == 0:
+            c.stage = stage
         else:
             self.new_pass(stage)
 

@@ -281,6 +281,10 @@ def convergence(config: MigrationConfig, postcopy_after: int | None = None) -> C
     if postcopy_after is not None and not config.cap("postcopy-ram"):
         raise ConfigError(f"--postcopy-after needs the postcopy-ram capability (config {config.label!r}: add "
                           f"postcopy-ram); QEMU refuses migrate-start-postcopy without it")
+    if postcopy_after is not None and config.cap("compress"):
+        # QEMU (4.2 on) compresses postcopy's pages too; simulate sends them raw: refuse, do not mislead
+        raise ConfigError(f"config {config.label!r}: simulate does not model compress threads in postcopy "
+                          f"(QEMU 7.2 compresses postcopy pages; the model sends them raw)")
     bw = int(config.param("max-postcopy-bandwidth"))
     return Convergence(
         auto_converge=config.cap("auto-converge"),
