@@ -90,6 +90,8 @@ CPU_THROTTLE_PCT_MAX = 99
 SYNC_PERIOD_S = 1.0
 #: Bytes a section adds to the stream besides its RAM records: header (type + section id) and footer.
 SECTION_FRAMING = 10
+#: Host pages asked of the driver at a time in the last stage (no rate limit: only memory bounds it).
+COMPLETION_HOST_PAGES = 4096
 
 
 @dataclass(frozen=True)
@@ -510,7 +512,7 @@ class _Thread:
         self.sync()
         self.d.begin_section(True)
         while True:
-            cost = self.d.send(None, 1 << 30, True)
+            cost = self.d.send(None, COMPLETION_HOST_PAGES, True)
             self.charge(cost, guest_runs=False)
             if cost.done:
                 break
