@@ -1,11 +1,14 @@
-"""``pagecodec simulate``: a timed dirty log migrated at a link speed, pass by pass, through the real chain.
+"""``pagecodec simulate``: a timed dirty log migrated at a link speed as QEMU 7.2's migration thread
+would, through the real chain.
 
-:mod:`.precopy` decides (QEMU 7.2's iterate / switch-over rule and the time arithmetic); this module
-gives it a :class:`ChainDriver`: each pass it composes from the log (:class:`.dirty_log.DirtyLog`: the
-pages dirtied since the last sync, latest contents) goes through :class:`~pagecodec.chain.sender.Sender`
-— the same ``save_round`` as ``replay`` — so XBZRLE's page cache, compress threads, multifd and every
-plugin codec see the pages, in the order and with the sync count they would see in QEMU, and the pass
-costs the wire bytes and the CPU they really cost. Results use QEMU's query-migrate names.
+:mod:`.precopy` is the migration thread (windows, rate limit, syncs, auto-converge, postcopy); this
+module gives it a :class:`ChainDriver`: QEMU's bitmap and page search over the log
+(:class:`.dirty_log.DirtyLog`), and every page it sends through :class:`~pagecodec.chain.sender.Sender`
+— the chain ``replay`` uses, a section per ``ram_save_iterate`` — so XBZRLE's page cache, compress
+threads, multifd and every plugin codec see the pages in QEMU's order, with the latest contents and
+the sync count they would see, and each part costs the wire bytes and the CPU it really costs. In
+postcopy the pages are counted as QEMU 7.2 sends them there (raw or zero records), not written to the
+stream. Results use QEMU's query-migrate names.
 """
 
 from __future__ import annotations
