@@ -52,8 +52,9 @@ the model does it:
 
 Where the model stands in for QEMU's timing: a send takes its wire bytes ÷ the link or its measured
 CPU, whichever is longer (a socket write returns when the link has carried it); the rate limiter
-counts ``transferred`` plus 10 bytes of section framing per ``ram_save_iterate`` (QEMU counts every
-byte put into the stream: the setup section's MEM_SIZE list in the first window is left out); the
+counts ``transferred``, 10 bytes of section framing per ``ram_save_iterate`` and, in the first
+window, the stream's header and setup section (``setup_bytes`` of the driver, if it has it) — every
+byte QEMU puts into the stream, as its ``rate_limit_used`` and ``migration_total_bytes`` do; the
 50 ms check and the bitmap syncs happen exactly where QEMU's loop puts them, on the model's clock.
 
 Not modelled (QEMU does it, the model does not): setup time (``setup-time`` is 0: the bitmap set-up
@@ -193,6 +194,7 @@ class RamDriver(Protocol):
     """What the model needs of the world: the guest's writes, QEMU's bitmap, the sending."""
 
     page_size: int
+    #: optional ``setup_bytes``: the stream's header and setup section, counted in the first window
 
     @property
     def dirty_pages(self) -> int:
@@ -441,6 +443,8 @@ class _Thread:
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> PrecopyResult:
         self.new_pass("bulk")
+        # the header and ram_save_setup's section go into the stream before the first window's pages
+        self.used = int(getattr(self.d, "setup_bytes", 0))
         self.sync()  # ram_init_bitmaps: every page dirty already
         try:
             while True:

@@ -109,6 +109,8 @@ class ChainDriver:
         self.progress = progress
         self.sender = Sender(reader.meta, config, plugins, sink or NullSink())
         self.sender.save_setup()
+        #: the stream's header and setup section (MEM_SIZE list): counted in the first window
+        self.setup_bytes = sum(self.sender.writer.bytes_by_kind.values())
         self.sec: Section | None = None
         self.max_cost = self.page_size + MAX_RECORD_OVERHEAD
         self._idstr_len = [len(b.name) for b in reader.meta.blocks]
