@@ -781,13 +781,29 @@ def capture() -> None:
               help="Migrate with N multifd channels over loopback TCP to pagecodec's recorder.")
 @click.option("--multifd-compression", default="none", show_default=True, type=click.Choice(["none", "zlib", "zstd"]),
               help="multifd-compression (with --multifd).")
+@click.option("--interval", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Record a timed dirty log instead of migrating: the pages the guest changed in each interval "
+                   "of its running time (the VM is paused to read them).")
+@click.option("--slices", type=click.IntRange(1), default=None, help="With --interval: how many intervals.")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="With --interval: guest running time to cover (instead of --slices).")
+@click.option("--method", default="auto", show_default=True, type=click.Choice(["auto", "ram-file", "snapshot"]),
+              help="With --interval: read RAM from its shared backing file, or by a snapshot migration per slice.")
 @pass_ctx
 def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downtime_limit: int, passes: int,
                  capabilities: tuple[str, ...], xbzrle_cache_size: int | None, cont: bool, keep_stream: str | None,
-                 timeout: float, multifd: int | None, multifd_compression: str, parameters: tuple[str, ...]) -> None:
-    """Migrate a running QEMU guest to a stream over QMP and import it as a trace."""
+                 timeout: float, multifd: int | None, multifd_compression: str, parameters: tuple[str, ...],
+                 interval: float | None, slices: int | None, duration: float | None, method: str) -> None:
+    """Migrate a running QEMU guest to a stream over QMP and import it as a trace; with --interval, record
+    a timed dirty log of it instead (trace v2, for `pagecodec simulate`)."""
     from .trace.format import TraceReader
     from .sources.qemu_live import capture_qemu as do_capture
+
+    if interval is not None:
+        _capture_dirty_log(c, qmp_socket, output, interval, slices, duration, method, timeout)
+        return
+    if slices is not None or duration is not None:
+        raise click.UsageError("--slices and --duration go with --interval")
 
     params: dict[str, Any] = {}
     for item in parameters:
@@ -820,6 +836,33 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
                f"({'multifd ' + str(multifd) + ' channels, ' if multifd else ''}stream {m.size} bytes) -> {output}: "
                f"{rounds} rounds, {pages} pages"
                + ("; guest resumed" if res.resumed else "; guest left paused"))
+
+
+def _capture_dirty_log(c: Ctx, qmp_socket: str, output: str, interval: float, slices: int | None,
+                       duration: float | None, method: str, timeout: float) -> None:
+    """``capture qemu --interval``: the timed dirty log (the guest keeps running afterwards)."""
+    from .sources.qemu_live import capture_dirty_log
+
+    if (slices is None) == (duration is None):
+        raise click.UsageError("--interval needs either --slices or --duration")
+
+    def run(progress: Callable[[Any], None] | None) -> Any:
+        return capture_dirty_log(qmp_socket, output, interval=interval, slices=slices, duration=duration,
+                                 method=method, timeout=timeout, progress=progress)
+
+    if c.progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as prog:
+            task = prog.add_task("slices", total=slices or int(duration / interval + 1e-9))  # type: ignore[operator]
+            res = run(lambda p: prog.update(task, completed=p.slice,
+                                            description=f"slice {p.slice}: {p.time_s:.2f} s, {p.pages} pages"))
+    else:
+        res = run(None)
+    rate = res.slice_pages / res.duration_s if res.duration_s > 0 else 0.0
+    click.echo(f"captured: {res.slices} slices over {res.duration_s:.2f} s of guest time, {res.slice_pages} changed "
+               f"pages ({rate:,.0f} pages/s), read by {res.method}"
+               + (" (checked against a final snapshot)" if res.checked else "") + f" -> {output}")
 
 
 @capture.command("process", context_settings={"allow_interspersed_args": False})

@@ -6,9 +6,12 @@ binary``) and padded to a raw disk image for ``-drive file=…,format=raw,if=ide
 
 1. increments the 32-bit pass counter at linear address :data:`PASS_COUNTER` (0x8000, a page of its
    own), then ``invlpg`` on it;
-2. **counter pages** — for every page from ``first`` to ``end`` (exclusive) in steps of ``stride``,
-   bumps the byte at ``offset`` in the page (``incb``), then ``invlpg`` on it: under TCG, a page's
-   repeated writes show as dirty again only after the guest drops its TLB entry;
+2. **counter pages** — of the pages from ``first`` to ``end`` (exclusive) in steps of ``stride``,
+   bumps the byte at ``offset`` (``incb``) in ``window`` consecutive ones from a cursor that wraps at
+   ``end`` (default: all of them every pass), then ``invlpg`` on each: under TCG, a page's repeated
+   writes show as dirty again only after the guest drops its TLB entry. A window smaller than the
+   region makes a *moving* working set: the pages dirty after ``t`` seconds grow with ``t`` (one
+   window per pass) until the region is covered, which is what makes QEMU need several passes;
 3. **fill pages** — rewrites the first ``fill_bytes`` bytes (default: all 4096) of ``fill_pages``
    pages from ``fill_first`` with ``rep stosb`` of the pass counter's low byte: whole-page rewrites
    (XBZRLE overflows, raw pages) or big partial ones (large XBZRLE records);
@@ -65,6 +68,7 @@ _start:
     cld
     movl    $0, {counter:#x}
     movl    ${signature:#x}, {signature_addr:#x}
+    movw    ${first_seg:#x}, %bp
     sti
 
 pass:
@@ -72,15 +76,22 @@ pass:
     movw    {counter:#x}, %si       /* the fill byte; read before invlpg (see below) */
     invlpg  {counter:#x}
 
-    /* counter pages: bump one byte per page, then drop the page's TLB entry */
-    movw    ${first_seg:#x}, %ax
+    /* counter pages: bump one byte in each of `window` pages from the cursor (%bp, a segment),
+       wrapping at the end, then drop the page's TLB entry */
+    movw    %bp, %ax
+    movw    ${window}, %dx
 bump:
     movw    %ax, %es
     incb    %es:{offset:#x}
     invlpg  %es:{offset:#x}
     addw    ${stride_seg:#x}, %ax
     cmpw    ${end_seg:#x}, %ax
-    jb      bump
+    jb      next
+    movw    ${first_seg:#x}, %ax
+next:
+    decw    %dx
+    jnz     bump
+    movw    %ax, %bp
 
     /* fill pages: rewrite whole pages with the pass counter's low byte */
     movw    ${fill_pages}, %dx
@@ -134,6 +145,7 @@ class GuestPattern:
     fill_bytes: int = PAGE
     wait_ticks: int = 1
     spin: int = 0
+    window: int | None = None
 
     def __post_init__(self) -> None:
         def page_range(name: str, lo: int, hi: int) -> None:
@@ -151,6 +163,9 @@ class GuestPattern:
         page_range("fill pages", self.fill_first, self.fill_first + self.fill_pages * PAGE)
         if not 1 <= self.fill_bytes <= PAGE:
             raise QemuError(f"guest pattern: fill_bytes {self.fill_bytes} must be 1…{PAGE}")
+        n = len(range(self.first, self.end, self.stride))
+        if self.window is not None and not 1 <= self.window <= n:
+            raise QemuError(f"guest pattern: window {self.window} must be 1…{n} (the counter pages)")
         for name in ("fill_pages", "wait_ticks", "spin"):
             v = getattr(self, name)
             if not 0 <= v <= 0xFFFF:
@@ -160,6 +175,11 @@ class GuestPattern:
     def counter_pages(self) -> list[int]:
         """Linear addresses of the pages whose byte at ``offset`` the guest bumps."""
         return list(range(self.first, self.end, self.stride))
+
+    @property
+    def pages_per_pass(self) -> int:
+        """Counter pages bumped per pass: ``window``, or all of them (None)."""
+        return self.window if self.window is not None else len(range(self.first, self.end, self.stride))
 
     def fields(self) -> dict[str, int]:
         return {
@@ -175,6 +195,7 @@ class GuestPattern:
             "fill_bytes": self.fill_bytes,
             "wait_ticks": self.wait_ticks,
             "spin": self.spin,
+            "window": self.pages_per_pass,
         }
 
 
