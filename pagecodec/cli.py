@@ -462,25 +462,40 @@ def replay(c: Ctx, trace: str, spec: str, json_out: str | None, qemu_stream: str
               help="Passes before a migration that has not converged is reported as not converging.")
 @click.option("--log-end", default="repeat", show_default=True, type=click.Choice(["repeat", "stop"]),
               help="When the migration outlasts the log: replay its slices again, or stop (reported).")
+@click.option("--postcopy-after", default=None, type=click.IntRange(0, 100000), metavar="N",
+              help="migrate-start-postcopy once N passes are over (needs postcopy-ram in the config).")
+@click.option("--rtt", default="0.1ms", show_default=True, metavar="TIME",
+              help="Round trip of a postcopy page request (a bare number is ms).")
+@click.option("--device-state", default="0", show_default=True, metavar="BYTES",
+              help="Non-RAM device state sent in the downtime (K/M suffixes).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every run's results JSON.")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write the transfer-sheet plot (PNG + SVG) here.")
 @click.option("--format", "fmt", default="github", show_default=True, help="Table format (tabulate).")
 @pass_ctx
 def simulate(c: Ctx, trace: str, configs: tuple[str, ...], links: str, downtime_limit: str, max_bandwidth: str | None,
-             cpus: int | None, cpu_time: bool, max_passes: int, log_end: str, json_out: str | None, plots: str | None,
-             fmt: str) -> None:
-    """Migrate a timed dirty log (trace v2) at a link speed, pass by pass as QEMU 7.2 decides, through
-    the real chain: passes, total time, downtime, bytes, converged or not."""
+             cpus: int | None, cpu_time: bool, max_passes: int, log_end: str, postcopy_after: int | None, rtt: str,
+             device_state: str, json_out: str | None, plots: str | None, fmt: str) -> None:
+    """Migrate a timed dirty log (trace v2) at a link speed as QEMU 7.2's migration thread does (100 ms
+    windows, the rate limit, syncs mid-pass, auto-converge, postcopy), through the real chain: passes,
+    dirty-sync-count, total time, downtime, bytes, converged or not."""
     from .atomic import atomic_write_json, check_output
     from .harness.precopy import Link
     from .harness.simulate import parse_bandwidth, parse_duration, parse_links, simulate as do_simulate
     from .report.simulation import format_sheet, format_simulation, transfer_sheet, write_transfer_plot
     from .trace.format import TraceReader
 
+    from .chain.config import parse_size
+    from .errors import ConfigError
+
     speeds = parse_links(links)
     limit = parse_duration(downtime_limit)
+    rtt_s = parse_duration(rtt)
+    state = parse_size(device_state)
     bw = parse_bandwidth(max_bandwidth) if max_bandwidth is not None else None
     cfgs = [c.config(s) for s in (configs or ("none",))]
+    if postcopy_after is not None and not any(cfg.cap("postcopy-ram") for cfg in cfgs):
+        raise ConfigError("--postcopy-after needs a config with the postcopy-ram capability (QEMU refuses "
+                          "migrate-start-postcopy without it)")
     if json_out:
         check_output(json_out)
     if plots:
@@ -488,11 +503,13 @@ def simulate(c: Ctx, trace: str, configs: tuple[str, ...], links: str, downtime_
     results = []
     reader = TraceReader(trace)
     for label, rate in speeds:
-        link = Link(rate, downtime_limit_s=limit, max_bandwidth=bw, cpus=cpus, cpu_time=cpu_time)
+        link = Link(rate, downtime_limit_s=limit, max_bandwidth=bw, cpus=cpus, cpu_time=cpu_time,
+                    device_state_bytes=state, rtt_s=rtt_s)
         for cfg in cfgs:
             with progress_bar(c.progress, 0, f"{label} {cfg.label}") as tick:
                 results.append(do_simulate(reader, cfg, c.pm, link, max_passes=max_passes, repeat=log_end == "repeat",
-                                           link_label=label, progress=tick))
+                                           link_label=label, progress=tick,
+                                           postcopy_after=postcopy_after if cfg.cap("postcopy-ram") else None))
     click.echo(format_simulation(results, fmt))
     if len(speeds) > 1:
         click.echo()

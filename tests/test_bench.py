@@ -70,6 +70,8 @@ def _other_value(key, value):
         return "none"
     if key == "pc-zstd-long":
         return "20"
+    if key == "max-cpu-throttle":
+        return "98"
     return str(value + 1 if key not in ("compress-level", "multifd-zlib-level") or value < 9 else value - 1)
 
 

@@ -17,10 +17,17 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .slots import SLOT_ORDER, Slot
 
-__all__ = ["MigrationConfig", "parse_spec", "parse_size", "CAPABILITIES", "PARAMETERS", "PC_PARAMETERS", "QEMU_VERSIONS"]
+__all__ = ["MigrationConfig", "parse_spec", "parse_size", "CAPABILITIES", "CONVERGENCE_KEYS", "PARAMETERS", "PC_PARAMETERS", "QEMU_VERSIONS"]
 
-#: Page-encoding capabilities pagecodec models (QEMU's MigrationCapability names).
-CAPABILITIES: dict[str, bool] = {"xbzrle": False, "compress": False, "multifd": False}
+#: Capabilities pagecodec models (QEMU's MigrationCapability names): the page encoders, and the two
+#: that change how a migration converges, which only ``simulate`` reads (the chain sends the same bytes).
+CAPABILITIES: dict[str, bool] = {"xbzrle": False, "compress": False, "multifd": False,
+                                 "auto-converge": False, "postcopy-ram": False}
+
+#: Capabilities and parameters that act on the migration thread, not on the pages' encoding.
+CONVERGENCE_KEYS = ("auto-converge", "postcopy-ram", "cpu-throttle-initial", "cpu-throttle-increment",
+                    "cpu-throttle-tailslow", "max-cpu-throttle", "throttle-trigger-threshold",
+                    "max-postcopy-bandwidth")
 
 #: Parameters (QEMU's MigrationParameter names) with QEMU 7.2's defaults.
 PARAMETERS: dict[str, Any] = {
@@ -34,6 +41,13 @@ PARAMETERS: dict[str, Any] = {
     "multifd-zlib-level": 1,
     "multifd-zstd-level": 1,
     "zero-page-detection": "multifd",  # QEMU 9.0+ only (qemu-version=10.2)
+    # auto-converge (mig_throttle_guest_down) and postcopy
+    "cpu-throttle-initial": 20,
+    "cpu-throttle-increment": 10,
+    "cpu-throttle-tailslow": False,
+    "max-cpu-throttle": 99,
+    "throttle-trigger-threshold": 50,
+    "max-postcopy-bandwidth": 0,  # bytes/s; 0: no limit
 }
 
 #: pagecodec's own parameters, for the codecs QEMU lacks (issue 9). They are not QEMU's: the prefix
@@ -48,10 +62,14 @@ PC_PARAMETERS: dict[str, Any] = {
 #: Parameters that only exist from some QEMU version on: parameter -> the versions that have it.
 _VERSIONED_PARAMS = {"zero-page-detection": ("10.2",)}
 
-_SIZE_PARAMS = {"xbzrle-cache-size"}
-_BOOL_PARAMS = {"compress-wait-thread"}
+_SIZE_PARAMS = {"xbzrle-cache-size", "max-postcopy-bandwidth"}
+_BOOL_PARAMS = {"compress-wait-thread", "cpu-throttle-tailslow"}
 _INT_RANGES = {
     "compress-level": (0, 9),
+    "cpu-throttle-initial": (1, 99),  # migrate_params_check
+    "cpu-throttle-increment": (1, 99),
+    "max-cpu-throttle": (1, 99),
+    "throttle-trigger-threshold": (1, 100),
     "compress-threads": (1, 255),
     "decompress-threads": (1, 255),
     "multifd-channels": (1, 255),
@@ -133,8 +151,10 @@ class MigrationConfig:
         """Every SPEC key that can change this migration: the capabilities, ``qemu-version``, the slot
         overrides, what the chain itself reads, and what each active codec reads
         (``codecs[name].parameters_read(self)``; a codec missing from ``codecs`` adds nothing). A
-        sweep applies a key only where it is read (``bench --sweep``)."""
-        keys = set(CAPABILITIES) | {"qemu-version"} | {f"{s.value}-codec" for s in Slot}
+        sweep applies a key only where it is read (``bench --sweep``). The convergence keys
+        (:data:`CONVERGENCE_KEYS`) are not among them: they change when pages are sent (``simulate``),
+        never the bytes a pass's pages make."""
+        keys = (set(CAPABILITIES) - set(CONVERGENCE_KEYS)) | {"qemu-version"} | {f"{s.value}-codec" for s in Slot}
         if self.qemu_version == "10.2":
             keys.add("zero-page-detection")  # main_thread_zero_detection
         for name in self.slot_codecs().values():

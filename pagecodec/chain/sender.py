@@ -6,9 +6,12 @@ Each round of the trace is one pass over the dirty pages, preceded by a dirty-bi
 Within a round, pages go through the chain's slots in QEMU's order (control → compress → zero →
 multifd → delta → raw); the slots work on segments (runs of pages of one block) as numpy batches.
 
-Modelling choices (written down because QEMU decides them by timing): one section per round (QEMU
-splits a pass into several sections by rate limit and a 50 ms budget; that changes only section
-framing bytes), and each pass starts at the first block (QEMU resumes where its search stopped).
+Modelling choices of ``replay`` (written down because QEMU decides them by timing): one section per
+round (QEMU splits a pass into several sections by rate limit and a 50 ms budget; that changes only
+section framing bytes), and each pass starts at the first block (QEMU resumes where its search
+stopped). ``simulate`` decides them as QEMU's migration thread does and drives the same chain a
+section at a time (:meth:`Sender.begin_section`, :meth:`Sender.save_pages`, :meth:`Sender.end_pass`
+where the page search wraps, :meth:`Sender.end_section`), with the syncs where they fall.
 
 Codecs that use connections besides the main stream (multifd channels) get a writer per channel from
 ``CodecContext.channel(k)``; ``channel_sinks(k)`` says where channel k's bytes go (default: counted
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -37,7 +41,7 @@ from ..wire.writer import NullSink, Sink, WireWriter
 from .config import MigrationConfig
 from .ramstate import RAMState, block_addresses
 
-__all__ = ["Sender", "DEFAULT_MACHINE", "build_encoders", "block_runs", "tap_progress"]
+__all__ = ["Sender", "Section", "DEFAULT_MACHINE", "build_encoders", "block_runs", "tap_progress"]
 
 DEFAULT_MACHINE = "pc-i440fx-7.2"
 
@@ -80,6 +84,17 @@ def build_encoders(
             enc = plugins.tracer.encoder(enc, codec_name, plugins.plugin_of(codec_name), slot)
         out.append((slot, codec_name, enc))
     return out
+
+
+@dataclass
+class Section:
+    """One section being sent (:meth:`Sender.begin_section` … :meth:`Sender.end_section`): its
+    counts, the chain's stage, the channels' bytes at its start, pages the channels took so far."""
+
+    rs: RoundStats
+    stage: Stage
+    chan0: Counter[str]
+    by_channels: int = 0
 
 
 class Sender:
@@ -127,6 +142,10 @@ class Sender:
         assert self.ctx.channel is not None
         return self.ctx.channel(k)
 
+    def wire_bytes(self) -> int:
+        """Bytes written so far: the main stream and every channel."""
+        return sum(self.writer.bytes_by_kind.values()) + sum(self._channel_bytes().values())
+
     def _channel_bytes(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for w in self.channels.values():
@@ -154,37 +173,70 @@ class Sender:
 
     def save_round(self, round_no: int, batches: Iterable[PageBatch], last_stage: bool) -> RoundStats:
         """One pass: sync, every dirty page through the chain, EOS. ``last_stage``: ram_save_complete."""
+        self.ram.migration_bitmap_sync()
+        sec = self.begin_section(round_no, last_stage)
+        self.save_pages(sec, batches)
+        self.end_pass(sec)
+        return self.end_section(sec)
+
+    # -- a section at a time (``simulate``: QEMU's migration thread decides when each part happens) ----
+    def stage_of(self, round_no: int, last_stage: bool) -> Stage:
+        """The chain's view of the migration now: round ``round_no`` (a pass over RAM: the page search
+        wraps between rounds), the current sync count and bulk flag."""
         ram = self.ram
-        ram.migration_bitmap_sync()
-        stage = Stage(round_no, ram.dirty_sync_count, ram.bulk_stage, last_stage)
-        rs = RoundStats(round_no, "complete" if last_stage else ("bulk" if ram.bulk_stage else "iterate"))
-        w = self.writer
-        stype = SectionType.SECTION_END if last_stage else SectionType.SECTION_PART
+        return Stage(round_no, ram.dirty_sync_count, ram.bulk_stage, last_stage)
+
+    def begin_section(self, round_no: int, last_stage: bool) -> Section:
+        """A section's header (SECTION_PART for ``ram_save_iterate``, SECTION_END for
+        ``ram_save_complete``); the returned :class:`Section` collects what the section sends."""
+        stage = self.stage_of(round_no, last_stage)
+        rs = RoundStats(round_no, "complete" if last_stage else ("bulk" if stage.bulk_stage else "iterate"))
         with self.stats.cpu.stage("wire"):
-            qevm.write_section_header(w, stype, self.section_id)
-        chan0 = self._channel_bytes()
+            qevm.write_section_header(self.writer, SectionType.SECTION_END if last_stage else SectionType.SECTION_PART,
+                                      self.section_id)
+        return Section(rs, stage, self._channel_bytes())
+
+    def save_pages(self, sec: Section, batches: Iterable[PageBatch], round_no: int | None = None) -> None:
+        """Dirty pages of the section through the chain, in the order given. ``round_no``: the pass they
+        belong to when it changed inside the section (the page search wrapped: :meth:`end_pass`); the
+        stage is taken anew then (the sync count and bulk flag may have changed)."""
+        if round_no is not None and round_no != sec.stage.round:
+            sec.stage = self.stage_of(round_no, sec.stage.last_stage)
         for batch in batches:
-            if batch.round != round_no:
-                raise PageCodecError(f"batch of round {batch.round} offered while sending round {round_no}")
-            self._save_batch(batch, stage, rs)
+            if batch.round != sec.stage.round:
+                raise PageCodecError(f"batch of round {batch.round} offered while sending round {sec.stage.round}")
+            self._save_batch(batch, sec.stage, sec.rs)
+        sec.by_channels += self._take_counters(sec.rs)  # counted now, as QEMU's rate limiter counts them
+
+    def end_pass(self, sec: Section, *, last_stage: bool | None = None) -> None:
+        """The page search wrapped around the end of RAM (``find_dirty_block``): codecs flush what they
+        hold back (compress threads), the bulk stage ends (6.0+: ``xbzrle_enabled``). ``last_stage``
+        False for a wrap in the middle of ``ram_save_complete`` (one flush, not its final two)."""
+        stage = sec.stage
+        if last_stage is not None and last_stage != stage.last_stage:
+            stage = Stage(stage.round, stage.dirty_sync_count, stage.bulk_stage, last_stage)
         for slot, name, enc in self.encoders:
             em = self._call(slot, name, enc, stage, None, lambda e: e.end_of_pass(stage))
-            self._checked(lambda: self.check.emission(slot, name, em, round_no))
+            self._checked(lambda: self.check.emission(slot, name, em, stage.round))
             if em is not None:
-                self._write_emission(em, stage, rs)
+                self._write_emission(em, stage, sec.rs)
+        if not stage.last_stage:
+            self.ram.complete_round()
+
+    def end_section(self, sec: Section) -> RoundStats:
+        """Work due before EOS (7.2's multifd sync), EOS, the footer; the section's RoundStats."""
+        stage, rs, w = sec.stage, sec.rs, self.writer
         for slot, name, enc in self.encoders:
             recs = self._call(slot, name, enc, stage, None, lambda e: e.before_eos(stage))
             self._write_control(recs, stage, rs)
-        by_channels = self._take_counters(rs)
-        rs.wire.update(self._channel_bytes() - chan0)
+        by_channels = sec.by_channels + self._take_counters(rs)
+        rs.wire.update(self._channel_bytes() - sec.chan0)
         rs.skipped = rs.dirty_pages - sum(rs.records.values()) - by_channels
-        if not last_stage:
-            ram.complete_round()
         with self.stats.cpu.stage("wire"):
             w.put(eos_record(), "eos")
-            if not last_stage:  # the iteration EOS counts in transferred (ram_save_iterate)
-                ram.counters.transferred += 8
-                ram.counters.precopy_bytes += 8
+            if not stage.last_stage:  # the iteration EOS counts in transferred (ram_save_iterate)
+                self.ram.counters.transferred += 8
+                self.ram.counters.precopy_bytes += 8
                 rs.transferred += 8
             rs.wire["eos"] += 8
             qevm.write_section_footer(w, self.section_id)

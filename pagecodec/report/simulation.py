@@ -41,20 +41,24 @@ def simulation_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows = []
     for r in results:
         s, ram = r["simulation"], r["ram"]
-        bounds = [p["bound"] for p in s["pass-log"] if p["stage"] != "complete"]
+        bounds = [p["bound"] for p in s["pass-log"] if p["stage"] in ("bulk", "iterate")]
         rows.append([
-            _link(r), _label(r), s["status"], s["passes"], ram["dirty-sync-count"],
+            _link(r), _label(r), s["status"] + (" (postcopy)" if s.get("postcopy") else ""), s["passes"],
+            ram["dirty-sync-count"],
             f"{s['total-time'] / 1000:,.3f}",
             "-" if s["downtime"] is None else f"{s['downtime']:,.1f}",
             "yes" if s["downtime-ok"] else "no",
+            "-" if s.get("expected-downtime") is None else f"{s['expected-downtime']:,.1f}",
             _mib(ram["transferred"]), _mib(r["wire"]["total"]),
+            s.get("cpu-throttle-percentage", 0), ram.get("postcopy-requests", 0),
             max(set(bounds), key=bounds.count) if bounds else "-",
         ])
     return rows
 
 
 HEADERS = ["link", "config", "status", "passes", "dirty-sync-count", "total-time s", "downtime ms",
-           "downtime ≤ limit", "transferred MiB", "wire MiB", "passes bound by"]
+           "downtime ≤ limit", "expected-downtime ms", "transferred MiB", "wire MiB", "cpu-throttle-percentage",
+           "postcopy-requests", "passes bound by"]
 
 
 def format_simulation(results: Sequence[dict[str, Any]], fmt: str = "github") -> str:
@@ -67,6 +71,9 @@ def format_simulation(results: Sequence[dict[str, Any]], fmt: str = "github") ->
         elif not s["converged"]:
             notes.append(f"{_link(r)} {_label(r)}: not converged after {s['passes']} passes (--max-passes); "
                          f"{_mib(r['ram'].get('remaining'))} MiB still dirty")
+        if s.get("postcopy"):
+            notes.append(f"{_link(r)} {_label(r)}: postcopy after {s['passes']} passes: "
+                         f"{s['postcopy-requests']} page requests, the guest waited {s['postcopy-wait']:,.1f} ms")
     text = tabulate(simulation_rows(results), headers=HEADERS, tablefmt=fmt, colalign=("left", "left", "left"))
     return "\n".join([text, *notes])
 
