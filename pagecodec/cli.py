@@ -812,7 +812,8 @@ def capture_qemu(c: Ctx, qmp_socket: str, output: str, max_bandwidth: int, downt
               help="Seconds between slices of the timed dirty log (trace v2), on the process's running time "
                    "(time held stopped while reading is excluded).")
 @click.option("--rounds", type=click.IntRange(1, 100000), default=None, help="Rounds to record [default: 8].")
-@click.option("--duration", type=click.FloatRange(0), default=None, help="Record for this many seconds instead.")
+@click.option("--duration", type=click.FloatRange(0), default=None,
+              help="Record this many seconds of the process's running time instead (the log's duration).")
 @click.option("--max-mib", default=64.0, show_default=True, type=click.FloatRange(0),
               help="Cap on the bytes recorded (largest mappings trimmed first; 0: no cap).")
 @click.option("--include", "include", multiple=True, metavar="GLOB|0xADDR",
