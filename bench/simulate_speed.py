@@ -1,7 +1,8 @@
 """Simulate vs bench: is simulating a timed trace cheap next to benchmarking it? (issue 14's acceptance)
 
     python bench/simulate_speed.py [--ram-size 1G] [--rounds 41] [--interval 0.05] [--dirty-rate 64M]
-        [--config xbzrle] [--link 10G] [--repeat 3] [--threshold 2] [--keep DIR] [--json OUT]
+        [--config xbzrle] [--link 10G] [--downtime-limit T] [--repeat 3] [--threshold 2] [--keep DIR]
+        [--json OUT]
 
 Issue 14: "Simulating a 1 GiB-guest timed trace at one link speed and one config takes < 2× the time
 of a plain ``bench`` of it." A timed dirty log is made with ``pagecodec trace synth --interval`` (into
@@ -51,6 +52,7 @@ def commands(trace: Path, out: Path, args: argparse.Namespace) -> dict[str, list
     """The timed commands, by name, in the order they run within a repeat."""
     cmds = {
         "simulate": [*PAGECODEC, "simulate", str(trace), "--config", args.config, "--link", args.link,
+                     *(["--downtime-limit", args.downtime_limit] if args.downtime_limit else []),
                      "--json", str(out / "simulate.json")],
         "bench": [*PAGECODEC, "bench", str(trace), "--config", args.config, "--repeat", "1",
                   "--json", str(out / "bench.json")],
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dirty-rate", default="64M", help="bytes dirtied per second (default 64M)")
     ap.add_argument("--config", default="xbzrle")
     ap.add_argument("--link", default="10G")
+    ap.add_argument("--downtime-limit", default=None,
+                    help="passed to simulate (default: simulate's own); lower it to make the migration take more passes")
     ap.add_argument("--repeat", type=int, default=3, help="interleaved runs of each command; the fastest counts")
     ap.add_argument("--threshold", type=float, default=2.0, help="fail (exit 1) if simulate ÷ bench ≥ this")
     ap.add_argument("--sender-only", action=argparse.BooleanOptionalAction, default=True,
