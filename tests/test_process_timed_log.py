@@ -143,7 +143,7 @@ def test_capture_of_a_known_write_rate_is_a_timed_dirty_log(tmp_path, writer, fr
         d = trace_info(r, with_sha256=False)
     # each round is taken once the process has run k · interval (never before), a little after at most
     for k in range(1, rounds):
-        assert k * interval <= times[k] < k * interval + 0.15, times
+        assert k * interval <= times[k] < k * interval + 0.25, times
     assert rep.elapsed >= times[-1] + rep.frozen_s
     # the slices hold what the child wrote: ~N pages every P s (loose per slice, tighter in total)
     for k in range(1, rounds):
@@ -195,7 +195,7 @@ def test_a_slow_frozen_read_does_not_stretch_the_log(tmp_path, writer, monkeypat
     rep = capture_process(pid, tmp_path / "t.parquet", interval=0.1, rounds=4, method="diff", include=[hex(addr)])
     times = rep.round_times
     for k in range(1, 4):
-        assert k * 0.1 <= times[k] < k * 0.1 + 0.08, times  # not k · 0.25: 0.15 s frozen per round excluded
+        assert k * 0.1 <= times[k] < k * 0.1 + 0.12, times  # not k · 0.25: 0.15 s frozen per round excluded
     assert rep.frozen_s >= 4 * 0.15
     assert rep.elapsed >= times[-1] + rep.frozen_s
 
