@@ -869,9 +869,11 @@ def _capture_dirty_log(c: Ctx, qmp_socket: str, output: str, interval: float, sl
 @click.option("--pid", type=click.IntRange(1), default=None, help="Attach to this running process (needs ptrace access).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Seconds between rounds.")
+              help="Seconds between slices of the timed dirty log (trace v2), on the process's running time "
+                   "(time held stopped while reading is excluded).")
 @click.option("--rounds", type=click.IntRange(1, 100000), default=None, help="Rounds to record [default: 8].")
-@click.option("--duration", type=click.FloatRange(0), default=None, help="Record for this many seconds instead.")
+@click.option("--duration", type=click.FloatRange(0), default=None,
+              help="Record this many seconds of the process's running time instead (the log's duration).")
 @click.option("--max-mib", default=64.0, show_default=True, type=click.FloatRange(0),
               help="Cap on the bytes recorded (largest mappings trimmed first; 0: no cap).")
 @click.option("--include", "include", multiple=True, metavar="GLOB|0xADDR",
@@ -890,8 +892,9 @@ def _capture_dirty_log(c: Ctx, qmp_socket: str, output: str, interval: float, sl
 def capture_process(c: Ctx, pid: int | None, output: str, interval: float, rounds: int | None, duration: float | None,
                     max_mib: float, include: tuple[str, ...], freeze: bool, method: str, warmup: float,
                     unreadable: str, as_json: bool, command: tuple[str, ...]) -> None:
-    """Record a live process's writable memory every --interval seconds: --pid PID, or -- CMD … (launched,
-    recorded after --warmup, then terminated)."""
+    """Record a live process's writable memory as a timed dirty log (trace v2: round 0 the image, then a
+    slice of the pages written every --interval seconds): --pid PID, or -- CMD … (launched, recorded after
+    --warmup, then terminated). `pagecodec simulate` replays it."""
     from .sources.process import capture_process as do_capture
 
     if (pid is None) == (not command):
@@ -918,6 +921,8 @@ def capture_process(c: Ctx, pid: int | None, output: str, interval: float, round
     click.echo(
         f"captured process {rep.pid} ({shown}) -> {output}: {len(rep.blocks)} blocks, "
         f"{rep.ram_bytes / (1 << 20):.1f} MiB, {rep.rounds} rounds, pages per round {rep.pages_per_round}; "
+        f"timed dirty log over {rep.duration_s:.3f} s of the process's running time"
+        f"{f' ({rep.frozen_s:.3f} s held stopped, excluded)' if rep.frozen else ''}; "
         f"dirty detection: {rep.method} ({rep.method_reason}); "
         f"{'frozen (SIGSTOP) while reading' if rep.frozen else 'not frozen'}; kernel {rep.kernel}"
     )

@@ -177,6 +177,8 @@ def test_diff_method_records_exactly_the_changed_pages(tmp_path, child, pm, free
             assert page == expected_page(p, k), (k, p)
     with TraceReader(out) as r:
         assert r.pages_per_round == rep.pages_per_round
+        assert r.version == 2 and r.timing.kind == ("image", "slice", "slice", "slice")
+        assert list(r.timing.time_s) == rep.round_times
         assert r.meta.provenance.source == "process"
         cmd = r.meta.provenance.command
         assert cmd.startswith(f"pagecodec capture process --pid {child.pid} -o {out} --interval 0.05 --rounds 4")
@@ -255,6 +257,9 @@ def test_soft_dirty_method_keeps_dirty_pages_with_unchanged_content(tmp_path, ch
         assert not got & set(C), k                  # C was never written
         for p, page in rounds[k].items():
             assert page == expected_page(p, k), (k, p)
+    with TraceReader(out) as r:  # a timed dirty log, whatever the method
+        assert r.version == 2 and r.timing.kind == ("image", "slice", "slice", "slice")
+        assert list(r.timing.time_s) == rep.round_times
     check_verify(out, pm)
 
 

@@ -73,6 +73,9 @@ def test_timed_log_round_trip(tmp_path):
     assert d["dirty_pages_per_s"] == pytest.approx(5 / 2.0)
     text = format_info(d)
     assert "pagecodec-trace v2" in text and "dirty-log over 2.000 s" in text and "dirty MiB/s" in text
+    assert "dirty pages/s" in text and "(2.5 pages/s) on average" in text
+    row1 = next(line.split() for line in text.splitlines() if line.split()[:3] == ["1", "0.500", "slice"])
+    assert row1[4] == "6.0"  # round 1: 3 pages in 0.5 s, in pages per second beside MiB/s
 
 
 def test_untimed_trace_stays_v1_and_reads_untimed(tmp_path):

@@ -138,7 +138,8 @@ def format_info(d: dict[str, Any]) -> str:
         ["pages", f"{d['pages']} ({_mib(d['page_bytes'])}), {d['zero_fraction']:.1%} zero"],
         ["working set", f"{d['working_set_pages']} pages ({_mib(d['working_set_bytes'])}) written after round 0"],
         *([["timing", f"{d['kind']} over {d['duration_s']:.3f} s"]] if d.get("timed") else []),
-        *([["dirty rate", f"{_mib(d['dirty_bytes_per_s'])}/s on average"]] if "dirty_bytes_per_s" in d else []),
+        *([["dirty rate", f"{_mib(d['dirty_bytes_per_s'])}/s ({d['dirty_pages_per_s']:.1f} pages/s) on average"]]
+          if "dirty_bytes_per_s" in d else []),
         ["source", prov["source"]],
         ["command", prov["command"]],
         ["date", prov["date"]],
@@ -153,12 +154,15 @@ def format_info(d: dict[str, Any]) -> str:
     for r in d["per_round"]:
         row = [r["round"]]
         if timed:
-            rate = r.get("dirty_bytes_per_s")
-            row += [f"{r['time_s']:.3f}", r["kind"], "" if rate is None else f"{rate / (1 << 20):.2f}"]
+            rate, prate = r.get("dirty_bytes_per_s"), r.get("dirty_pages_per_s")
+            row += [f"{r['time_s']:.3f}", r["kind"], "" if rate is None else f"{rate / (1 << 20):.2f}",
+                    "" if prate is None else f"{prate:.1f}"]
         row += [r["pages"], _mib(r["page_bytes"]), r["zero_pages"], f"{r['zero_fraction']:.1%}",
                 _mib(r["working_set_pages"] * d["page_size"])]
         rows.append(row)
-    headers = ["round"] + (["time s", "kind", "dirty MiB/s"] if timed else [])
+    headers = ["round"] + (["time s", "kind", "dirty MiB/s", "dirty pages/s"] if timed else [])
     headers += ["pages", "page bytes", "zero pages", "zero", "working set"]
-    rounds = tabulate(rows, headers=headers, tablefmt="simple")
+    # the cells are formatted above (3 decimals of time, 2 of MiB/s): keep them as written, numbers right
+    rounds = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True,
+                      colalign=["left" if h == "kind" else "right" for h in headers])
     return "\n\n".join([tabulate(head, tablefmt="plain"), blocks, rounds])

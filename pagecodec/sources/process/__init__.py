@@ -3,6 +3,25 @@
 A process stands in for a guest: its writable mappings are the RAM blocks, and every ``interval``
 seconds the pages written since the last look form a round, exactly like QEMU's dirty-bitmap syncs.
 
+**A timed dirty log (trace v2).** The trace is what ``pagecodec simulate`` replays: round 0 is kind
+``"image"`` (all of the recorded memory at the start, time 0), round k ≥ 1 kind ``"slice"``: the pages
+written during ``(t[k-1], t[k]]`` with their contents at ``t[k]`` (the pages of a round are the same as
+in an untimed capture; only the per-round ``round_time_s``/``round_kind`` are added). ``t[k]`` is the
+**process's running time** since round 0, taken when the slice's contents are fixed (the ``SIGSTOP``
+that freezes the round): the time the capture holds the process stopped while reading is excluded,
+because the process writes nothing then and the log's dirty rate must be the process's own (a
+migrated guest keeps running while QEMU syncs its bitmap). Rounds are scheduled on that clock (round k
+when the process has run ``k · interval`` s), so slices are ``interval`` long and the capture's wall
+time is the log's duration plus the frozen time (the report's ``frozen_s``). Without freeze nothing is
+excluded and ``t[k]`` is when round k's reading starts. See :mod:`.clock`. Traces written before (v1,
+untimed) still read, as untimed passes (``simulate`` refuses them with a clear error).
+
+**What "written" means depends on the method** (below): with ``soft-dirty`` a slice holds the pages
+the process *wrote* (stored to) in the interval, even with the same bytes, as QEMU's dirty bitmap does;
+with ``diff`` it holds the pages whose content *changed* since the previous round, so a page rewritten
+with its own content, or changed and changed back within an interval, is missing, and a diff log's
+dirty rate is a lower bound on the written rate. The method is in the trace's provenance command.
+
 **Blocks.** At round 0, ``/proc/PID/smaps`` is read once. Every mapping that is writable (private or
 shared) and readable becomes a RAM block, in address order, named ``heap``, ``stack``,
 ``anon@7f12a4c00000`` (anonymous, by start address; ``anon-shared@…`` for shared anonymous memory), ``anon:NAME`` (``PR_SET_VMA_ANON_NAME``),
@@ -66,7 +85,8 @@ no file (and an existing file of that name untouched).
 (target command included) followed by a shell comment with the dirty-detection method, the kernel
 release and the target's command line, ``date`` = now.
 
-**Modules.** ``maps`` (parsing maps/smaps, naming and capping blocks), ``target`` (the ``/proc/PID``
+**Modules.** ``maps`` (parsing maps/smaps, naming and capping blocks), ``clock`` (the log's
+running-time clock), ``target`` (the ``/proc/PID``
 handle: mem, pagemap, clear_refs, SIGSTOP/SIGCONT), ``memory`` (reading a round's pages, the ``diff``
 method), ``pagemap`` (the soft-dirty probe and method), ``report``, ``capture`` (``capture_process`` and
 the round loop), ``errors``.

@@ -18,6 +18,7 @@ import numpy as np
 
 import pagecodec.sources.process as _package  # soft_dirty_supported is looked up there (tests patch it)
 from pagecodec.trace.format import Provenance, RAMBlockInfo, TraceMeta, TraceWriter
+from pagecodec.sources.process.clock import RunningClock
 from pagecodec.sources.process.errors import CaptureError, ProcessGoneError, _Gone
 from pagecodec.sources.process.maps import DEFAULT_MAX_BYTES, PAGE_SIZE, Mapping, select_blocks
 from pagecodec.sources.process.memory import _alive, _Notes, _read_diff
@@ -271,14 +272,12 @@ def _capture(
         stop_warned = False
 
         with TraceWriter(output, meta) as writer:
-            t0 = time.monotonic()
+            clock = RunningClock()  # the log's time: the process's running time (see clock.py)
             for r in range(rounds):
                 current_round = r
                 if r:
-                    delay = t0 + r * interval - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                round_times.append(round(time.monotonic() - t0, 4))
+                    clock.wait_until(r * interval)
+                t_log = clock.snapshot()  # right before SIGSTOP: the contents are fixed from here
                 sel: list[np.ndarray] = []  # per block: page indices to write this round
                 try:
                     if do_freeze:
@@ -301,8 +300,13 @@ def _capture(
                     finally:
                         if do_freeze:
                             proc.cont()
+                            clock.resumed()
+                        else:
+                            clock.unfrozen()
                 except _Gone as e:
                     raise gone(str(e)) from None
+                writer.timestamp_round(r, t_log, "slice" if r else "image")
+                round_times.append(t_log)
                 # Write (process running again): blocks in order, offsets ascending.
                 n_round = 0
                 for bi, idx in enumerate(sel):
@@ -322,6 +326,7 @@ def _capture(
                                 b.mapping.path) for b in blocks],
             skipped=skipped, warnings=warnings, notes=notes_extra + notes.lines(), round_times=round_times,
             elapsed=round(time.monotonic() - t_start, 3), launched=launched is not None,
+            frozen_s=clock.frozen_s,
         )
     finally:
         proc.close()

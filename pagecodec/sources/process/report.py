@@ -41,10 +41,18 @@ class ProcessCaptureReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: log time of each round (the trace's round_time_s): the process's running time since round 0
     round_times: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     launched: bool = False
     exit_status: int | None = None
+    #: seconds the capture held the process stopped while reading rounds (excluded from round_times)
+    frozen_s: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        """The log's duration: the process's running time from round 0 to the last round."""
+        return self.round_times[-1] if self.round_times else 0.0
 
     @property
     def pages(self) -> int:
@@ -61,5 +69,6 @@ class ProcessCaptureReport:
         d = asdict(self)
         d["trace"] = str(self.trace)
         d["pages"] = self.pages
+        d["duration_s"] = self.duration_s
         d["skipped"] = [list(s) for s in self.skipped]
         return d
