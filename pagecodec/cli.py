@@ -481,7 +481,7 @@ def simulate(c: Ctx, trace: str, configs: tuple[str, ...], links: str, downtime_
     from .atomic import atomic_write_json, check_output
     from .harness.precopy import Link
     from .harness.simulate import parse_bandwidth, parse_duration, parse_links, simulate as do_simulate
-    from .report.simulation import format_sheet, format_simulation, transfer_sheet, write_transfer_plot
+    from .report.simulation import format_sheet, format_simulation, transfer_sheet
     from .trace.format import TraceReader
 
     from .chain.config import parse_size
@@ -516,6 +516,8 @@ def simulate(c: Ctx, trace: str, configs: tuple[str, ...], links: str, downtime_
         click.echo(format_sheet(transfer_sheet(results), fmt))
     if plots:
         Path(plots).mkdir(parents=True, exist_ok=True)
+        from .report.simulation_plot import write_transfer_plot  # matplotlib only when asked for
+
         write_transfer_plot(results, plots)
     if json_out:
         atomic_write_json(json_out, {"runs": results, "transfer-sheet": transfer_sheet(results)})

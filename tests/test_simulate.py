@@ -409,3 +409,14 @@ def test_stream_equals_a_replay_of_the_composed_passes(tmp_path, pm, spec):
     with open_trace(composed) as r:
         replay(r, cfg, pm, qemu_stream=out)
     assert out.read_bytes() == sink.getvalue()
+
+
+def test_simulate_tables_do_not_import_matplotlib():
+    """Only --plots needs matplotlib (0.4 s of start-up): the tables and the model must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pagecodec.cli, pagecodec.harness.simulate, pagecodec.report.simulation; "
+            "print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
