@@ -18,7 +18,7 @@ from ..atomic import atomic_write_bytes, check_output
 from ..errors import TraceError
 from .format import TraceReader
 
-__all__ = ["block_image", "write_block_image"]
+__all__ = ["block_image", "write_block_image", "changed_page_mask"]
 
 
 def block_image(reader: TraceReader, block_name: str, round: int | None = None) -> np.ndarray:
@@ -64,3 +64,10 @@ def write_block_image(
     except OSError as e:
         raise TraceError(f"{out}: cannot write image: {e.strerror or e}") from None
     return img.nbytes, hashlib.sha256(memoryview(img)).hexdigest()
+
+
+def changed_page_mask(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Boolean (n,) mask of the pages whose bytes differ between two (n, page_size) uint8 images of
+    the same RAM, compared eight bytes at a time (page sizes are powers of two >= 1 KiB). What a
+    capture that reads contents (a process's diff, a QEMU dirty log) calls a written page."""
+    return np.any(old.view(np.uint64) != new.view(np.uint64), axis=1)

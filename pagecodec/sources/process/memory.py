@@ -8,6 +8,7 @@ import numpy as np
 from pagecodec.sources.process.errors import CaptureError
 from pagecodec.sources.process.maps import PAGE_SIZE, Block
 from pagecodec.sources.process.target import _Proc
+from pagecodec.trace.image import changed_page_mask
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,9 +95,7 @@ def _read_diff(proc: _Proc, r: int, blocks: list[Block], alive: list[np.ndarray]
         if bad.any():
             notes.unreadable[b.name] = notes.unreadable.get(b.name, 0) + int(bad.sum())
         ok = a & ~bad
-        cur = scratch[bi].view(np.uint64).reshape(len(a), -1)
-        old = image[bi].view(np.uint64).reshape(len(a), -1)
-        changed = (cur != old).any(axis=1) & ok
+        changed = changed_page_mask(image[bi].reshape(len(a), -1), scratch[bi].reshape(len(a), -1)) & ok
         idx = np.flatnonzero(changed)
         if len(idx):
             image[bi].reshape(-1, ps)[idx] = scratch[bi].reshape(-1, ps)[idx]

@@ -49,7 +49,7 @@ from ...qemu import QemuError
 from ...qemu.migrate import MigrationSettings, migrate_to_file
 from ...qemu.qmp import QMP, QMPCommandError
 from ...trace.format import Provenance, TraceMeta, TraceReader, TraceWriter
-from ...trace.image import block_image
+from ...trace.image import block_image, changed_page_mask
 from ..qemu_stream import import_qemu_stream
 from .session import open_session
 
@@ -206,7 +206,6 @@ class _Capture:
         ps = meta.page_size
         run_s = 0.0
         total = 0
-        resumed = False
         with TraceWriter(self.output, meta) as w:
             for bi, b in enumerate(meta.blocks):
                 n = b.used_length // ps
@@ -237,7 +236,7 @@ class _Capture:
             if use_files:
                 _, final = self.snapshot()
                 for name, img in final.items():
-                    bad = np.flatnonzero(np.any(img.reshape(-1, ps) != state[name].reshape(-1, ps), axis=1))
+                    bad = np.flatnonzero(changed_page_mask(state[name].reshape(-1, ps), img.reshape(-1, ps)))
                     if len(bad):
                         where = "not file-backed" if name not in files else f"backed by {files[name]}"
                         raise QemuError(
@@ -247,15 +246,14 @@ class _Capture:
                 checked = True
         if cont:
             qmp.execute("cont")
-            resumed = True
         return DirtyLogCapture(self.output, self.slices, run_s, total, "ram-file" if use_files else "snapshot",
-                               tuple(sorted(files)), checked, resumed)
+                               tuple(sorted(files)), checked, cont)
 
 
 def _write_changed(w: TraceWriter, round_no: int, block: int, state: np.ndarray, now: np.ndarray, ps: int) -> int:
     """Write the pages of ``now`` that differ from ``state`` as round ``round_no``, update ``state``."""
     old, new = state.reshape(-1, ps), np.asarray(now).reshape(-1, ps)
-    changed = np.flatnonzero(np.any(old.view(np.uint64) != new.view(np.uint64), axis=1))  # 8 bytes a compare
+    changed = np.flatnonzero(changed_page_mask(old, new))
     if len(changed) == 0:
         return 0
     pages = new[changed]  # a copy: the file keeps changing after cont
