@@ -17,13 +17,14 @@ import math
 import re
 from collections import Counter
 from dataclasses import replace
+from typing import Any, Callable
 
 import numpy as np
-from typing import Any, Callable
 
 from ..chain.config import MigrationConfig, parse_size
 from ..chain.sender import Section, Sender
 from ..chain.slots import Slot
+from ..codecs.zero import zero_page_mask
 from ..errors import ConfigError
 from ..plugins import PluginManager
 from ..trace.format import TraceReader
@@ -97,7 +98,7 @@ class ChainDriver:
 
     A part ends when the rate limiter's budget is used up. The count is known only once a page went
     through the chain (a zero page costs 9 bytes, a raw one 4,104), so pages go in batches that surely
-    fit what is left of the budget (:data:`MAX_PAGE_COST` each) and then one at a time: the part
+    fit what is left of the budget (a page plus :data:`MAX_RECORD_OVERHEAD` each) and then one at a time: the part
     stops exactly where QEMU's ``qemu_file_rate_limit`` check would stop it, and the chain is called
     about (budget ÷ batch cost) times per window, not once per page."""
 
@@ -268,7 +269,7 @@ class ChainDriver:
         name before the first page of a block other than the last one sent (save_page_header)."""
         n = 0
         for b in self.log.batches(g):
-            zero = ~b.pages.any(axis=1)
+            zero = zero_page_mask(b.pages)
             nz = int(np.count_nonzero(zero))
             self.postcopy_pages["duplicate"] += nz
             self.postcopy_pages["normal"] += len(b) - nz

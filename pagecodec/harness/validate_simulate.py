@@ -130,7 +130,7 @@ def model_migration(trace: Path, case: Case, *, link: str = "10G", extra: Sequen
     """``pagecodec simulate`` of the log with the case's config and limits; QEMU's names."""
     with tempfile.TemporaryDirectory(prefix="pagecodec-model-") as d:
         out = Path(d) / "sim.json"
-        cmd = [sys.executable, "-c", "from pagecodec.cli import main; main()", "--no-progress", "simulate", str(trace),
+        cmd = [sys.executable, "-m", "pagecodec.cli", "--no-progress", "simulate", str(trace),
                "--config", case.spec(), "--link", link, "--downtime-limit", f"{case.downtime_limit_ms}ms",
                "--max-bandwidth", str(case.max_bandwidth), "--json", str(out), *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
