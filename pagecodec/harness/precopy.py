@@ -349,12 +349,20 @@ class _Thread:
             assert self.cur is not None
             self.cur.charge(d, bound)
         self.used += cost.counted_bytes
-        self.transferred += cost.transferred
+        self.account(cost)
+
+    def account(self, cost: PassCost) -> None:
+        """A part's pages and bytes in the pass and in ``transferred``."""
         p = self.cur
         assert p is not None
         p.pages += cost.pages
         p.transferred += cost.transferred
         p.wire_bytes += cost.wire_bytes
+        self.transferred += cost.transferred
+
+    def budget(self) -> float | None:
+        """What is left of the window's budget (None: no rate limit)."""
+        return None if self.rate_max is None else self.rate_max - self.used
 
     def limited(self) -> bool:
         """qemu_file_rate_limit."""
@@ -380,10 +388,14 @@ class _Thread:
         self.cur.windows += 1
 
     # -- the bitmap --------------------------------------------------------------------------------
-    def new_pass(self, stage: str) -> None:
+    def close_pass(self) -> None:
+        """The figures a pass ends with: the last window's bandwidth and threshold, the throttle."""
         if self.cur is not None:
             self.cur.bandwidth, self.cur.threshold_bytes = self.bandwidth, self.threshold
             self.cur.cpu_throttle = self.throttle
+
+    def new_pass(self, stage: str) -> None:
+        self.close_pass()
         self.cur = PassRecord(len(self.res.passes) + 1, stage, self.t)
         self.res.passes.append(self.cur)
 
@@ -493,13 +505,13 @@ class _Thread:
         while not self.limited():
             n = 1 if k == 0 else 64 - (k - 1) % 64  # up to the next MAX_WAIT check (after 1, 65, 129, …)
             self.run_guest()
-            cost = self.d.send(None if self.rate_max is None else self.rate_max - self.used, n, False)
+            cost = self.d.send(self.budget(), n, False)
             self.charge(cost)
             k += cost.host_pages
             while cost.cut:  # inside a huge host page, over budget: migration_rate_limit
                 self.rate_limit()
                 self.run_guest()
-                cost = self.d.send(None if self.rate_max is None else self.rate_max - self.used, 1, False)
+                cost = self.d.send(self.budget(), 1, False)
                 self.charge(cost)
                 k += cost.host_pages
             if cost.done:
@@ -556,10 +568,7 @@ class _Thread:
                 d, bound = cost.wire_bytes / bw, "max-postcopy-bandwidth"
             self.t += d
             p.charge(d, bound)
-            p.pages += cost.pages
-            p.transferred += cost.transferred
-            p.wire_bytes += cost.wire_bytes
-            self.transferred += cost.transferred
+            self.account(cost)
             self.res.postcopy_bytes += cost.transferred
             # each request: the vCPU waits a round trip and its host page's transfer, one after another
             wait = cost.requests * link.rtt_s + cost.requested_bytes / link.link_bytes_per_s
@@ -577,10 +586,9 @@ class _Thread:
 
     def finish(self) -> PrecopyResult:
         r = self.res
+        self.close_pass()
         if self.cur is not None:
-            self.cur.bandwidth, self.cur.threshold_bytes = self.bandwidth, self.threshold
             self.cur.pending_bytes = self.d.dirty_pages * self.ps
-            self.cur.cpu_throttle = self.throttle
         r.total_time_s = self.t
         r.dirty_sync_count = self.syncs
         r.expected_downtime_s = self.expected_downtime
