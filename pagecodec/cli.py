@@ -856,8 +856,8 @@ def _capture_dirty_log(c: Ctx, qmp_socket: str, output: str, interval: float, sl
         from rich.progress import Progress
 
         with Progress(transient=True) as prog:
-            task = prog.add_task("slices", total=slices or int(duration / interval + 1e-9))  # type: ignore[operator]
-            res = run(lambda p: prog.update(task, completed=p.slice,
+            task = prog.add_task("slices", total=None)
+            res = run(lambda p: prog.update(task, total=p.slices, completed=p.slice,
                                             description=f"slice {p.slice}: {p.time_s:.2f} s, {p.pages} pages"))
     else:
         res = run(None)
