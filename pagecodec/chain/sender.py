@@ -130,6 +130,9 @@ class Sender:
         #: ``on_claims(block, offsets, claimed_by)`` after each segment: which slot took which page
         #: (``verify`` keeps the last one per page, to name the codec that sent a page that arrived wrong).
         self.on_claims: Callable[[int, np.ndarray, np.ndarray], None] | None = None
+        #: ``on_segment()`` after each segment has gone through the chain and its records are written
+        #: (``bench`` marks its CPU clocks there: :mod:`pagecodec.harness.pieces`).
+        self.on_segment: Callable[[], None] | None = None
         self.check = RecordCheck(meta.page_size, [b.name for b in meta.blocks], plugins.codec, plugins.plugin_of)
         self.stats = MigrationStats(page_size=meta.page_size, total_ram=meta.ram_bytes)
         self._idstr = [b.name for b in meta.blocks]
@@ -340,6 +343,8 @@ class Sender:
         if self.on_claims is not None:
             self.on_claims(seg.block_index, seg.offsets, seg.claimed_by)
         self._write_records(seg.block_index, seg.offsets, seg.records, stage, rs)
+        if self.on_segment is not None:
+            self.on_segment()
 
     def slot_codec(self, slot_index: int) -> tuple[str, str, str] | None:
         """(slot, codec, plugin) of the slot at ``slot_index`` in SLOT_ORDER, if it is active."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..anonmem import zeroed
 from ..trace.format import TraceReader
+from .pieces import merge_pieces
 from .provenance import machine, versions
 
 __all__ = ["MEMCPY", "memcpy_baseline"]
@@ -30,9 +31,10 @@ MEMCPY = "memcpy"
 BATCH_PAGES = 4096
 
 
-def memcpy_baseline(reader: TraceReader, plugins: Any | None = None) -> dict[str, Any]:
+def memcpy_baseline(reader: TraceReader, plugins: Any | None = None, *, pieces: bool = False) -> dict[str, Any]:
     """Copy every page of every round out (to a send buffer) and in (to destination RAM); returns a
-    results object shaped like a replay's, with CPU under ``copy`` on both sides."""
+    results object shaped like a replay's, with CPU under ``copy`` on both sides. ``pieces``: with
+    ``cpu_pieces``, a piece per batch (:mod:`.pieces`)."""
     meta = reader.meta
     ps = meta.page_size
     ram = [zeroed(b.used_length).reshape(-1, ps) for b in meta.blocks]
@@ -42,6 +44,8 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None) -> dict[str
     buf.fill(0)
     send_ns = recv_ns = trace_ns = send_wall = recv_wall = 0
     pages = 0
+    send_pieces: list[int] = []
+    recv_pieces: list[int] = []
     for _r, batches in reader.rounds(max_pages=BATCH_PAGES):
         while True:
             t0 = time.thread_time_ns()
@@ -70,11 +74,14 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None) -> dict[str
             recv_wall += w3 - w2
             send_ns += t2 - t1
             recv_ns += t3 - t2
+            if pieces:
+                send_pieces.append(t2 - t1)
+                recv_pieces.append(t3 - t2)
             pages += n
     wall = send_wall / 1e9
     page_bytes = pages * ps
     gib = page_bytes / (1 << 30) or 1.0
-    return {
+    out: dict[str, Any] = {
         "trace": {"path": str(reader.path), "sha256": reader.sha256(), "rounds": reader.num_rounds,
                   "pages": reader.num_pages},
         "config": {"label": MEMCPY, "baseline": MEMCPY},
@@ -94,3 +101,6 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None) -> dict[str
         "machine": machine(),
         "versions": versions(plugins),
     }
+    if pieces:
+        out["cpu_pieces"] = {"sender": merge_pieces(send_pieces), "decode": merge_pieces(recv_pieces)}
+    return out

@@ -232,6 +232,10 @@ class Destination:
         """Wall time the sender spent handing bytes to the sinks so far."""
         return self.sink.wall_ns + sum(s.wall_ns for s in self._chan_sinks.values())
 
+    def transport_cpu_ns(self) -> int:
+        """CPU the sender has spent handing bytes to the sinks since the last :meth:`uncharge_transport`."""
+        return self.sink.ns + sum(s.ns for s in self._chan_sinks.values())
+
     def uncharge_transport(self, cpu: CpuClock) -> None:
         """Take the sender's CPU in the sinks out of its stages: the main stream's writes ran in
         ``wire``, the channels' in ``multifd`` (the slot that writes them)."""

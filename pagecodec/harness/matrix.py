@@ -7,7 +7,8 @@ pool (:class:`LocalPool`, the default) or a Dask cluster (:mod:`.dask_pool`). Ta
 repeat-major — every run's repeat 0, then every run's repeat 1, … — so the repeats of one run are
 spread over the sweep instead of sharing one noisy moment.
 
-Repeat 0 of a run is its check (unless ``verify`` is off): the stream is decoded and every page the
+Each task first times two fixed kernels on its CPU (:mod:`.calibration`), so results say how fast
+the machine was while they were measured. Repeat 0 of a run is its check (unless ``verify`` is off): the stream is decoded and every page the
 round touched is compared with the trace (:func:`.replay.verify`); the other repeats decode without
 comparing. A task that raises — a decode error, a plugin that raises, a bad trace — gives a
 ``status: failed`` sample naming the error; the other tasks go on. When all of a run's repeats are in,
@@ -33,6 +34,8 @@ from ..plugins import PluginManager
 from ..trace.format import TraceReader
 from .affinity import pin_worker, pinned, thread_affinity, worker_cpus
 from .baseline import MEMCPY, memcpy_baseline
+from .calibration import calibrate
+from .pieces import elementwise_min
 from .repeats import aggregate, decode_cpu_total, sender_cpu_total
 from .replay import replay, verify
 
@@ -154,25 +157,28 @@ def run_task(task: Task) -> dict[str, Any]:
     (only for KeyboardInterrupt and the like)."""
     run = task.run
     sample: dict[str, Any]
+    speed = calibrate()  # how fast this CPU is right now (:mod:`.calibration`)
     try:
         pm = PluginManager(task.plugin_modules)
         reader = TraceReader(run.trace)
         if run.spec == MEMCPY:
-            sample = fastest_of(lambda: memcpy_baseline(reader, pm), task.min_sample_s)
+            sample = fastest_of(lambda: memcpy_baseline(reader, pm, pieces=True), task.min_sample_s)
         else:
             config = parse_spec(run.spec, pm.presets)
             if task.check:
-                res = verify(reader, config, pm)
+                res = verify(reader, config, pm, pieces=True)
                 sample = {**res.metrics, "verify": {"checked": True, "ok": res.ok,
                                                     "mismatch": str(res.mismatch) if res.mismatch else None}}
                 if res.mismatch is not None:
                     sample["status"] = "failed"
                     sample["error"] = {"type": "VerifyMismatch", "message": str(res.mismatch)}
             else:
-                sample = fastest_of(lambda: replay(reader, config, pm, decode=task.decode), task.min_sample_s)
+                sample = fastest_of(lambda: replay(reader, config, pm, decode=task.decode, pieces=True),
+                                    task.min_sample_s)
     except Exception as e:  # noqa: BLE001 — a run's failure is its row's, never the sweep's
         sample = _failed(task, e)
     sample.setdefault("status", "ok")
+    sample["calibration"] = speed
     sample["repeat"] = task.repeat
     sample["cpu-affinity"] = thread_affinity()  # pinned by the executor, or free
     return sample
@@ -187,12 +193,15 @@ def fastest_of(once: Callable[[], dict[str, Any]], min_s: float) -> dict[str, An
     one page fault or tick more is a large share of it; its min over five repeats still moved by
     10–14 % between two invocations where longer runs moved by 1–5 %. Filling each sample to a fixed
     time gives short runs as many draws as long ones get work (timeit's autorange does the same).
-    Counters and wire bytes do not depend on the run, so any run's stand for all."""
+    Counters and wire bytes do not depend on the run, so any run's stand for all. Where the runs cut
+    their CPU into pieces, the sample's pieces are each piece's least over the runs (:mod:`.pieces`)."""
     t0 = time.perf_counter()
     best_send = best_decode = once()
+    cut = [best_send.get("cpu_pieces")]
     k = 1
     while time.perf_counter() - t0 < min_s:
         s = once()
+        cut.append(s.get("cpu_pieces"))
         k += 1
         if sender_cpu_total(s) < sender_cpu_total(best_send):
             best_send = s
@@ -206,6 +215,10 @@ def fastest_of(once: Callable[[], dict[str, Any]], min_s: float) -> dict[str, An
         if key in best_decode:
             out[key] = best_decode[key]
     out["replays"] = k
+    out.pop("cpu_pieces", None)
+    merged = elementwise_min(cut)
+    if merged is not None:
+        out["cpu_pieces"] = merged
     return out
 
 

@@ -3,7 +3,10 @@
 A single timing on a shared machine is noise (the same XBZRLE run measured 0.32 … 2.57 s/GiB over
 five invocations), so ``bench`` runs every (trace, config) ``--repeat N`` times, interleaved with the
 other runs, and reports the minimum (the least disturbed run: what the code costs) and the median
-(what a user will typically see) of each total, per stage the median. Everything that is not a
+(what a user will typically see) of each total, per stage the median. Where the repeats cut their
+CPU into pieces (:mod:`.pieces`), the **piecewise minimum** (each piece's least over the repeats,
+summed) stands beside the least total: it asks each piece, not each whole run, to have met a quiet
+moment once, and so moves far less between invocations on a shared machine. Everything that is not a
 timing must not change between repeats: the wire bytes by kind, the records and QEMU's counters are
 compared, and a difference fails the run — unless an active codec declares its bytes unreproducible
 (:meth:`pagecodec.codecs.base.Codec.reproducible`), when the spread is reported instead.
@@ -13,6 +16,9 @@ from __future__ import annotations
 
 import statistics
 from typing import Any, Sequence
+
+from .calibration import summarize
+from .pieces import elementwise_min
 
 __all__ = ["aggregate", "sender_cpu_total", "decode_cpu_total", "SENDER_EXCLUDED"]
 
@@ -58,19 +64,34 @@ def aggregate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     The result is the first repeat's object (counters, rounds, verify) with the timings replaced:
     ``cpu``/``cpu_s_per_gib``/``cpu_decode*``/``wall_s``/``decode_wall_s`` hold each stage's median,
     and ``timing`` the min/median/max/samples of the totals and (``timing.stages``) each stage's min
-    and median CPU per GiB, the sender's and the destination's. Wire bytes that differ between repeats
+    and median CPU per GiB, the sender's and the destination's. Where every repeat has
+    ``cpu_pieces`` cut alike, the CPU totals also get ``piecewise-min`` and ``timing.pieces`` their
+    number; the pieces themselves are not kept. ``timing.calibration``: the calibration kernels' min
+    and median over the samples (:mod:`.calibration`). Wire bytes that differ between repeats
     set ``status: failed`` (``error`` says how) unless the config's codecs are unreproducible, in
     which case ``timing.wire-total`` holds their spread.
     """
     first = samples[0]
     out = dict(first)
+    out.pop("cpu_pieces", None)
     n = len(samples)
     timing: dict[str, Any] = {"repeats": n}
     timing["cpu_s_per_gib"] = _stats([sender_cpu_total(s) for s in samples])
     decoded = [decode_cpu_total(s) for s in samples]
     if all(d is not None for d in decoded):
         timing["cpu_decode_s_per_gib"] = _stats([d for d in decoded if d is not None])
+    pieces = elementwise_min([s.get("cpu_pieces") for s in samples])
+    gib = (first.get("page_bytes") or 0) / (1 << 30)
+    if pieces is not None and gib:
+        timing["pieces"] = len(pieces["sender"])
+        for side, key in (("sender", "cpu_s_per_gib"), ("decode", "cpu_decode_s_per_gib")):
+            if side in pieces and key in timing:
+                timing[key]["piecewise-min"] = sum(pieces[side]) / 1e9 / gib
     timing["wall_s"] = _stats([float(s.get("wall_s", 0.0)) for s in samples])
+    calibration = summarize(samples)
+    if calibration is not None:
+        timing["calibration"] = calibration  # the machine's speed around the samples
+    out.pop("calibration", None)
     timing["cpu-affinity"] = [s.get("cpu-affinity") for s in samples]  # each repeat's CPUs (pinned: one)
     timing["replays"] = [int(s.get("replays", 1)) for s in samples]  # back-to-back replays per sample
     out.pop("cpu-affinity", None)

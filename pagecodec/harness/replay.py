@@ -19,6 +19,10 @@ image changed) and those the stream wrote (the destination changed; the receiver
 them). So each round compares just those pages, in block and page order, and the whole of RAM is
 compared once, after the last round: a decoder that wrote outside the pages its records name is
 caught there.
+
+With ``pieces`` (``bench``), a run also cuts its CPU into pieces at the same points of the work in
+every repeat (after each segment, each round and the end; :mod:`.pieces`), so that repeats can be
+combined piece by piece.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from .provenance import machine, versions
 from ..trace.format import PageBatch, TraceReader
 from ..wire.writer import FileSink, NullSink, Sink, StreamDirectory
 from .destination import ChannelSync, Destination
+from .pieces import CpuPieces
+from .repeats import SENDER_EXCLUDED
 
 __all__ = ["replay", "verify", "VerifyResult", "Mismatch", "rounds_of"]
 
@@ -62,6 +68,7 @@ def replay(
     decode: bool = False,
     tamper: Callable[[int, bytes], bytes] | None = None,
     tamper_channel: Callable[[int, int, bytes], bytes] | None = None,
+    pieces: bool = False,
 ) -> dict[str, Any]:
     """Send the whole trace; returns the results object (DESIGN.md's results JSON, one run).
 
@@ -69,12 +76,13 @@ def replay(
     directory with ``main.mig`` and ``channel-<k>.bin`` (written atomically as a whole).
     ``decode``: also load the stream on a destination after every section (:func:`_decoded`; not
     with ``qemu_stream`` or ``sink``); a decode fault raises WireError naming the offset, the trace,
-    the config and the round. ``tamper``/``tamper_channel``: as in :func:`verify`, for tests."""
+    the config and the round. ``tamper``/``tamper_channel``: as in :func:`verify`, for tests.
+    ``pieces``: the results carry ``cpu_pieces`` (:mod:`.pieces`)."""
     if decode:
         if qemu_stream is not None or sink is not None:
             raise ValueError("replay(decode=True) keeps the stream in memory: no qemu_stream or sink")
         return _decoded(reader, config, plugins, machine=machine, progress=progress, tamper=tamper,
-                        tamper_channel=tamper_channel)
+                        tamper_channel=tamper_channel, pieces=pieces)
     fmt = stream_format(config, plugins)
     if qemu_stream is not None and fmt["extension-codecs"]:
         names = ", ".join(repr(n) for n in fmt["extension-codecs"])
@@ -90,7 +98,10 @@ def replay(
             sink = FileSink(qemu_stream) if qemu_stream is not None else NullSink()
     try:
         sender = Sender(reader.meta, config, plugins, sink, machine=machine, channel_sinks=channel_sinks)
-        stats = sender.run(_timed_rounds(reader, sender), reader.num_rounds, progress)
+        cuts = _cut(sender, None) if pieces else None
+        stats = sender.run(_timed_rounds(reader, sender, cuts), reader.num_rounds, progress)
+        if cuts is not None:
+            cuts.mark()
     except BaseException:
         if isinstance(sink, FileSink):
             sink.abort()
@@ -99,7 +110,10 @@ def replay(
         raise
     if out_dir is not None:
         out_dir.commit()
-    return result_object(reader, config, {**stats.to_json(), "format": fmt}, plugins)
+    metrics = {**stats.to_json(), "format": fmt}
+    if cuts is not None:
+        metrics["cpu_pieces"] = cuts.to_json()
+    return result_object(reader, config, metrics, plugins)
 
 
 def _decoded(
@@ -111,6 +125,7 @@ def _decoded(
     progress: Callable[[int], None] | None,
     tamper: Callable[[int, bytes], bytes] | None,
     tamper_channel: Callable[[int, int, bytes], bytes] | None,
+    pieces: bool = False,
 ) -> dict[str, Any]:
     """replay with the destination loading the stream as it is written (bounded memory: a part of a
     round's stream at a time, :meth:`Destination.feeding`). Pages are not compared (that is
@@ -121,23 +136,38 @@ def _decoded(
                        tamper=tamper, tamper_channel=tamper_channel)
     sender = Sender(reader.meta, config, plugins, dest.sink, machine=machine,
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
+    cuts = _cut(sender, dest) if pieces else None
     n = reader.num_rounds
     try:
         sender.save_setup()
         dest.load(-1, n)
-        for r, batches in _timed_rounds(reader, sender):
+        for r, batches in _timed_rounds(reader, sender, cuts):
             sender.save_round(r, dest.feeding(r, tap_progress(batches, progress)), last_stage=(r == n - 1))
             dest.load(r, n)
         stats = sender.finish()
         in_window = dest.wall_ns + dest.transport_wall_ns
         dest.load(n, n)
+        if cuts is not None:
+            cuts.mark()
     finally:
         dest.close()
-    return result_object(reader, config, _with_destination(stats, dest, in_window, config, plugins), plugins)
+    return result_object(reader, config, _with_destination(stats, dest, in_window, config, plugins, cuts), plugins)
+
+
+def _cut(sender: Sender, dest: Destination | None) -> CpuPieces:
+    """Marks on the run's CPU clocks after every segment (and where :func:`_timed_rounds` and the
+    callers mark: each round, the end), with the destination's CPU when it decodes."""
+    if dest is None:
+        cuts = CpuPieces(sender.stats.cpu, SENDER_EXCLUDED)
+    else:
+        cuts = CpuPieces(sender.stats.cpu, SENDER_EXCLUDED, uncharged=dest.transport_cpu_ns,
+                         decode=lambda: sum(dest.cpu_ns().values()))
+    sender.on_segment = cuts.mark
+    return cuts
 
 
 def _with_destination(stats: MigrationStats, dest: Destination, in_window_ns: int, config: MigrationConfig,
-                      plugins: PluginManager) -> dict[str, Any]:
+                      plugins: PluginManager, cuts: CpuPieces | None = None) -> dict[str, Any]:
     """The run's metrics with the destination's CPU per stage and wall time. The destination loaded
     inside the sender's wall-clock window (after each section), so its wall time (``in_window_ns``,
     with the hand-over of the bytes) leaves ``wall_s``, which stays the sender's (and
@@ -149,6 +179,8 @@ def _with_destination(stats: MigrationStats, dest: Destination, in_window_ns: in
     metrics = {**stats.to_json(), "format": stream_format(config, plugins)}
     if config.cap("compress"):
         metrics.setdefault("threads", {})["decompress"] = int(config.param("decompress-threads"))
+    if cuts is not None:
+        metrics["cpu_pieces"] = cuts.to_json()
     return metrics
 
 
@@ -162,10 +194,15 @@ def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, 
     return {"qemu-loadable": not ext, "extension-codecs": ext, "unreproducible-codecs": unreproducible}
 
 
-def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, Iterator[PageBatch]]]:
-    """Charge the trace decoding (Parquet + zstd) to its own CPU stage."""
+def _timed_rounds(reader: TraceReader, sender: Sender, cuts: CpuPieces | None = None
+                  ) -> Iterator[tuple[int, Iterator[PageBatch]]]:
+    """Charge the trace decoding (Parquet + zstd) to its own CPU stage. ``cuts``: marked before each
+    round is handed out and after the last (the caller has finished the one before by then: sent,
+    and loaded on a destination)."""
     cpu = sender.stats.cpu
     for r, batches in rounds_of(reader):
+        if cuts is not None:
+            cuts.mark()
 
         def timed(batches: Iterator[PageBatch] = batches) -> Iterator[PageBatch]:
             while True:
@@ -177,6 +214,8 @@ def _timed_rounds(reader: TraceReader, sender: Sender) -> Iterator[tuple[int, It
                 yield b
 
         yield r, timed()
+    if cuts is not None:
+        cuts.mark()
 
 
 def result_object(reader: TraceReader, config: MigrationConfig, metrics: dict[str, Any],
@@ -228,12 +267,14 @@ def verify(
     progress: Callable[[int], None] | None = None,
     tamper: Callable[[int, bytes], bytes] | None = None,
     tamper_channel: Callable[[int, int, bytes], bytes] | None = None,
+    pieces: bool = False,
 ) -> VerifyResult:
     """Replay, decode each round's section, compare the destination with the trace after every round
     (the pages the round touched on either side; all of RAM after the last round).
 
     ``tamper(round, chunk) -> chunk`` lets tests corrupt the stream between sender and receiver;
-    ``tamper_channel(channel, round, chunk) -> chunk`` a multifd channel's bytes.
+    ``tamper_channel(channel, round, chunk) -> chunk`` a multifd channel's bytes. ``pieces``: the
+    metrics carry ``cpu_pieces``, cut where :func:`replay`'s are (the check's own work is in none).
     """
     meta = reader.meta
     touched = _Touched(meta)
@@ -247,6 +288,7 @@ def verify(
     n = reader.num_rounds
     claims = _Claims(meta)
     sender.on_claims = claims.record
+    cuts = _cut(sender, dest) if pieces else None
 
     check_ns = 0  # the check's own wall time (fingerprints, comparisons): not the migration's
 
@@ -266,6 +308,8 @@ def verify(
         dest.load(-1, n)
         touched.clear()
         for r, batches in rounds_of(reader):
+            if cuts is not None:
+                cuts.mark()
             rs = sender.save_round(r, dest.feeding(r, expect(tap_progress(batches, progress))), last_stage=(r == n - 1))
             pages += rs.dirty_pages
             dest.load(r, n)
@@ -274,6 +318,8 @@ def verify(
             check_ns += time.perf_counter_ns() - t0
             if mismatch is not None:
                 break
+        if cuts is not None:
+            cuts.mark()  # after the last round, as _timed_rounds marks it: the repeats' pieces align
         t0 = time.perf_counter_ns()
         if mismatch is None and n:
             mismatch = _compare(expected, receiver, n - 1, None)
@@ -284,10 +330,12 @@ def verify(
         in_window = dest.wall_ns + dest.transport_wall_ns + check_ns
         if mismatch is None:
             dest.load(n, n)
+        if cuts is not None:
+            cuts.mark()
         channel_bytes = dest.channel_bytes
     finally:
         dest.close()
-    metrics = _with_destination(stats, dest, in_window, config, plugins)
+    metrics = _with_destination(stats, dest, in_window, config, plugins, cuts)
     return VerifyResult(n, pages, dest.offset, mismatch, result_object(reader, config, metrics, plugins), channel_bytes)
 
 

@@ -61,20 +61,35 @@ def wire_ratio(r: dict[str, Any]) -> float | None:
     return w / pb
 
 
+def _timing_stat(t: dict[str, Any], stat: str) -> float:
+    """``min``: the piecewise minimum where the repeats were cut into pieces
+    (:mod:`pagecodec.harness.pieces`), else the least total; ``run-min``: the least total;
+    ``median``/``max``: of the totals."""
+    if stat == "min" and "piecewise-min" in t:
+        return float(t["piecewise-min"])
+    return float(t["min" if stat == "run-min" else stat])
+
+
 def cpu(r: dict[str, Any], stat: str = "min") -> float | None:
-    """Sender CPU s/GiB: ``min`` or ``median`` over repeats (the single figure of a one-run result)."""
+    """Sender CPU s/GiB over the repeats (``stat``: :func:`_timing_stat`); the single figure of a
+    one-run result whatever ``stat``."""
     t = r.get("timing", {}).get("cpu_s_per_gib")
     if t:
-        return float(t[stat])
+        return _timing_stat(t, stat)
     return sender_cpu_total(r) if "cpu_s_per_gib" in r else None
 
 
 def decode_cpu(r: dict[str, Any], stat: str = "min") -> float | None:
-    """Destination CPU s/GiB (None: not decoded)."""
+    """Destination CPU s/GiB, as :func:`cpu` (None: not decoded)."""
     t = r.get("timing", {}).get("cpu_decode_s_per_gib")
     if t:
-        return float(t[stat])
+        return _timing_stat(t, stat)
     return decode_cpu_total(r)
+
+
+def has_piecewise_min(r: dict[str, Any]) -> bool:
+    """Whether the run's ``min`` is a piecewise minimum (its repeats were cut into pieces)."""
+    return "piecewise-min" in (r.get("timing", {}).get("cpu_s_per_gib") or {})
 
 
 def cache_miss_rate(r: dict[str, Any]) -> float | None:

@@ -3,7 +3,10 @@
 ``pagecodec report NEW.json BASELINE.json`` matches runs by trace and config label and compares wire
 bytes (deterministic: any growth beyond ``wire_pct`` is a regression) and the minimum CPU over
 repeats, sender and destination (noisy: beyond ``cpu_pct``, default 10 %, like pytest-benchmark's
-``--benchmark-compare-fail=min:10%``). A run that passed in the baseline and fails now is a
+``--benchmark-compare-fail=min:10%``): the piecewise minimum (:mod:`pagecodec.harness.pieces`)
+where both sides have one, else the least whole run on both. When the two files' calibration
+kernels (:mod:`pagecodec.harness.calibration`) ran at speeds further apart than ``cpu_pct``, a note
+says the machine changed: the CPU verdicts stand, but the note names their likely cause. A run that passed in the baseline and fails now is a
 regression too. Runs present on one side only are listed, not judged. Traces are matched by sha256;
 a trace whose name matches but whose content differs is matched by name and flagged.
 """
@@ -15,9 +18,10 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from ..harness.calibration import machine_speed
 from . import analysis as A
 
-__all__ = ["Comparison", "compare", "format_comparison", "provenance_differences"]
+__all__ = ["Comparison", "compare", "format_comparison", "provenance_differences", "machine_change"]
 
 
 @dataclass
@@ -67,6 +71,21 @@ def provenance_differences(new: Sequence[dict[str, Any]], base: Sequence[dict[st
     return out
 
 
+def machine_change(new: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], cpu_pct: float) -> list[str]:
+    """Where the calibration kernels (:mod:`pagecodec.harness.calibration`) ran more than ``cpu_pct``
+    faster or slower in ``new`` than in ``base``: the machine changed between the files, and CPU
+    changes of that size are the machine's, not the code's. Nothing when either file has none."""
+    sn, sb = machine_speed(new), machine_speed(base)
+    if not sn or not sb:
+        return []
+    moved = {k: _pct(sn[k], sb[k]) for k in sn if k in sb}
+    if not any(v is not None and abs(v) > cpu_pct for v in moved.values()):
+        return []
+    kernels = ", ".join(f"{k} {sb[k]:.3g} -> {sn[k]:.3g} s/GiB ({v:+.0f}%)" for k, v in moved.items() if v is not None)
+    return [f"the machine itself ran at another speed: calibration kernels {kernels}; CPU changes of that "
+            f"size are the machine's, not the code's (compare files measured in one machine state)"]
+
+
 def compare(new: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], *, cpu_pct: float = 10.0,
             wire_pct: float = 0.1) -> Comparison:
     """Compare ``new`` against ``base``; thresholds are growth in percent."""
@@ -76,6 +95,7 @@ def compare(new: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], *, cp
                "CPU Δ", "decode CPU Δ", "verdict"]
     rows, regressions, only_new, notes = [], [], [], []
     matched: set[int] = set()
+    mixed = 0  # runs compared by their least totals because one side has no piecewise minimum
     for r in new:
         key = (A.trace_key(r), A.label(r))
         b = bi.get(key)
@@ -96,8 +116,13 @@ def compare(new: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], *, cp
             rows.append([A.trace_name(r), A.label(r), "", "", "", "", "", "", "", ", ".join(verdict)])
             continue
         wn, wb = A.wire_total(r), A.wire_total(b)
-        cn, cb = A.cpu(r), A.cpu(b)
-        dn, db = A.decode_cpu(r), A.decode_cpu(b)
+        # like with like: a piecewise minimum only against another (results of an older pagecodec
+        # carry the least total alone)
+        stat = "min" if A.has_piecewise_min(r) and A.has_piecewise_min(b) else "run-min"
+        if stat == "run-min" and (A.has_piecewise_min(r) or A.has_piecewise_min(b)):
+            mixed += 1
+        cn, cb = A.cpu(r, stat), A.cpu(b, stat)
+        dn, db = A.decode_cpu(r, stat), A.decode_cpu(b, stat)
         dw, dc, dd = _pct(wn, wb), _pct(cn, cb), _pct(dn, db)
         if dw is not None and dw > wire_pct:
             regressions.append(f"{what}: wire bytes {wb:,} -> {wn:,} ({dw:+.2f}% > {wire_pct}%)")
@@ -113,6 +138,10 @@ def compare(new: Sequence[dict[str, Any]], base: Sequence[dict[str, Any]], *, cp
                      _fmt_pct(dw), "" if cb is None else f"{cb:.3g}", "" if cn is None else f"{cn:.3g}",
                      _fmt_pct(dc), _fmt_pct(dd), "regression: " + ", ".join(verdict) if verdict else "ok"])
     only_base = [f"{A.trace_name(b)} / {A.label(b)}" for b in base if id(b) not in matched]
+    notes += machine_change(new, base, cpu_pct)
+    if mixed:
+        notes.append(f"{mixed} run(s) have a piecewise CPU minimum on one side only: compared by the least "
+                     f"whole run on both sides")
     return Comparison(headers, rows, regressions, only_new, only_base, notes + provenance_differences(new, base))
 
 

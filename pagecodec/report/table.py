@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from tabulate import tabulate
 
+from ..harness.calibration import machine_speed
 from . import analysis as A
 
 __all__ = ["Column", "columns", "table_rows", "format_table", "failures", "csv_rows", "qemu_loadable"]
@@ -120,9 +121,12 @@ def columns(wide: bool = False) -> list[Column]:
         Column("saved vs none %", lambda r, c: c["relative"][0], _fixed(1)),
         Column("CPU s/GiB min", lambda r, c: A.cpu(r, "min") if A.ok(r) else None, _sig3),
         Column("CPU s/GiB median", lambda r, c: A.cpu(r, "median") if A.ok(r) else None, _sig3),
+        Column("CPU s/GiB min run", lambda r, c: A.cpu(r, "run-min") if A.ok(r) else None, _sig3, wide=True),
         Column("CPU × none", lambda r, c: c["relative"][1], _times),
         Column("decode CPU s/GiB min", lambda r, c: A.decode_cpu(r, "min") if A.ok(r) else None, _sig3),
         Column("decode CPU s/GiB median", lambda r, c: A.decode_cpu(r, "median") if A.ok(r) else None, _sig3,
+               wide=True),
+        Column("decode CPU s/GiB min run", lambda r, c: A.decode_cpu(r, "run-min") if A.ok(r) else None, _sig3,
                wide=True),
         Column("pages/s", lambda r, c: r.get("ram", {}).get("pages-per-second") if A.ok(r) else None, _int, wide=True),
         Column("wall s min", lambda r, c: _timing(r, "wall_s", "min") if A.ok(r) else None, _sig3, wide=True),
@@ -176,6 +180,13 @@ def format_table(results: Sequence[dict[str, Any]], fmt: str = "github", wide: b
     fails = failures(results)
     notes = [f"bytes vary: {A.trace_name(r)} with config {A.label(r)!r}: {r['timing']['wire-varies']}"
              for r in results if A.ok(r) and r.get("timing", {}).get("wire-varies")]
+    if any(A.ok(r) and A.has_piecewise_min(r) for r in results):
+        notes.append("CPU min: per 512-page piece of the run, its least CPU over the repeats, summed "
+                     "(--wide: min run, the least whole run)")
+    speed = machine_speed(results)
+    if speed:
+        notes.append("machine speed while measured (calibration kernels, median): "
+                     + ", ".join(f"{k} {v:.3g} s/GiB" for k, v in speed.items()))
     if any(A.is_baseline(r) for r in results):
         notes.append("memcpy: copying each dirty page out and into fresh RAM, nothing else (the floor)")
     if any(c["pareto"] for c in _contexts(results)):
