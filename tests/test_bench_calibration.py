@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pagecodec.harness.calibration import KERNELS, calibrate, machine_speed, summarize
 from pagecodec.harness.repeats import aggregate
 from pagecodec.report.compare import compare, machine_change
@@ -45,27 +43,3 @@ def test_report_names_a_machine_that_changed_between_the_files():
     assert any("the machine itself ran at another speed" in n for n in compare(slow, base).notes)
     assert "machine speed while measured (calibration kernels, median): copy 0.2 s/GiB, zlib 17.5 s/GiB" in format_table(slow)
 
-
-def test_bench_samples_carry_the_calibration(trace_for_bench):
-    import json
-    import subprocess
-    import sys
-
-    trace, tmp = trace_for_bench
-    out = tmp / "r.json"
-    p = subprocess.run([sys.executable, "-m", "pagecodec.cli", "bench", str(trace), "--config", "none", "--repeat", "2",
-                        "--min-sample-time", "0", "--json", str(out)], capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    for r in json.loads(out.read_text()):
-        cal = r["timing"]["calibration"]
-        assert set(cal) == set(KERNELS) and all(0 < v["min"] <= v["median"] for v in cal.values())
-    assert "machine speed while measured" in p.stdout
-
-
-@pytest.fixture
-def trace_for_bench(tmp_path):
-    from conftest import write_text_trace
-
-    p = tmp_path / "t.parquet"
-    write_text_trace(p, pages=64, text_pages=40, dirty=8, seed=3)
-    return p, tmp_path

@@ -12,6 +12,7 @@ import pytest
 from conftest import write_text_trace
 from pagecodec.chain.config import parse_spec
 from pagecodec.harness.baseline import memcpy_baseline
+from pagecodec.harness.calibration import KERNELS
 from pagecodec.harness.matrix import fastest_of
 from pagecodec.harness.pieces import MAX_PIECES, elementwise_min, merge_pieces
 from pagecodec.harness.repeats import aggregate, decode_cpu_total, sender_cpu_total
@@ -160,7 +161,7 @@ def test_compare_uses_the_piecewise_minimum_only_against_another():
     assert "CPU min: per 512-page piece" in format_table([row(1.3, 1.0)])
 
 
-def test_bench_results_carry_the_piecewise_minimum(trace, tmp_path):
+def test_bench_results_carry_the_piecewise_minimum_and_the_machine_speed(trace, tmp_path):
     out = tmp_path / "r.json"
     p = subprocess.run([sys.executable, "-m", "pagecodec.cli", "bench", str(trace), "--config", "xbzrle", "--repeat", "3",
                         "--min-sample-time", "0", "--json", str(out)], capture_output=True, text=True)
@@ -170,3 +171,6 @@ def test_bench_results_carry_the_piecewise_minimum(trace, tmp_path):
         assert r["timing"]["pieces"] > 0 and "cpu_pieces" not in r, r["config"]
         assert 0 < t["piecewise-min"] <= t["min"] * (1 + 1e-9)
         assert 0 < r["timing"]["cpu_decode_s_per_gib"]["piecewise-min"] <= r["timing"]["cpu_decode_s_per_gib"]["min"] * (1 + 1e-9)
+        cal = r["timing"]["calibration"]  # harness/calibration.py, before every sample
+        assert set(cal) == set(KERNELS) and all(0 < v["min"] <= v["median"] for v in cal.values())
+    assert "machine speed while measured" in p.stdout
