@@ -8,13 +8,14 @@ repeat-major — every run's repeat 0, then every run's repeat 1, … — so the
 spread over the sweep instead of sharing one noisy moment.
 
 Each task first times two fixed kernels on its CPU (:mod:`.calibration`), so results say how fast
-the machine was while they were measured. Repeat 0 of a run is its check (unless ``verify`` is off): the stream is decoded and every page the
-round touched is compared with the trace (:func:`.replay.verify`); the other repeats decode without
-comparing. A task that raises — a decode error, a plugin that raises, a bad trace — gives a
-``status: failed`` sample naming the error; the other tasks go on. When all of a run's repeats are in,
-:func:`.repeats.aggregate` makes its result, handed to ``on_result`` at once (``bench --json`` writes
-the file then, atomically), so an interrupted sweep loses only unfinished runs; finished repeats of
-unfinished runs go to ``on_sample`` (``bench`` keeps them beside the results for ``--resume``).
+the machine was while they were measured. Repeat 0 of a run is its check (unless ``verify`` is off):
+the stream is decoded and every page the round touched is compared with the trace
+(:func:`.replay.verify`); the other repeats decode without comparing. A task that raises — a decode
+error, a plugin that raises, a bad trace — gives a ``status: failed`` sample naming the error; the
+other tasks go on. When all of a run's repeats are in, :func:`.repeats.aggregate` makes its result,
+handed to ``on_result`` at once (``bench --json`` writes the file then, atomically), so an
+interrupted sweep loses only unfinished runs; finished repeats of unfinished runs go to
+``on_sample`` (``bench`` keeps them beside the results for ``--resume``).
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 ``pagecodec report NEW.json BASELINE.json`` matches runs by trace and config label and compares wire
 bytes (deterministic: any growth beyond ``wire_pct`` is a regression) and the minimum CPU over
 repeats, sender and destination (noisy: beyond ``cpu_pct``, default 10 %, like pytest-benchmark's
-``--benchmark-compare-fail=min:10%``): the piecewise minimum (:mod:`pagecodec.harness.pieces`)
-where both sides have one, else the least whole run on both. When the two files' calibration
-kernels (:mod:`pagecodec.harness.calibration`) ran at speeds further apart than ``cpu_pct``, a note
-says the machine changed: the CPU verdicts stand, but the note names their likely cause. A run that passed in the baseline and fails now is a
-regression too. Runs present on one side only are listed, not judged. Traces are matched by sha256;
-a trace whose name matches but whose content differs is matched by name and flagged.
+``--benchmark-compare-fail=min:10%``): the piecewise minimum (:mod:`pagecodec.harness.pieces`) where
+both sides have one, else the least whole run on both. When the two files' calibration kernels
+(:mod:`pagecodec.harness.calibration`) ran at speeds further apart than ``cpu_pct``, a note says the
+machine changed: the CPU verdicts stand, but the note names their likely cause. A run that passed in
+the baseline and fails now is a regression too. Runs present on one side only are listed, not
+judged. Traces are matched by sha256; a trace whose name matches but whose content differs is
+matched by name and flagged.
 """
 
 from __future__ import annotations
