@@ -13,8 +13,8 @@ So each repeat records its sender's and its destination's cumulative thread CPU 
 (after every segment, every destination load, and at the end), and the repeats are combined per
 piece: the **piecewise minimum** is the sum over the pieces of each piece's least CPU over the
 repeats. It needs each piece, not each whole run, to fall once into a quiet stretch. On the same
-samples of two ``bench --repeat 5`` invocations in a noisy hour it kept 82 of 120 rows within 10 %
-where the least total kept 70 (README, "How stable"). A state that lasts a whole invocation it
+samples of two pairs of ``bench --repeat 5`` invocations in a noisy hour it kept 82 and 106 of 120
+rows within 10 % where the least total kept 70 and 97 (README, "How stable"). A state that lasts a whole invocation it
 cannot undo: that is what :mod:`.calibration` reports. It is a minimum in the same sense as the
 least total (what the work costs when nothing disturbs it), is never above it, and falls as repeats
 are added, as any minimum does.

@@ -1,16 +1,17 @@
 """One bench run's repeats made into one result: min and median timings, checks across repeats.
 
 A single timing on a shared machine is noise (the same XBZRLE run measured 0.32 … 2.57 s/GiB over
-five invocations), so ``bench`` runs every (trace, config) ``--repeat N`` times, interleaved with the
-other runs, and reports the minimum (the least disturbed run: what the code costs) and the median
-(what a user will typically see) of each total, per stage the median. Where the repeats cut their
-CPU into pieces (:mod:`.pieces`), the **piecewise minimum** (each piece's least over the repeats,
-summed) stands beside the least total: it asks each piece, not each whole run, to have met a quiet
-moment once, and so moves less between invocations on a shared machine (82 against 70 of 120 rows
-within 10 % on the same samples, README "How stable"). Everything that is not a
-timing must not change between repeats: the wire bytes by kind, the records and QEMU's counters are
-compared, and a difference fails the run — unless an active codec declares its bytes unreproducible
-(:meth:`pagecodec.codecs.base.Codec.reproducible`), when the spread is reported instead.
+five invocations), so ``bench`` runs every (trace, config) ``--repeat N`` times, interleaved with
+the other runs, and reports the minimum (the least disturbed run: what the code costs) and the
+median (what a user will typically see) of each total, per stage the median. Where the repeats cut
+their CPU into pieces (:mod:`.pieces`), the **piecewise minimum** (each piece's least over the
+repeats, summed) stands beside the least total: it asks each piece, not each whole run, to have met
+a quiet moment once, and so moves less between invocations on a shared machine (82 and 106 against
+70 and 97 of 120 rows within 10 % on the same samples of two pairs, README "How stable"). Everything
+that is not a timing must not change between repeats: the wire bytes by kind, the records and QEMU's
+counters are compared, and a difference fails the run — unless an active codec declares its bytes
+unreproducible (:meth:`pagecodec.codecs.base.Codec.reproducible`), when the spread is reported
+instead.
 """
 
 from __future__ import annotations
