@@ -43,3 +43,25 @@ def test_report_names_a_machine_that_changed_between_the_files():
     assert any("the machine itself ran at another speed" in n for n in compare(slow, base).notes)
     assert "machine speed while measured (calibration kernels, median): copy 0.2 s/GiB, zlib 17.5 s/GiB" in format_table(slow)
 
+
+
+def test_machine_noise_script_reports_the_replays_spread_and_its_correlation_with_the_kernels(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, write_text_trace
+
+    trace = tmp_path / "t.parquet"
+    write_text_trace(trace, pages=64, text_pages=40, dirty=8, seed=3)
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "machine_noise.py"), str(trace), "--config", "xbzrle",
+                        "--seconds", "1"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "replays over" in lines[0]
+    rows = {line[:22].strip(): line[22:].split() for line in lines[2:5]}
+    assert set(rows) == {"replay sender CPU", "kernel copy", "kernel zlib"}
+    for name, cells in rows.items():
+        lo, med, hi = map(float, cells[:3])
+        assert 0 < lo <= med <= hi, name
+        if name != "replay sender CPU":
+            assert -1.0 <= float(cells[3]) <= 1.0
