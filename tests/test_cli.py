@@ -182,9 +182,12 @@ def test_bench_marks_pages_that_arrive_wrong_failed(trace, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests" / "plugins_for_tests"))
     args = [sys.executable, "-m", "pagecodec.cli", "--plugin", "pc_test_liar", "bench", str(trace),
             "--config", "raw-codec=liar", "--no-baselines", "--repeat", "2"]
-    p = subprocess.run(args, capture_output=True, text=True, env=env)
+    out = tmp_path / "r.json"
+    p = subprocess.run([*args, "--json", str(out)], capture_output=True, text=True, env=env)
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "FAILED: t.parquet with config 'raw-codec=liar': mismatch in round 1, block 'pc.ram', offset 0x1000" in p.stdout
+    (row,) = json.loads(out.read_text())
+    assert row["status"] == "failed" and "cpu_pieces" not in row  # a sample's raw pieces stay out of results
     p = subprocess.run([*args, "--no-verify"], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     assert "--no-verify: streams are decoded, but pages are not compared" in p.stderr

@@ -14,7 +14,7 @@ So every sample is preceded by two small kernels, on the same CPU: ``copy``, num
 64 KiB of text-like bytes (compute-bound, in cache). Each is the best of three, in CPU s/GiB. The
 run's result keeps their min and median over its samples (``timing.calibration``), and
 :func:`machine_speed` sums a results file up; ``report`` compares two files' and names a change
-beyond the CPU threshold. The kernels, with their buffers, take about 20 ms a sample.
+beyond the CPU threshold. The kernels, with their buffers, take about 16 ms a sample.
 
 The kernels are fixed: their figures compare across pagecodec versions, and a change to them must
 rename them.

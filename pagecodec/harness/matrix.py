@@ -297,8 +297,8 @@ def run_matrix(
         samples = got[run]
         failed = [s for s in samples.values() if s.get("status") != "ok"]
         res = failed[0] if failed else aggregate([samples[i] for i in range(repeat)])
-        if failed:
-            res = {**res, "timing": {"repeats": len(samples)}}
+        if failed:  # the failed sample stands for the run; its raw CPU pieces are a sample's, not a result's
+            res = {**{k: v for k, v in res.items() if k != "cpu_pieces"}, "timing": {"repeats": len(samples)}}
         results[run] = res
         if on_result:
             on_result(res)

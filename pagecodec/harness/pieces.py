@@ -14,8 +14,8 @@ So each repeat records its sender's and its destination's cumulative thread CPU 
 piece: the **piecewise minimum** is the sum over the pieces of each piece's least CPU over the
 repeats. It needs each piece, not each whole run, to fall once into a quiet stretch. On the same
 samples of two pairs of ``bench --repeat 5`` invocations in a noisy hour it kept 82 and 106 of 120
-rows within 10 % where the least total kept 70 and 97 (README, "How stable"). A state that lasts a whole invocation it
-cannot undo: that is what :mod:`.calibration` reports. It is a minimum in the same sense as the
+rows within 10 % where the least total kept 70 and 97 (README, "How stable"). A state that lasts a
+whole invocation it cannot undo: that is what :mod:`.calibration` reports. It is a minimum in the same sense as the
 least total (what the work costs when nothing disturbs it), is never above it, and falls as repeats
 are added, as any minimum does.
 
@@ -95,4 +95,3 @@ def elementwise_min(pieces: Sequence[dict[str, list[int]] | None]) -> dict[str, 
             return None
         out[side] = [int(x) for x in np.min(np.asarray(arrays, np.int64), axis=0)]
     return out
-

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -194,15 +194,24 @@ def stream_format(config: MigrationConfig, plugins: PluginManager) -> dict[str, 
     return {"qemu-loadable": not ext, "extension-codecs": ext, "unreproducible-codecs": unreproducible}
 
 
-def _timed_rounds(reader: TraceReader, sender: Sender, cuts: CpuPieces | None = None
-                  ) -> Iterator[tuple[int, Iterator[PageBatch]]]:
-    """Charge the trace decoding (Parquet + zstd) to its own CPU stage. ``cuts``: marked before each
-    round is handed out and after the last (the caller has finished the one before by then: sent,
-    and loaded on a destination)."""
-    cpu = sender.stats.cpu
-    for r, batches in rounds_of(reader):
+def _marked(rounds: Iterable[tuple[int, Iterator[PageBatch]]], cuts: CpuPieces | None
+            ) -> Iterator[tuple[int, Iterator[PageBatch]]]:
+    """``rounds`` passed on, ``cuts`` marked before each round is handed out and after the last (the
+    caller has finished the round before by then: sent, and loaded on a destination). replay and
+    verify both mark through this, so their repeats are cut alike."""
+    for item in rounds:
         if cuts is not None:
             cuts.mark()
+        yield item
+    if cuts is not None:
+        cuts.mark()
+
+
+def _timed_rounds(reader: TraceReader, sender: Sender, cuts: CpuPieces | None = None
+                  ) -> Iterator[tuple[int, Iterator[PageBatch]]]:
+    """Charge the trace decoding (Parquet + zstd) to its own CPU stage; ``cuts``: as :func:`_marked`."""
+    cpu = sender.stats.cpu
+    for r, batches in _marked(rounds_of(reader), cuts):
 
         def timed(batches: Iterator[PageBatch] = batches) -> Iterator[PageBatch]:
             while True:
@@ -214,8 +223,6 @@ def _timed_rounds(reader: TraceReader, sender: Sender, cuts: CpuPieces | None = 
                 yield b
 
         yield r, timed()
-    if cuts is not None:
-        cuts.mark()
 
 
 def result_object(reader: TraceReader, config: MigrationConfig, metrics: dict[str, Any],
@@ -307,9 +314,7 @@ def verify(
         sender.save_setup()
         dest.load(-1, n)
         touched.clear()
-        for r, batches in rounds_of(reader):
-            if cuts is not None:
-                cuts.mark()
+        for r, batches in _marked(rounds_of(reader), cuts):
             rs = sender.save_round(r, dest.feeding(r, expect(tap_progress(batches, progress))), last_stage=(r == n - 1))
             pages += rs.dirty_pages
             dest.load(r, n)
@@ -318,8 +323,6 @@ def verify(
             check_ns += time.perf_counter_ns() - t0
             if mismatch is not None:
                 break
-        if cuts is not None:
-            cuts.mark()  # after the last round, as _timed_rounds marks it: the repeats' pieces align
         t0 = time.perf_counter_ns()
         if mismatch is None and n:
             mismatch = _compare(expected, receiver, n - 1, None)

@@ -174,8 +174,7 @@ def validate(workdir: Path, cases: Sequence[Case] = CASES, workload: Workload = 
     more times, and judge the model against the real run it agrees with best. Why: on a busy host
     QEMU itself varies from run to run of the same workload — ``none`` at 1 MiB/s, 50 ms took 9 syncs
     when the cases were chosen and 10 in later runs — and a model cannot be closer to QEMU than QEMU
-    is to itself. The
-    row keeps every real run (``real["runs"]``) and says how many there were."""
+    is to itself. The row keeps every real run (``real["runs"]``) and says how many there were."""
     workdir = Path(workdir)
     disk = build_disk(workdir, workload.pattern)
     trace = workdir / "workload.trace.parquet"
