@@ -57,11 +57,12 @@ def test_pieces_add_up_to_the_totals_and_are_cut_alike_by_replay_and_verify(pm, 
     assert "cpu_pieces" not in replay(reader, config, pm, decode=True)  # only when asked (bench asks)
 
 
-def test_memcpy_cuts_a_piece_per_batch(trace):
+def test_memcpy_cuts_a_piece_per_segment(trace):
     m = memcpy_baseline(TraceReader(trace), pieces=True)
     assert sum(m["cpu_pieces"]["sender"]) / 1e9 / _gib(m) == pytest.approx(sender_cpu_total(m), rel=1e-9)
     assert sum(m["cpu_pieces"]["decode"]) / 1e9 / _gib(m) == pytest.approx(decode_cpu_total(m), rel=1e-9)
-    assert len(m["cpu_pieces"]["sender"]) == 3  # a batch per round: each round fits one 4,096-page batch
+    # 512-page pieces as the replay's segments: 512 + 512 + 176 pages in the bulk round, 300 in each other
+    assert len(m["cpu_pieces"]["sender"]) == len(m["cpu_pieces"]["decode"]) == 5
 
 
 def test_merging_keeps_the_sum_and_the_limit_and_depends_only_on_the_length():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..anonmem import zeroed
+from ..chain.sender import SEGMENT_PAGES
 from ..trace.format import TraceReader
 from .pieces import merge_pieces
 from .provenance import machine, versions
@@ -34,7 +35,7 @@ BATCH_PAGES = 4096
 def memcpy_baseline(reader: TraceReader, plugins: Any | None = None, *, pieces: bool = False) -> dict[str, Any]:
     """Copy every page of every round out (to a send buffer) and in (to destination RAM); returns a
     results object shaped like a replay's, with CPU under ``copy`` on both sides. ``pieces``: with
-    ``cpu_pieces``, a piece per batch (:mod:`.pieces`)."""
+    ``cpu_pieces``, a piece per :data:`SEGMENT_PAGES` pages, as a replay's (:mod:`.pieces`)."""
     meta = reader.meta
     ps = meta.page_size
     ram = [zeroed(b.used_length).reshape(-1, ps) for b in meta.blocks]
@@ -57,26 +58,24 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None, *, pieces: 
             n = len(b)
             if len(buf) < n:
                 buf = np.empty((n, ps), dtype=np.uint8)
-            out = buf[:n]
-            w1 = time.perf_counter_ns()
-            np.copyto(out, b.pages)  # sender: guest page -> send buffer
-            t2, w2 = time.thread_time_ns(), time.perf_counter_ns()
             index = b.offset // ps
-            blocks = np.unique(b.block)
-            if len(blocks) == 1:  # the common case: a batch inside one block
-                ram[int(blocks[0])][index] = out
-            else:
-                for bi in blocks:
-                    sel = b.block == bi
-                    ram[int(bi)][index[sel]] = out[sel]
-            t3, w3 = time.thread_time_ns(), time.perf_counter_ns()
-            send_wall += w2 - w1
-            recv_wall += w3 - w2
-            send_ns += t2 - t1
-            recv_ns += t3 - t2
-            if pieces:
-                send_pieces.append(t2 - t1)
-                recv_pieces.append(t3 - t2)
+            # One piece per SEGMENT_PAGES, as a replay's sender cuts its work: the floor is a few ms
+            # in all, and pieces of a whole 4096-page batch kept a host's memory-traffic bursts in.
+            for lo in range(0, n, SEGMENT_PAGES):
+                hi = min(n, lo + SEGMENT_PAGES)
+                sent = buf[lo:hi]
+                t1, w1 = time.thread_time_ns(), time.perf_counter_ns()
+                np.copyto(sent, b.pages[lo:hi])  # sender: guest page -> send buffer
+                t2, w2 = time.thread_time_ns(), time.perf_counter_ns()
+                _scatter(ram, b.block[lo:hi], index[lo:hi], sent)  # destination: into its RAM
+                t3, w3 = time.thread_time_ns(), time.perf_counter_ns()
+                send_wall += w2 - w1
+                recv_wall += w3 - w2
+                send_ns += t2 - t1
+                recv_ns += t3 - t2
+                if pieces:
+                    send_pieces.append(t2 - t1)
+                    recv_pieces.append(t3 - t2)
             pages += n
     wall = send_wall / 1e9
     page_bytes = pages * ps
@@ -104,3 +103,15 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None, *, pieces: 
     if pieces:
         out["cpu_pieces"] = {"sender": merge_pieces(send_pieces), "decode": merge_pieces(recv_pieces)}
     return out
+
+
+def _scatter(ram: list[np.ndarray], block: np.ndarray, index: np.ndarray, pages: np.ndarray) -> None:
+    """Write ``pages`` into the destination's RAM blocks at their page ``index``es, as the receiver's
+    page records do."""
+    blocks = np.unique(block)
+    if len(blocks) == 1:  # the common case: pages inside one block
+        ram[int(blocks[0])][index] = pages
+        return
+    for bi in blocks:
+        sel = block == bi
+        ram[int(bi)][index[sel]] = pages[sel]
