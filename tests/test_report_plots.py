@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 from matplotlib.legend import Legend
-from matplotlib.lines import Line2D
 from matplotlib.text import Annotation, Text
 
 from conftest import write_trace

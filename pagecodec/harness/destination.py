@@ -5,7 +5,7 @@
 ``verify`` and ``bench`` both decode through it, so a codec is costed where it is checked: a codec that
 saves bytes but cannot be decoded at link speed shows it in ``cpu_decode``. The sender writes into
 memory sinks; the destination takes the bytes and loads them after each section and, within a big
-round, every :data:`PART_BYTES` (:meth:`Destination.feeding`), so the main stream is held a part at a
+round, every :data:`PART_BYTES` (:meth:`Destination.segment_written`), so the main stream is held a part at a
 time (plus the destination's RAM), never a round or the whole stream. The multifd channels' bytes
 are taken at the end of each round, where their sync points are: a multifd run holds one round of
 channel data.
@@ -38,10 +38,11 @@ from ..wire.writer import Sink
 
 __all__ = ["Destination", "ChannelSync", "PipeSink", "MULTIFD_STAGE", "PART_BYTES"]
 
-#: A round's main stream is loaded in parts of about this many bytes (:meth:`Destination.feeding`):
-#: big enough that a part costs one receiver call per thousands of records, small enough to stay in
-#: the caches' reach and to bound the stream buffer.
-PART_BYTES = 8 << 20
+#: A round's main stream is loaded in parts of about this many bytes (:meth:`Destination.segment_written`):
+#: a part costs one receiver call per hundreds of records, stays in the caches' reach and bounds the
+#: stream buffer; and at 1 MiB a part is a few segments' records (one of raw pages), so the
+#: destination's CPU is cut into pieces nearly as fine as the sender's (:mod:`.pieces`).
+PART_BYTES = 1 << 20
 
 #: The CPU stage of the multifd channels' decoding (the sender's slot has the same name).
 MULTIFD_STAGE = "multifd"
@@ -157,6 +158,7 @@ class Destination:
                 self._block_pages, self.observer.channel_pages)
         self.offset = 0  # main-stream bytes loaded
         self.wall_ns = 0  # wall time spent loading
+        self._feeding: int | None = None  # the round whose batches the sender is taking (feeding)
         self._cpu_ns: dict[str, int] = {}
 
     def _block_pages(self, name: str) -> np.ndarray | None:
@@ -173,16 +175,24 @@ class Destination:
         return sum(c.base + len(c.buf) for c in self.multifd.ch) if self.multifd is not None else 0
 
     def feeding(self, r: int, batches: Iterable[PageBatch]) -> Iterator[PageBatch]:
-        """``batches`` of round ``r`` passed on to the sender, loading what it wrote whenever
-        :data:`PART_BYTES` have piled up. When the sender asks for its next batch it has written every
-        record of the one before, so the stream breaks at a record boundary there and the receiver
-        goes on where it stopped (:meth:`Receiver.load_section` with ``partial``). The bulk round of a
-        1 GiB guest is then loaded 8 MiB at a time instead of held whole (1 GiB more memory, faulted
-        in afresh for the round). Small rounds stay one chunk (``tamper`` sees a round at once)."""
-        for b in batches:
-            yield b
-            if self.sink.pending >= PART_BYTES:
-                self.load(r, None)
+        """``batches`` of round ``r`` passed on to the sender: while they last, :meth:`segment_written`
+        loads round ``r``'s stream in parts."""
+        self._feeding = r
+        try:
+            yield from batches
+        finally:
+            self._feeding = None
+
+    def segment_written(self) -> None:
+        """The sender's ``on_segment``: load what it wrote once :data:`PART_BYTES` have piled up.
+        After a segment the sender has written every record of it, so the stream breaks at a record
+        boundary there and the receiver goes on where it stopped (:meth:`Receiver.load_section` with
+        ``partial``). The bulk round of a 1 GiB guest is then loaded a part at a time instead of
+        held whole (1 GiB more memory, faulted in afresh for the round), and the destination's CPU
+        falls into the same segment-sized pieces as the sender's (:mod:`.pieces`). Only while a
+        round is :meth:`feeding`; small rounds stay one chunk (``tamper`` sees a round at once)."""
+        if self._feeding is not None and self.sink.pending >= PART_BYTES:
+            self.load(self._feeding, None)
 
     def load(self, r: int, num_rounds: int | None) -> None:
         """Load what the sender wrote since the last call: the setup section (``r`` = -1), round

@@ -10,14 +10,15 @@ invocations, 7 or 8 of 120 minima moved by 10–28 %.
 
 The work of a run is deterministic: its n-th 512-page segment does the same work in every repeat.
 So each repeat records its sender's and its destination's cumulative thread CPU at the same points
-(after every segment, every destination load, and at the end), and the repeats are combined per
-piece: the **piecewise minimum** is the sum over the pieces of each piece's least CPU over the
-repeats. It needs each piece, not each whole run, to fall once into a quiet stretch. On the same
-samples of two pairs of ``bench --repeat 5`` invocations in a noisy hour it kept 82 and 106 of 120
-rows within 10 % where the least total kept 70 and 97 (README, "How stable"). A state that lasts a
-whole invocation it cannot undo: that is what :mod:`.calibration` reports. It is a minimum in the same sense as the
-least total (what the work costs when nothing disturbs it), is never above it, and falls as repeats
-are added, as any minimum does.
+(after every segment, by when the destination has loaded its part of the stream if a part was full;
+before each round; at the end), and the repeats are combined per piece: the **piecewise minimum** is
+the sum over the pieces of each piece's least CPU over the repeats. It needs each piece, not each
+whole run, to fall once into a quiet stretch. On the same samples of two pairs of ``bench --repeat
+5`` invocations in a noisy hour it kept 82 and 106 of 120 rows within 10 % where the least total
+kept 70 and 97 (README, "How stable"). A state that lasts a whole invocation it cannot undo: that is
+what :mod:`.calibration` reports. It is a minimum in the same sense as the least total (what the
+work costs when nothing disturbs it), is never above it, and falls as repeats are added, as any
+minimum does.
 
 A piece holds the sender's CPU (every stage but the trace decoding: those
 :data:`.repeats.SENDER_EXCLUDED` names; less the bytes' hand-over to an in-process destination, as
@@ -28,7 +29,7 @@ aligned.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 

@@ -128,7 +128,7 @@ def _decoded(
     pieces: bool = False,
 ) -> dict[str, Any]:
     """replay with the destination loading the stream as it is written (bounded memory: a part of a
-    round's stream at a time, :meth:`Destination.feeding`). Pages are not compared (that is
+    round's stream at a time, :meth:`Destination.segment_written`). Pages are not compared (that is
     :func:`verify`'s job and costs a second image of RAM); every record is decoded, with its
     decoder's checks."""
     name = os.path.basename(str(reader.path))
@@ -137,6 +137,7 @@ def _decoded(
     sender = Sender(reader.meta, config, plugins, dest.sink, machine=machine,
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
     cuts = _cut(sender, dest) if pieces else None
+    _load_in_parts(sender, dest, cuts)
     n = reader.num_rounds
     try:
         sender.save_setup()
@@ -164,6 +165,20 @@ def _cut(sender: Sender, dest: Destination | None) -> CpuPieces:
                          decode=lambda: sum(dest.cpu_ns().values()))
     sender.on_segment = cuts.mark
     return cuts
+
+
+def _load_in_parts(sender: Sender, dest: Destination, cuts: CpuPieces | None) -> None:
+    """After every segment the destination loads what has piled up (:meth:`Destination.segment_written`),
+    then ``cuts`` marks: a part's decoding falls into the piece of the segment that completed it."""
+    if cuts is None:
+        sender.on_segment = dest.segment_written
+        return
+
+    def after_segment() -> None:
+        dest.segment_written()
+        cuts.mark()
+
+    sender.on_segment = after_segment
 
 
 def _with_destination(stats: MigrationStats, dest: Destination, in_window_ns: int, config: MigrationConfig,
@@ -296,6 +311,7 @@ def verify(
     claims = _Claims(meta)
     sender.on_claims = claims.record
     cuts = _cut(sender, dest) if pieces else None
+    _load_in_parts(sender, dest, cuts)
 
     check_ns = 0  # the check's own wall time (fingerprints, comparisons): not the migration's
 

@@ -13,7 +13,6 @@ stream. Results use QEMU's query-migrate names.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import replace

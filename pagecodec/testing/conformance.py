@@ -30,7 +30,6 @@ from ..harness.replay import rounds_of, verify
 from ..plugins import LOAD_ENV, PluginManager
 from ..trace.format import TraceReader
 from ..wire.extension import RAM_SAVE_FLAG_EXTENSION
-from ..wire.reader import StreamReader
 from ..wire.writer import MemorySink
 from .fuzz import fuzz_decoder
 from .pages import BLOCKS, SMALL_BLOCKS, EdgeTrace, write_edge_trace

@@ -3,7 +3,6 @@ so the destination's memory differs from the trace and `pagecodec verify` must f
 
 from __future__ import annotations
 
-import numpy as np
 
 from pagecodec.codecs.base import Codec, Slot, SlotEncoder
 from pagecodec.hookspecs import hookimpl
