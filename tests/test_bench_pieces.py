@@ -175,3 +175,19 @@ def test_bench_results_carry_the_piecewise_minimum_and_the_machine_speed(trace, 
         cal = r["timing"]["calibration"]  # harness/calibration.py, before every sample
         assert set(cal) == set(KERNELS) and all(0 < v["min"] <= v["median"] for v in cal.values())
     assert "machine speed while measured" in p.stdout
+
+
+def test_piece_size_script_compares_groupings_of_the_same_replays(trace):
+    from conftest import ROOT
+
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "piece_size.py"), str(trace), "--seconds", "0.5",
+                        "--sample-time", "0.05", "--pairs", "20", "--group", "1", "--group", "1000"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert "with config 'memcpy'" in lines[0] and " of 5 pieces " in lines[0]  # 512 + 512 + 176, 300, 300
+    rows = [line.split() for line in lines[2:4]]
+    assert [r[0] for r in rows] == ["1", "whole"] and rows[0][1] == "5" and rows[1][2] == "1"
+    for r in rows:
+        share = [float(c.rstrip("%")) for c in r[-4:]]
+        assert all(0 <= c for c in share) and share[0] <= share[1] <= share[2] and share[3] <= 100
