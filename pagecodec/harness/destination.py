@@ -124,7 +124,9 @@ class Destination:
     """Receiver (+ channels) fed from the sender's memory sinks, one section at a time.
 
     Give the sender :attr:`sink` and :meth:`channel_sink`; call :meth:`load` after ``save_setup``,
-    after every ``save_round`` and after ``finish``; then :meth:`close`. ``context`` goes before the
+    after every ``save_round`` and after ``finish``; then :meth:`close`. To load a big round in
+    parts, pass its batches through :meth:`feeding` and make :meth:`segment_written` (part of) the
+    sender's ``on_segment``. ``context`` goes before the
     round in error messages (e.g. the trace and config of a bench run). ``tamper(round, chunk)`` and
     ``tamper_channel(channel, round, chunk)`` let tests corrupt bytes between sender and receiver."""
 
