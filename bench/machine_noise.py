@@ -14,13 +14,13 @@ that it is something in the run itself.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pagecodec.chain.config import parse_spec
+from pagecodec.harness.affinity import pinned, worker_cpus
 from pagecodec.harness.calibration import KERNELS, calibrate
 from pagecodec.harness.repeats import sender_cpu_total
 from pagecodec.harness.replay import replay
@@ -37,8 +37,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=150.0, help="how long to go on (at least two replays)")
     ap.add_argument("--cpu", type=int, default=None, help="the CPU to pin to (default: the highest usable)")
     a = ap.parse_args()
-    cpu = a.cpu if a.cpu is not None else max(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
+    cpu = a.cpu if a.cpu is not None else worker_cpus(1)[0]  # the highest usable, as bench pins its worker
+    with pinned(cpu):
+        _run(a, cpu)
+
+
+def _run(a: argparse.Namespace, cpu: int) -> None:
     pm = PluginManager(())
     reader = TraceReader(a.trace)
     config = parse_spec(a.config, pm.presets)

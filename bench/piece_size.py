@@ -23,13 +23,13 @@ two states, which no piece size removes (bench/machine_noise.py, and the calibra
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pagecodec.chain.config import parse_spec
+from pagecodec.harness.affinity import pinned, worker_cpus
 from pagecodec.harness.baseline import MEMCPY, memcpy_baseline
 from pagecodec.harness.replay import replay
 from pagecodec.plugins import PluginManager
@@ -61,17 +61,20 @@ def record(trace: str, spec: str, seconds: float) -> tuple[np.ndarray, np.ndarra
     return np.array(starts), np.array(rows, dtype=np.float64)
 
 
-def invocation(starts: np.ndarray, pieces: np.ndarray, group: int, sample_time: float,
-               rng: np.random.Generator) -> float:
-    """One simulated invocation's piecewise minimum (ns) with pieces summed in groups of ``group``."""
+def grouped(pieces: np.ndarray, group: int) -> np.ndarray:
+    """Each replay's pieces with neighbours summed in groups of ``group``."""
+    return np.add.reduceat(pieces, np.arange(0, pieces.shape[1], group), axis=1)
+
+
+def invocation(starts: np.ndarray, cut: np.ndarray, sample_time: float, rng: np.random.Generator) -> float:
+    """One simulated invocation's piecewise minimum (ns) over the replays' pieces ``cut`` (:func:`grouped`)."""
     span = max(starts[-1] - sample_time, 0.0)
-    grouped = np.add.reduceat(pieces, np.arange(0, pieces.shape[1], group), axis=1)
     samples = []
     for s in rng.uniform(0.0, span, SAMPLES):
         window = np.flatnonzero((starts >= s) & (starts < s + sample_time))
         if len(window) == 0:  # a sample is at least one replay
             window = np.array([int(np.searchsorted(starts, s))]).clip(0, len(starts) - 1)
-        samples.append(grouped[window].min(axis=0))  # fastest_of: each piece's least over the sample
+        samples.append(cut[window].min(axis=0))  # fastest_of: each piece's least over the sample
     return float(np.min(samples, axis=0).sum())  # then each piece's least over the repeats
 
 
@@ -87,8 +90,12 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=400, help="simulated pairs of invocations")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    cpu = a.cpu if a.cpu is not None else max(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
+    cpu = a.cpu if a.cpu is not None else worker_cpus(1)[0]  # the highest usable, as bench pins its worker
+    with pinned(cpu):
+        _run(a, cpu)
+
+
+def _run(a: argparse.Namespace, cpu: int) -> None:
     starts, pieces = record(a.trace, a.config, a.seconds)
     n = pieces.shape[1]
     groups = a.group or [1, 2, 4, 8, n]
@@ -98,8 +105,9 @@ def main() -> None:
     print(f"{'pieces summed':>13} {'pieces/run':>10} {'median':>8} {'p90':>8} {'worst':>8} {'>10 %':>8}")
     for g in groups:
         g = max(1, min(g, n))
-        d = np.array([abs(invocation(starts, pieces, g, a.sample_time, rng)
-                          / invocation(starts, pieces, g, a.sample_time, rng) - 1) for _ in range(a.pairs)])
+        cut = grouped(pieces, g)
+        d = np.array([abs(invocation(starts, cut, a.sample_time, rng) / invocation(starts, cut, a.sample_time, rng) - 1)
+                      for _ in range(a.pairs)])
         label = "whole run" if g == n else str(g)
         print(f"{label:>13} {-(-n // g):>10} {np.median(d):8.1%} {np.percentile(d, 90):8.1%} {d.max():8.1%} "
               f"{(d > 0.10).mean():8.1%}")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..anonmem import zeroed
-from ..chain.sender import SEGMENT_PAGES
+from ..chain.sender import SEGMENT_PAGES, block_runs
 from ..trace.format import TraceReader
 from .pieces import merge_pieces
 from .provenance import machine, versions
@@ -107,11 +107,6 @@ def memcpy_baseline(reader: TraceReader, plugins: Any | None = None, *, pieces: 
 
 def _scatter(ram: list[np.ndarray], block: np.ndarray, index: np.ndarray, pages: np.ndarray) -> None:
     """Write ``pages`` into the destination's RAM blocks at their page ``index``es, as the receiver's
-    page records do."""
-    blocks = np.unique(block)
-    if len(blocks) == 1:  # the common case: pages inside one block
-        ram[int(blocks[0])][index] = pages
-        return
-    for bi in blocks:
-        sel = block == bi
-        ram[int(bi)][index[sel]] = pages[sel]
+    page records do: a run of one block at a time, cut as the sender cuts its segments."""
+    for lo, hi in block_runs(block):
+        ram[int(block[lo])][index[lo:hi]] = pages[lo:hi]

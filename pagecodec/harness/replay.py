@@ -99,6 +99,7 @@ def replay(
     try:
         sender = Sender(reader.meta, config, plugins, sink, machine=machine, channel_sinks=channel_sinks)
         cuts = _cut(sender, None) if pieces else None
+        _watch_segments(sender, None, cuts)
         stats = sender.run(_timed_rounds(reader, sender, cuts), reader.num_rounds, progress)
         if cuts is not None:
             cuts.mark()
@@ -137,7 +138,7 @@ def _decoded(
     sender = Sender(reader.meta, config, plugins, dest.sink, machine=machine,
                     channel_sinks=dest.channel_sink if config.cap("multifd") else None)
     cuts = _cut(sender, dest) if pieces else None
-    _load_in_parts(sender, dest, cuts)
+    _watch_segments(sender, dest, cuts)
     n = reader.num_rounds
     try:
         sender.save_setup()
@@ -156,27 +157,27 @@ def _decoded(
 
 
 def _cut(sender: Sender, dest: Destination | None) -> CpuPieces:
-    """Marks on the run's CPU clocks after every segment (and where :func:`_timed_rounds` and the
-    callers mark: each round, the end), with the destination's CPU when it decodes."""
+    """Marks on the run's CPU clocks, with the destination's CPU when it decodes. They are made after
+    every segment (:func:`_watch_segments`), where :func:`_marked` marks (each round) and at the end."""
     if dest is None:
-        cuts = CpuPieces(sender.stats.cpu, SENDER_EXCLUDED)
-    else:
-        cuts = CpuPieces(sender.stats.cpu, SENDER_EXCLUDED, uncharged=dest.transport_cpu_ns,
-                         decode=lambda: sum(dest.cpu_ns().values()))
-    sender.on_segment = cuts.mark
-    return cuts
+        return CpuPieces(sender.stats.cpu, SENDER_EXCLUDED)
+    return CpuPieces(sender.stats.cpu, SENDER_EXCLUDED, uncharged=dest.transport_cpu_ns,
+                     decode=lambda: sum(dest.cpu_ns().values()))
 
 
-def _load_in_parts(sender: Sender, dest: Destination, cuts: CpuPieces | None) -> None:
-    """After every segment the destination loads what has piled up (:meth:`Destination.segment_written`),
-    then ``cuts`` marks: a part's decoding falls into the piece of the segment that completed it."""
-    if cuts is None:
-        sender.on_segment = dest.segment_written
+def _watch_segments(sender: Sender, dest: Destination | None, cuts: CpuPieces | None) -> None:
+    """The sender's ``on_segment``: the destination (if any) loads what has piled up
+    (:meth:`Destination.segment_written`), then ``cuts`` (if any) marks, so a part's decoding falls
+    into the piece of the segment that completed it."""
+    load = dest.segment_written if dest is not None else None
+    mark = cuts.mark if cuts is not None else None
+    if load is None or mark is None:
+        sender.on_segment = load or mark
         return
 
     def after_segment() -> None:
-        dest.segment_written()
-        cuts.mark()
+        load()
+        mark()
 
     sender.on_segment = after_segment
 
@@ -311,7 +312,7 @@ def verify(
     claims = _Claims(meta)
     sender.on_claims = claims.record
     cuts = _cut(sender, dest) if pieces else None
-    _load_in_parts(sender, dest, cuts)
+    _watch_segments(sender, dest, cuts)
 
     check_ns = 0  # the check's own wall time (fingerprints, comparisons): not the migration's
 
